@@ -1,4 +1,5 @@
-"""CLI commands of the live pipeline: ``replay``, ``serve``, ``demo``, ``denoise``, ``css``.
+"""CLI commands of the live pipeline: ``replay``, ``serve``, ``demo``, ``denoise``, ``css``,
+``inspect`` (a recording) and ``keys`` (a CURVE key pair).
 
 Heavy imports (onnxruntime, zmq, tifffile) happen inside the commands, so ``livedenoise --help``
 stays fast; torch and Qt are never imported here (the viewer runs as a child process).
@@ -27,6 +28,14 @@ ModelOpt = Annotated[
     Optional[Path],
     typer.Option("--model", "-m", help="ONNX model with a livedenoise model card (default: the shipped model)."),
 ]
+CurveSecretOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="CURVE: this program's key pair, a NAME.key_secret file from `livedenoise keys`."),
+]
+CurveAllowOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="CURVE: only clients with these public keys may connect (a .key file or a directory)."),
+]
 ProviderOpt = Annotated[
     Optional[str],
     typer.Option(help="onnxruntime provider: cpu, cuda, tensorrt (default: CUDA if usable, else CPU)."),
@@ -45,7 +54,8 @@ def viewer_unavailable_reason() -> str | None:
     """Why the live monitor cannot open here (None if it can): no viewer extra, or no display."""
     if importlib.util.find_spec("pyqtgraph") is None:
         return "the viewer is not installed (pip install 'livedenoise[viewer]')"
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    # macOS and Windows always have a desktop; on Linux an offscreen platform shows nobody anything
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no display ($DISPLAY / $WAYLAND_DISPLAY unset)"
     return None
 
@@ -146,6 +156,8 @@ def register(app: typer.Typer) -> None:
         ] = 0.0,
         size: Annotated[int, typer.Option(help="Synthetic frame side in pixels.")] = 128,
         dtype: Annotated[str, typer.Option(help="Synthetic frame dtype.")] = "<u2",
+        curve_secret: CurveSecretOpt = None,
+        curve_allow: CurveAllowOpt = None,
     ) -> None:
         """Stream a TIFF stack (or --synthetic frames) like a detector: start, frames, end."""
         from ..replay import Replayer, ReplayConfig
@@ -155,7 +167,8 @@ def register(app: typer.Typer) -> None:
             raise LivedenoiseError("give a TIFF file or --synthetic")
         cfg = ReplayConfig(
             path=tiff, synthetic=synthetic, fps=fps, bind=bind, loop=loop, push=push, count=count,
-            wait_subscriber=wait_subscriber, size=size, dtype=dtype,
+            wait_subscriber=wait_subscriber, size=size, dtype=dtype, curve_secret=curve_secret,
+            curve_allow=curve_allow,
         )
         replayer = Replayer(cfg)
         stop = threading.Event()
@@ -197,6 +210,16 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Let onnxruntime threads spin between runs (dedicated cores only).")
         ] = False,
         view: Annotated[bool, typer.Option(help="Also open the live monitor (needs the viewer extra).")] = False,
+        record: Annotated[
+            Optional[Path], typer.Option(help="Record every denoised frame into this directory (crash-safe chunks).")
+        ] = None,
+        record_raw: Annotated[bool, typer.Option(help="Also record the raw frames (with --record).")] = False,
+        record_chunk: Annotated[int, typer.Option(help="Frames per recording chunk (a chunk also closes after 1 s).")] = 100,
+        curve_secret: CurveSecretOpt = None,
+        curve_allow: CurveAllowOpt = None,
+        source_curve_server_key: Annotated[
+            Optional[Path], typer.Option(help="CURVE: the detector's public key (NAME.key); encrypts the input.")
+        ] = None,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
     ) -> None:
         """Denoise a detector stream live and publish denoised frames, raw frames and stats."""
@@ -207,6 +230,8 @@ def register(app: typer.Typer) -> None:
             model=_model_path(model), source=source, publish=publish, pull=pull, lossless=lossless,
             max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue, provider=provider, threads=threads,
             spin=spin, max_age_ms=max_age_ms or None, warmup_shape=_parse_shape(warmup_size),
+            record=record, record_raw=record_raw, record_chunk_frames=record_chunk, curve_secret=curve_secret,
+            curve_allow=curve_allow, source_curve_server_key=source_curve_server_key,
         )
         daemon = Daemon(cfg)
         viewer = launch_viewer(daemon.publish_address) if view else None
@@ -311,6 +336,44 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo("CSS needs at least two frames")
         typer.echo(f"wrote {output} ({len(out)} frames, float32 in [0, 1], model {engine.name} on {engine.provider})")
+
+    @app.command("inspect")
+    def inspect_command(
+        directory: Annotated[Path, typer.Argument(help="A directory written by serve --record.")],
+    ) -> None:
+        """List the series of a recording: frames, image-id range and gaps, per kind."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ..recorder import summarize
+
+        rows = summarize(directory)
+        table = Table(title=f"recording {directory}")
+        for col in ("series", "kind", "frames", "first id", "last id", "missing", "gaps", "chunks"):
+            table.add_column(col, justify="left" if col in ("kind", "gaps") else "right")
+        for r in rows:
+            gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in r.gaps[:8])
+            if len(r.gaps) > 8:
+                gaps += f", ... ({len(r.gaps)} ranges)"
+            table.add_row(
+                str(r.series_id), r.kind, str(r.frames), str(r.first_id), str(r.last_id), str(r.missing),
+                gaps or "-", str(r.files),
+            )
+        console = Console(width=max(100, Console().width))
+        if rows:
+            console.print(table)
+        else:
+            console.print(f"recording {directory}: no complete chunk yet")
+
+    @app.command("keys")
+    def keys_command(
+        name: Annotated[Path, typer.Argument(help="Writes NAME.key (public, to hand out) and NAME.key_secret.")],
+    ) -> None:
+        """Make a CURVE key pair for encrypted, authenticated streams (--curve-secret, --curve-allow)."""
+        from ..security import make_keys
+
+        public, secret = make_keys(name)
+        typer.echo(f"public key: {public} (give to peers / --curve-allow)\nsecret key: {secret} (keep private)")
 
     @app.command("css")
     def css_command(

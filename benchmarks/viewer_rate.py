@@ -1,0 +1,172 @@
+"""Display rate of the live monitor, and what a viewer costs the daemon, measured in one run.
+
+    python benchmarks/viewer_rate.py [--fps 150] [--size 128] [--seconds 10] [--model m.onnx]
+
+``livedenoise replay --synthetic`` and ``livedenoise serve`` run as child processes, as in the lab.
+Phase 1 measures the daemon's fps_out with no viewer attached (a stats-only subscriber, which the
+PUB socket sends no frames to); phase 2 opens the monitor window (offscreen unless a display is
+set) in this process and measures the frames it draws and paints per second, the frames it
+receives per second and the daemon's fps_out with the viewer attached.
+
+The model is ``livedenoise/models/default.onnx`` when it is there, else the tests' small
+convolutional model (``tests/conftest.py``): the display rate does not depend on what the model does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from livedenoise.protocol import TOPIC_STATS, decode_published  # noqa: E402
+
+
+def free_addr() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def default_model(workdir: Path) -> Path:
+    shipped = REPO / "livedenoise" / "models" / "default.onnx"
+    if shipped.exists():
+        return shipped
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_onnx_model  # the tests' real (small) convolutional model
+
+    return build_onnx_model(workdir / "conv.onnx", width=8, depth=3)
+
+
+class StatsListener(threading.Thread):
+    """Subscribes to the daemon's stats topic only (so the daemon sends it no frames)."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address = address
+        self.samples: list[tuple[float, dict]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
+        sock.connect(self.address)
+        while not self._done.is_set():
+            if sock.poll(100):
+                msg = decode_published(sock.recv_multipart())
+                self.samples.append((time.monotonic(), msg.header))
+        sock.close()
+        ctx.term()
+
+    def between(self, t0: float, t1: float, key: str) -> float:
+        values = [h[key] for t, h in self.samples if t0 <= t <= t1 and isinstance(h.get(key), int | float)]
+        return float(np.mean(values)) if values else float("nan")
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fps", type=float, default=150.0)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--serve-threads", type=int, default=0, help="serve --threads (0: one per core)")
+    args = parser.parse_args()
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    workdir = Path(tempfile.mkdtemp(prefix="viewer-rate-"))
+    model = args.model or default_model(workdir)
+    source, publish = free_addr(), free_addr()
+    cli = [sys.executable, "-m", "livedenoise"]
+    children = [
+        subprocess.Popen(cli + ["serve", "--model", str(model), "--source", source, "--publish", publish,
+                                "--threads", str(args.serve_threads), "--log-level", "WARNING"]),
+        subprocess.Popen(cli + ["replay", "--synthetic", "--fps", str(args.fps), "--size", str(args.size),
+                                "--bind", source]),
+    ]  # fmt: skip
+    stats = StatsListener(publish)
+    stats.start()
+    try:
+        import pyqtgraph as pg
+        from pyqtgraph.Qt import QtCore
+
+        from livedenoise.viewer.window import MonitorWindow
+
+        app = pg.mkQApp("viewer-rate")
+
+        def run_for(seconds: float) -> tuple[float, float]:
+            """Run the event loop for a while (a local loop: app.quit() would close the window)."""
+            loop = QtCore.QEventLoop()
+            QtCore.QTimer.singleShot(int(seconds * 1000), loop.quit)
+            t0 = time.monotonic()
+            loop.exec()
+            return t0, time.monotonic()
+
+        run_for(3.0)  # the model loads, the stream settles
+        a0, a1 = run_for(args.seconds)
+        without_viewer = stats.between(a0, a1, "fps_out")
+        fps_in = stats.between(a0, a1, "fps_in")
+
+        window = MonitorWindow(publish, snapshot_dir=workdir)
+        paints = [0]
+
+        class PaintCounter(QtCore.QObject):
+            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+                if event.type() == QtCore.QEvent.Type.Paint:
+                    paints[0] += 1
+                return False
+
+        counter = PaintCounter()
+        window.images.viewport().installEventFilter(counter)
+        window.show()
+        run_for(2.0)
+        drawn0, paints0, received0 = window.frames_drawn, paints[0], window.buffer.counts["denoised"]
+        b0, b1 = run_for(args.seconds)
+        elapsed = b1 - b0
+        drawn = (window.frames_drawn - drawn0) / elapsed
+        painted = (paints[0] - paints0) / elapsed
+        received = (window.buffer.counts["denoised"] - received0) / elapsed
+        with_viewer = stats.between(b0, b1, "fps_out")
+        window.close()
+        window.deleteLater()
+        app.processEvents()
+    finally:
+        stats.stop()
+        for child in children:
+            child.send_signal(2)  # SIGINT: serve drains and exits 0
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    print(f"stream: {args.fps:g} fps of {args.size}x{args.size} frames, model {model.name}, serve --threads "
+          f"{args.serve_threads}, {os.cpu_count()} CPUs, Qt platform {os.environ.get('QT_QPA_PLATFORM', 'native')}")  # fmt: skip
+    print(f"daemon fps_in                 {fps_in:8.1f}")
+    print(f"daemon fps_out, no viewer     {without_viewer:8.1f}")
+    print(f"daemon fps_out, viewer open   {with_viewer:8.1f}")
+    print(f"viewer frames received/s      {received:8.1f}")
+    print(f"viewer frames drawn/s         {drawn:8.1f}")
+    print(f"viewer image repaints/s       {painted:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
