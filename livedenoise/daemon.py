@@ -11,8 +11,12 @@ queues: live mode drops the oldest queued frames when inference falls behind (co
 then holds the detector back.
 
 Shutdown (:meth:`Daemon.stop`, or SIGINT/SIGTERM under :meth:`Daemon.run`): receiving stops, what
-is queued is denoised and published, the sockets close, exit code 0. A second signal exits at
-once.
+is queued is denoised and published, the recording (``record``) is written and closed, the sockets
+close, exit code 0. A second signal exits at once.
+
+Recording (``record``, see :mod:`livedenoise.recorder`) hangs off the publisher as a hook and
+writes in its own thread. CURVE (``curve_secret``, ``curve_allow``, ``source_curve_server_key``,
+see :mod:`livedenoise.security`): the PUB output is a CURVE server, the input a CURVE client.
 
 Examples
 --------
@@ -63,12 +67,23 @@ class ServeConfig:
     warmup_shape: tuple[int, int] | None = (128, 128)
     stats_interval: float = 0.5  # seconds between stats messages
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    record: Path | None = None  # write every denoised frame here (livedenoise.recorder)
+    record_raw: bool = False  # ... and every raw frame
+    record_chunk_frames: int = 100
+    record_chunk_seconds: float = 1.0
+    curve_secret: Path | None = None  # this daemon's key pair (NAME.key_secret)
+    curve_allow: Path | None = None  # PUB output: only these public keys (a .key file or a dir of them)
+    source_curve_server_key: Path | None = None  # input: the detector's public key (CURVE client)
 
     def __post_init__(self) -> None:
         if self.lossless:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives
         if self.max_batch < 1 or self.queue_size < 1 or self.max_wait_ms < 0:
             raise LivedenoiseError("--max-batch and --queue must be at least 1, --max-wait-ms at least 0")
+        if self.curve_allow is not None and self.curve_secret is None:
+            raise LivedenoiseError("--curve-allow needs --curve-secret (the daemon's own key pair)")
+        if self.record_raw and self.record is None:
+            raise LivedenoiseError("--record-raw needs --record DIR")
 
 
 class Daemon:
@@ -83,21 +98,55 @@ class Daemon:
         max_age = None if config.max_age_ms is None else config.max_age_ms / 1e3
         self.queue: FrameQueue[Received] = FrameQueue(config.queue_size, lossless=config.lossless, max_age=max_age)
         self.ctx = zmq.Context()
+        self.curve = None
+        self.recorder = None
         try:
+            from . import security
+
+            if config.curve_secret is not None:
+                self.curve = security.CurveServer(self.ctx, config.curve_secret, config.curve_allow)
+            configure_source = None
+            if config.source_curve_server_key is not None:
+                key, secret = config.source_curve_server_key, config.curve_secret
+
+                def configure_source(sock):
+                    security.curve_client(sock, key, secret)
+
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
             rcvhwm = max(2, config.max_batch) if config.lossless else 1000
             self.source = Source(
-                self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits
+                self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
+                configure=configure_source,
             )
             self.stats = Stats(
                 model=self.engine.name, provider=self.engine.provider, source=self.source, frame_queue=self.queue
             )
             try:
-                self.publisher = Publisher(self.ctx, config.publish, self.stats, interval=config.stats_interval)
+                self.publisher = Publisher(
+                    self.ctx, config.publish, self.stats, interval=config.stats_interval,
+                    configure=self.curve.apply if self.curve else None,
+                )
             except Exception:
                 self.source.socket.close(linger=0)
                 raise
+            if config.record is not None:
+                from .recorder import Recorder
+
+                try:
+                    self.recorder = Recorder(
+                        config.record, raw=config.record_raw, lossless=config.lossless,
+                        chunk_frames=config.record_chunk_frames, chunk_seconds=config.record_chunk_seconds,
+                    )
+                except Exception:
+                    self.source.socket.close(linger=0)
+                    self.publisher.socket.close(linger=0)
+                    raise
+                self.publisher.hooks.append(self.recorder.submit)
+                self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
+                self.stats.extras.append(self.recorder.counters)
         except Exception:
+            if self.curve is not None:
+                self.curve.stop()
             self.ctx.term()
             raise
         self._threads: list[threading.Thread] = []
@@ -128,6 +177,9 @@ class Daemon:
             cfg.queue_size,
             ", lossless" if cfg.lossless else "",
         )
+        if self.recorder is not None:
+            self.recorder.start()
+            log.info("recording %s frames to %s", "denoised and raw" if cfg.record_raw else "denoised", cfg.record)
         for name, target in (
             ("ld-publish", self.publisher.run),
             ("ld-infer", self._infer_loop),
@@ -147,7 +199,11 @@ class Daemon:
             self.publisher.socket.close(linger=0)
         for thread in self._threads:
             thread.join(timeout)
+        if self.recorder is not None:
+            self.recorder.close(timeout)  # after the publisher: every published frame is written
         if all(not t.is_alive() for t in self._threads):
+            if self.curve is not None:
+                self.curve.stop()
             self.ctx.term()  # every socket is closed by now
         else:
             log.error("pipeline threads did not finish within %s s", timeout)

@@ -208,7 +208,7 @@ def decode_detector_message(
     ):
         raise MalformedMessage(f"frame shape {height}x{width} outside the accepted range")
     dtype = header.get("dtype")
-    if dtype not in SUPPORTED_DTYPES:
+    if type(dtype) is not str or dtype not in SUPPORTED_DTYPES:  # a list/map would not even hash
         raise MalformedMessage(f"unsupported dtype {dtype!r:.20}; use one of {sorted(SUPPORTED_DTYPES)}")
     payload = memoryview(parts[1])
     expected = height * width * np.dtype(dtype).itemsize
@@ -243,9 +243,10 @@ def decode_published(parts: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -
     header = _unpack_header(parts[1], limits)
     if len(parts) == 2:
         return Published(topic, header)
-    shape = tuple(header.get("shape", ()))
+    shape = header.get("shape")
     dtype = header.get("dtype")
-    if dtype not in SUPPORTED_DTYPES or len(shape) != 2:
+    shape_ok = isinstance(shape, list | tuple) and len(shape) == 2 and all(type(s) is int and s > 0 for s in shape)
+    if not shape_ok or type(dtype) is not str or dtype not in SUPPORTED_DTYPES:
         raise MalformedMessage(f"published payload with bad shape/dtype {shape} {dtype!r:.20}")
     payload = memoryview(parts[2])
     if payload.nbytes != math.prod(shape) * np.dtype(dtype).itemsize:

@@ -48,6 +48,8 @@ class ReplayConfig:
     dtype: str = "<u2"  # synthetic frame dtype
     seed: int = 0  # synthetic movie seed
     linger_ms: int | None = None  # time for queued frames to leave at the end (None: 2 s PUB, 30 s PUSH)
+    curve_secret: Path | None = None  # CURVE server key pair (NAME.key_secret): encrypt the stream
+    curve_allow: Path | None = None  # only these client public keys may connect (a .key file or a dir)
 
 
 def read_stack(path: str | Path) -> np.ndarray:
@@ -103,11 +105,22 @@ class Replayer:
         # PUSH: frames still queued (the reader holds replay back) are delivered, not discarded
         linger = config.linger_ms if config.linger_ms is not None else (30_000 if config.push else 2000)
         self.socket.setsockopt(zmq.LINGER, linger)
+        self.curve = None
         try:
+            if config.curve_secret is not None:
+                from .security import CurveServer
+
+                self.curve = CurveServer(self.ctx, config.curve_secret, config.curve_allow)
+                self.curve.apply(self.socket)
+            elif config.curve_allow is not None:
+                raise LivedenoiseError("--curve-allow needs --curve-secret (replay's own key pair)")
             self.socket.bind(config.bind)
         except zmq.ZMQError as exc:
             self.close()
             raise LivedenoiseError(f"cannot bind {config.bind!r}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self._stop = threading.Event()
@@ -117,6 +130,9 @@ class Replayer:
 
     def close(self) -> None:
         self.socket.close()
+        if getattr(self, "curve", None) is not None:
+            self.curve.stop()
+            self.curve = None
         if self._own_ctx:
             self.ctx.term()
 

@@ -64,6 +64,7 @@ class Stats:
         self._window: deque[tuple[float, float, float]] = deque(maxlen=1 << 17)  # (t, latency_ms, css)
         self._t0 = time.perf_counter()
         self._last: tuple[float, int, int] = (self._t0, 0, 0)  # (t, received, denoised)
+        self.extras: list[Callable[[], dict[str, Any]]] = []  # more counters (e.g. the recorder's)
 
     def record(self, t: float, latency_ms: float, css_value: float | None) -> None:
         """One published frame (publisher thread, O(1))."""
@@ -94,6 +95,7 @@ class Stats:
             "malformed": (self.source.malformed if self.source else 0) + self.malformed_pixels,
             "failed": self.failed,
             "gaps": self.source.gaps if self.source else 0,
+            "disconnects": getattr(self.source, "disconnects", 0),
             "fps_in": round((received - rec_prev) / dt, 2),
             "fps_out": round((self.denoised - den_prev) / dt, 2),
             "latency_ms_p50": p50,
@@ -104,7 +106,7 @@ class Stats:
             "provider": self.provider,
             "series_id": self.source.series_id if self.source else None,
             "uptime_s": round(now - self._t0, 3),
-        }
+        } | {k: v for extra in self.extras for k, v in extra().items()}
 
 
 class Publisher:
@@ -126,22 +128,29 @@ class Publisher:
         sndhwm: int = 1000,
         linger_ms: int = 1000,
         backlog: int = 16,
+        configure: Callable[[zmq.Socket], None] | None = None,
     ):
         self.address = address
         self.stats = stats
         self.interval = interval
         self.linger_ms = linger_ms
         self.hooks: list[Callable[[Delivered], None]] = []
+        self.finishers: list[Callable[[], None]] = []  # run at the end, before the last stats
         self._in: queue.Queue = queue.Queue(maxsize=backlog)
         self._previous: OrderedDict[int, np.ndarray] = OrderedDict()
         self.socket = ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
         try:
+            if configure is not None:
+                configure(self.socket)  # e.g. CURVE server keys (livedenoise.security)
             self.socket.bind(address)
         except zmq.ZMQError as exc:
             self.socket.close(linger=0)
             raise LivedenoiseError(f"cannot publish on {address!r}: {exc}") from None
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
         self.last_endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def submit(self, batch: list) -> None:
@@ -171,6 +180,11 @@ class Publisher:
                 if time.perf_counter() >= next_stats:
                     self.send_stats()
                     next_stats = time.perf_counter() + self.interval
+            for finish in self.finishers:
+                try:
+                    finish()
+                except Exception:
+                    log.exception("publisher finisher %r failed", finish)
             self.send_stats()
         finally:
             self.socket.close(linger=self.linger_ms)

@@ -102,3 +102,10 @@ def test_published_round_trip():
     np.testing.assert_array_equal(msg.data, data)
     stats = decode_published(encode_published(b"stats", {"fps_in": 1.0}))
     assert stats.data is None and stats.header["fps_in"] == 1.0
+
+
+@pytest.mark.parametrize("shape", [5, "4x5", [4], [4, 5, 1], [4.0, 5], [-4, -5], {"h": 4}])
+def test_published_frame_with_a_bad_shape_is_malformed(shape):
+    header = {"series_id": 1, "image_id": 2, "shape": shape, "dtype": "<f4"}
+    with pytest.raises(MalformedMessage):
+        decode_published([b"denoised", pack(header), bytes(80)])

@@ -214,7 +214,9 @@ def register(app: typer.Typer) -> None:
             Optional[Path], typer.Option(help="Record every denoised frame into this directory (crash-safe chunks).")
         ] = None,
         record_raw: Annotated[bool, typer.Option(help="Also record the raw frames (with --record).")] = False,
-        record_chunk: Annotated[int, typer.Option(help="Frames per recording chunk (a chunk also closes after 1 s).")] = 100,
+        record_chunk: Annotated[
+            int, typer.Option(help="Frames per recording chunk (a chunk also closes after 1 s).")
+        ] = 100,
         curve_secret: CurveSecretOpt = None,
         curve_allow: CurveAllowOpt = None,
         source_curve_server_key: Annotated[
