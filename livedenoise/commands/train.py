@@ -1,9 +1,58 @@
-"""CLI commands (owned by the train work): registered on the app by :func:`register`."""
+"""CLI commands (owned by the train work): registered on the app by :func:`register`.
+
+``livedenoise train`` trains Noise2Atom on a movie and exports Ms2c to ONNX with its model card.
+torch is imported only inside the command body (``trainer`` needs the ``train`` extra).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from ..errors import LivedenoiseError
+
+
+def train(
+    frames: Path = typer.Option(..., "--frames", help="Noisy movie: multi-page TIFF or .npy (T, H, W), frames >= 128x128."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
+    preset: str = typer.Option(None, "--preset", help="paper | lite | tiny (default tiny; on --resume, the checkpoint's)."),
+    steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cpu."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (bit-for-bit reproducible on CPU)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue exactly from this checkpoint (<out>.ckpt)."),
+    flatten: float = typer.Option(None, "--flatten", metavar="SIGMA", help="Subtract a Gaussian low-pass of this sigma (px) first (background gradients; applied identically at serve time)."),
+    sample_frames: int = typer.Option(None, "--sample-frames", help="Frames sampled for training (paper: about 120)."),
+    norm: str = typer.Option(None, "--norm", help="instance (per channel, paper text) | layer (per sample, released code)."),
+    lfc_sigma: float = typer.Option(None, "--lfc-sigma", help="Sigma (px) of Ms2b's fixed 33x33 Gaussian (default from the preset)."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
+) -> None:
+    """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise LivedenoiseError('training needs torch: pip install -e ".[train]" (after installing torch)') from None
+    from trainer.run import TrainConfig
+    from trainer.run import train as run_training
+
+    run_training(
+        TrainConfig(
+            frames=frames,
+            out=out,
+            preset=preset,
+            steps=steps,
+            device=device,
+            seed=seed,
+            resume=resume,
+            flatten=flatten,
+            sample_frames=sample_frames,
+            norm=norm,
+            lfc_sigma=lfc_sigma,
+            checkpoint_every=checkpoint_every,
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("train")(train)

@@ -1,0 +1,392 @@
+"""The Noise2Atom trainer: losses by hand, sub-model shapes, a short real training, export, resume.
+
+CPU only and small: a scaled-down preset (64 x 64 crops, a few channels) where a test needs
+training steps; the shipped presets where the test is about their shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from livedenoise.modelcard import METADATA_KEY, ModelCard, Normalisation, normalise  # noqa: E402
+from trainer import losses  # noqa: E402
+from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames  # noqa: E402
+from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card  # noqa: E402
+from trainer.loop import Trainer, polarity  # noqa: E402
+from trainer.networks import Critic, LowPass, UNet, gaussian_kernel  # noqa: E402
+from trainer.presets import LITE, PAPER, TINY, CriticConfig, NetConfig, Preset  # noqa: E402
+
+MICRO = Preset(
+    name="micro",
+    generator=NetConfig(widths=(4, 8, 8, 8), xception=(3, 5), n_res=1, conv="reflect"),
+    critic=CriticConfig(widths=(4, 8, 8, 8), conv="reflect"),
+    crop=64,
+    steps=10,
+)
+
+
+@pytest.fixture(scope="module")
+def movie() -> np.ndarray:
+    from livedenoise.simulate import SimConfig, simulate_movie
+
+    return simulate_movie(SimConfig(size=128, frames=8, seed=5)).noisy
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+# ------------------------------------------------------------------------------- losses by hand
+
+
+def test_wasserstein_is_the_mean_of_the_product():
+    y = torch.tensor([[1.0], [2.0], [3.0]])
+    assert losses.wasserstein(1.0, y).item() == pytest.approx(2.0)
+    assert losses.wasserstein(-1.0, y).item() == pytest.approx(-2.0)
+    assert losses.wasserstein(torch.tensor([[1.0], [-1.0], [1.0]]), y).item() == pytest.approx(2.0 / 3)
+
+
+def test_cycle_loss_is_the_mean_absolute_difference():
+    c = torch.zeros(2, 1, 4, 4)
+    cycled = torch.full((2, 1, 4, 4), 0.5)
+    cycled[1] = -0.25
+    assert losses.cycle_loss(c, cycled).item() == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_lfc_loss_compares_low_passed_images():
+    lp = LowPass(33, 15.0)
+    s = torch.ones(1, 1, 40, 40)
+    cycled = torch.full((1, 1, 40, 40), 0.25)
+    # A normalised filter keeps constants: |1 - 0.25| everywhere on the valid 8 x 8 output.
+    assert losses.lfc_loss(lp, s, cycled).item() == pytest.approx(0.75, abs=1e-5)
+    # Zero-mean high-frequency noise is (almost) invisible to the low-frequency cycle.
+    checker = (torch.arange(40)[:, None] + torch.arange(40)[None, :]) % 2 * 2.0 - 1.0
+    assert losses.lfc_loss(lp, torch.zeros(1, 1, 40, 40), checker[None, None]).item() < 0.01
+
+
+def test_gradient_penalty_is_per_sample():
+    # D(y) = 0.5 * |y|^2 per sample has gradient y: norms 1 and 3 give (0 + 4) / 2 = 2, where a
+    # single norm over the batch would give (1 - sqrt(10))^2 = 4.68.
+    def critic(y):
+        return 0.5 * (y**2).flatten(1).sum(1, keepdim=True)
+
+    y = torch.zeros(2, 1, 2, 2)
+    y[0, 0, 0, 0] = 1.0
+    y[1, 0, 1, 1] = 3.0
+    assert losses.gradient_penalty(critic, y).item() == pytest.approx(2.0)
+    # Interpolates between identical real and fake images are those images whatever u is.
+    loss, info = losses.critic_loss(critic, y, y, gp_lambda=10.0)
+    w = -critic(y).mean() + critic(y).mean()
+    assert loss.item() == pytest.approx(w.item() + 10 * 2.0)
+    assert info["gp"] == pytest.approx(2.0)
+
+
+def test_critic_loss_by_hand_and_interpolation_weights():
+    real = torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1)
+    fake = torch.tensor([-1.0, 0.0]).reshape(2, 1, 1, 1)
+
+    def critic(y):  # D(y) = y: gradient 1 everywhere, so the penalty is 0
+        return y.flatten(1)
+
+    loss, info = losses.critic_loss(critic, real, fake)
+    assert loss.item() == pytest.approx(-1.5 + -0.5)
+    assert info["gp"] == pytest.approx(0.0)
+    y = losses.interpolate(real, fake, u=torch.tensor([0.25, 1.0]).reshape(2, 1, 1, 1))
+    assert y.flatten().tolist() == pytest.approx([0.25 * 1 + 0.75 * -1, 2.0])
+
+
+def test_adversarial_loss_maps_translated_images_to_true():
+    scores = torch.tensor([[2.0], [4.0]])
+    assert losses.adversarial_loss(lambda x: scores, torch.zeros(2, 1, 2, 2)).item() == pytest.approx(-3.0)
+
+
+# ------------------------------------------------------------------------------- sub-models
+
+
+def test_ms2b_is_a_fixed_normalised_gaussian():
+    lp = LowPass()
+    k = lp.kernel[0, 0].double()
+    assert k.shape == (33, 33)
+    assert k.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(k, k.T) and torch.equal(k, k.flip(0))
+    assert k.argmax().item() == 16 * 33 + 16
+    # sigma 15: the profile falls as exp(-d^2 / (2 * 15^2))
+    assert (k[16, 0] / k[16, 16]).item() == pytest.approx(math.exp(-(16**2) / (2 * 15.0**2)), rel=1e-5)
+    assert list(lp.parameters()) == []  # no bias, never trained
+    assert lp(torch.zeros(1, 1, 128, 128)).shape == (1, 1, 96, 96)  # no padding
+    # The presets read the paper's "variance of sigma = 15.0" as variance 15 (docs/training.md).
+    assert all(p.lfc_sigma == pytest.approx(15**0.5) and p.lfc_size == 33 for p in (PAPER, LITE))
+
+
+@pytest.mark.parametrize("norm", ["instance", "layer"])
+def test_paper_generator_keeps_128(norm):
+    net = UNet(PAPER.with_norm(norm).generator).eval()
+    with torch.no_grad():
+        y = net(torch.randn(1, 1, 128, 128))
+    assert y.shape == (1, 1, 128, 128)
+    assert y.abs().max() <= 1.0
+
+
+def test_small_presets_keep_512_and_odd_sizes_through_engine_padding():
+    for preset in (TINY, LITE):
+        net = UNet(preset.generator).eval()
+        m = preset.generator.size_multiple
+        assert m == 8
+        with torch.no_grad():
+            assert net(torch.randn(1, 1, 512, 512)).shape == (1, 1, 512, 512)
+        # a 130 x 141 frame: the engine's rule (reflect-pad to the multiple, run, crop back)
+        x = np.random.default_rng(0).normal(size=(130, 141)).astype(np.float32)
+        padded = np.pad(x, ((0, -130 % m), (0, -141 % m)), mode="reflect")
+        with torch.no_grad():
+            y = net(torch.from_numpy(padded)[None, None])[0, 0, :130, :141]
+        assert y.shape == (130, 141)
+
+
+def test_valid_conv_pairs_keep_sizes_without_padding():
+    net = UNet(NetConfig(widths=(4, 4, 4, 4), xception=(1, 3, 5, 7), n_res=1, conv="valid")).eval()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert all(tuple(c.padding) == (0, 0) for c in convs)
+    with torch.no_grad():
+        for size in (64, 72, 200):
+            assert net(torch.randn(2, 1, size, size)).shape == (2, 1, size, size)
+
+
+def test_critic_scores_each_sample():
+    d = Critic(TINY.critic, 128).eval()
+    assert d(torch.randn(3, 1, 128, 128)).shape == (3, 1)
+    drops = [m for m in d.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 4 and all(m.p == 0.25 for m in drops)
+
+
+# ------------------------------------------------------------------------------- domains
+
+
+def test_clean_domain_background_at_minus_one_peaks_at_one():
+    c = CleanDomain().sample(4, np.random.default_rng(0))
+    assert c.shape == (4, 1, 128, 128)
+    for img in c:
+        assert img.min().item() == pytest.approx(-1.0, abs=1e-4)
+        assert img.max().item() == pytest.approx(1.0, abs=1e-6)
+        assert (img < -0.9).float().mean() > 0.3  # mostly background
+
+
+def test_noisy_domain_uses_the_serving_normalisation(movie):
+    norm = frame_statistics(movie)
+    assert norm.offset == pytest.approx(float(np.median(movie)))
+    top = np.percentile(normalise(movie, norm), 99.9)
+    assert top == pytest.approx(1.0, abs=1e-4)
+    dom = NoisyDomain(movie, norm, 64)
+    assert np.array_equal(dom.frames, normalise(movie, norm))
+    crops = dom.sample(5, np.random.default_rng(1))
+    assert crops.shape == (5, 1, 64, 64)
+    flat = frame_statistics(movie, flatten_sigma=10.0)
+    assert flat.flatten_sigma == 10.0
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_few_dozen_steps_lower_the_cycle_losses(movie):
+    norm = frame_statistics(movie)
+    tr = Trainer(MICRO, movie, norm, seed=0, check_every=0, log=lambda m: None)
+    tr.run(40, progress=False, log_every=0)
+    h = tr.state.history
+    first = {k: np.mean([r[k] for r in h[:5]]) for k in ("cycle", "lfc")}
+    last = {k: np.mean([r[k] for r in h[-5:]]) for k in ("cycle", "lfc")}
+    assert last["cycle"] < 0.8 * first["cycle"], (first, last)
+    assert last["lfc"] < 0.8 * first["lfc"], (first, last)
+
+
+def test_resume_continues_exactly(movie, tmp_path):
+    norm = frame_statistics(movie)
+    quiet = {"check_every": 0, "log": lambda m: None}
+    straight = Trainer(MICRO, movie, norm, seed=3, **quiet)
+    straight.run(4, progress=False, log_every=0)
+
+    ckpt = tmp_path / "m.ckpt"
+    first = Trainer(MICRO, movie, norm, seed=3, **quiet)
+    first.run(2, checkpoint_path=ckpt, progress=False, log_every=0)
+    again = Trainer(MICRO, movie, norm, seed=99, **quiet)  # everything comes from the checkpoint
+    again.restore(torch.load(ckpt, weights_only=False))
+    assert again.state.step == 2
+    opt_a = again.opt["cycle"].state_dict()["state"]
+    opt_f = first.opt["cycle"].state_dict()["state"]
+    assert all(torch.equal(opt_a[i]["square_avg"], opt_f[i]["square_avg"]) for i in opt_f)
+    again.run(4, progress=False, log_every=0)
+    assert again.state.step == 4
+    for name in ("ms2c", "mc2s", "critic", "ms2c_ema"):
+        a, b = _state(getattr(straight, name)), _state(getattr(again, name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["cycle"] for r in again.state.history] == [r["cycle"] for r in straight.state.history]
+
+
+def test_ctrl_c_leaves_a_checkpoint(movie, tmp_path, monkeypatch):
+    from livedenoise.errors import LivedenoiseError
+
+    tr = Trainer(MICRO, movie, frame_statistics(movie), seed=0, check_every=0, log=lambda m: None)
+    real_step = tr.train_step
+
+    def step():
+        if tr.state.step == 2:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(tr, "train_step", step)
+    ckpt = tmp_path / "m.ckpt"
+    with pytest.raises(LivedenoiseError, match="resume with --resume"):
+        tr.run(10, checkpoint_path=ckpt, progress=False, log_every=0)
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 2
+
+
+class _Inverted(torch.nn.Module):
+    """A model with the paper's failure case 1: bright input -> background, dark -> peaks."""
+
+    def forward(self, x):
+        return -torch.tanh(4 * x)
+
+
+def test_polarity_check_fires_on_an_inverted_model(movie):
+    norm = frame_statistics(movie)
+    s = NoisyDomain(movie, norm, 64).sample(6, np.random.default_rng(0))
+    assert polarity(_Inverted(), s) < -0.5
+    assert polarity(lambda x: torch.tanh(4 * x), s) > 0.5
+    events = []
+    tr = Trainer(MICRO, movie, norm, seed=0, check_every=0, log=events.append)
+    tr.ms2c = _Inverted()
+    tr.check_polarity(total_steps=100)
+    assert tr.state.reinits == 1 and isinstance(tr.ms2c, UNet)
+    assert "inverted mapping" in events[0] and "re-initialising" in events[0]
+
+
+# ------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("norm", ["instance", "layer"])
+def test_export_round_trip_matches_torch_with_one_norm_op_each(norm):
+    cfg = replace(MICRO.generator, norm=norm)
+    net = UNet(cfg).eval()
+    raw = to_onnx_bytes(net)
+    ops = op_histogram(raw)
+    n_norm = sum(1 for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d) or type(m).__name__ == "LayerNorm1")
+    assert ops.get("InstanceNormalization") == n_norm
+    assert not {"ReduceMean", "Pow", "Sqrt", "Div"} & set(ops), ops
+    rng = np.random.default_rng(0)
+    diff = verify(net, raw, [rng.normal(size=(2, 1, 64, 96)).astype(np.float32), rng.normal(size=(1, 1, 136, 72)).astype(np.float32)])
+    assert diff < 1e-4
+    card = ModelCard(preset="micro", normalisation=Normalisation(0.5, 0.25, 12.0), training={"steps": 3})
+    model = onnx.load_from_string(with_card(raw, card))
+    meta = {p.key: p.value for p in model.metadata_props}
+    back = ModelCard.from_metadata(meta)
+    assert back.normalisation.flatten_sigma == 12.0 and back.training["steps"] == 3
+    inputs = {i.name for i in model.graph.input}
+    assert inputs == {"noisy"} and [o.name for o in model.graph.output] == ["clean"]
+    assert run_onnx(with_card(raw, card), np.zeros((3, 1, 16, 24), np.float32)).shape == (3, 1, 16, 24)
+
+
+def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path):
+    import onnxruntime as ort
+    import tifffile
+
+    from trainer.run import TrainConfig, train
+
+    frames = tmp_path / "movie.tif"
+    tifffile.imwrite(frames, movie, photometric="minisblack")
+    out = tmp_path / "m.onnx"
+    logs = []
+    summary = train(TrainConfig(frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, check_every=0), log=logs.append)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    assert card.preset == "tiny" and card.size_multiple == 8 and card.input_frames == 1
+    assert card.normalisation.flatten_sigma == 20.0
+    assert card.training["steps"] == 2 and "L_cycle" in card.training["final_losses"]
+    assert {"version", "date", "frame_stats"} <= set(card.training)
+    assert summary["export"]["max_abs_diff"] < 1e-3
+    assert (tmp_path / "m.losses.png").stat().st_size > 1000 and (tmp_path / "m.preview.png").stat().st_size > 1000
+    assert any("max |onnxruntime - torch|" in line for line in logs)
+    again = train(TrainConfig(frames=frames, out=out, steps=3, resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
+    assert again["steps"] == 3 and any("resuming" in line and "step 2" in line for line in logs)
+    assert METADATA_KEY in sess.get_modelmeta().custom_metadata_map
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    from livedenoise import cli
+
+    monkeypatch.setattr(sys, "argv", ["livedenoise", "train", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("small", "at least 128x128"),
+        ("rgb", "RGB"),
+        ("single", "single frame"),
+        ("nan", "NaN"),
+        ("corrupt", "cannot read"),
+        ("unwritable", "cannot write"),
+        ("cuda", "no CUDA GPU"),
+    ],
+)
+def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+
+    def write_tiff(data, name="stack.tif"):
+        path = tmp_path / name
+        tifffile.imwrite(path, data, photometric="rgb" if data.shape[-1] == 3 else "minisblack")
+        return path
+
+    rng = np.random.default_rng(0)
+    good = rng.poisson(1.0, (3, 128, 128)).astype(np.uint16)
+    makers = {
+        "small": lambda: rng.poisson(1.0, (3, 64, 64)).astype(np.uint16),
+        "rgb": lambda: rng.integers(0, 255, (3, 128, 128, 3), dtype=np.uint8),
+        "single": lambda: good[0],
+        "nan": lambda: np.where(rng.random((3, 128, 128)) < 0.01, np.nan, 1.0).astype(np.float32),
+    }
+    frames = write_tiff(makers[case]()) if case in makers else None
+    if case == "corrupt":
+        frames = tmp_path / "broken.tif"
+        frames.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    if frames is None:
+        frames = write_tiff(good)
+    out = tmp_path / ("missing-dir/m.onnx" if case == "unwritable" else "m.onnx")
+    args = ["--frames", str(frames), "--out", str(out), "--steps", "1"]
+    if case == "cuda":
+        args += ["--device", "cuda"]
+    code, err = _cli(monkeypatch, capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_load_frames_accepts_npy(tmp_path):
+    path = tmp_path / "f.npy"
+    np.save(path, np.zeros((2, 130, 140), np.float32))
+    assert load_frames(path).shape == (2, 130, 140)
+
+
+def test_gaussian_kernel_sums_to_one():
+    assert gaussian_kernel(7, 1.0).sum().item() == pytest.approx(1.0, abs=1e-6)

@@ -1,0 +1,221 @@
+"""``livedenoise train`` end to end: frames -> statistics -> training -> ONNX + card + figures."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from livedenoise.errors import LivedenoiseError
+from livedenoise.modelcard import ModelCard, Normalisation, normalise, to_display
+
+from .domains import frame_statistics, load_frames, sample_frames
+from .presets import Preset, get_preset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    frames: Path
+    out: Path
+    preset: str | None = None  # None: "tiny" for a new training, the checkpoint's on --resume
+    steps: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    resume: Path | None = None
+    flatten: float | None = None
+    sample_frames: int | None = None
+    norm: str | None = None
+    lfc_sigma: float | None = None
+    checkpoint_every: int = 100
+    check_every: int = 100
+    progress: bool = True
+    figures: bool = True
+
+
+def artefact_paths(out: Path) -> dict[str, Path]:
+    stem = out.with_suffix("")
+    return {
+        "checkpoint": stem.with_name(stem.name + ".ckpt"),
+        "losses": stem.with_name(stem.name + ".losses.png"),
+        "preview": stem.with_name(stem.name + ".preview.png"),
+    }
+
+
+def check_writable(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise LivedenoiseError(f"cannot write {out}: directory {parent} does not exist")
+    if out.is_dir():
+        raise LivedenoiseError(f"cannot write {out}: it is a directory")
+    try:
+        fd, name = tempfile.mkstemp(dir=parent, prefix=".livedenoise-write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise LivedenoiseError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LivedenoiseError("--device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise LivedenoiseError(f"--device {name!r}: choose auto, cuda or cpu")
+    return name
+
+
+def denoise(model, frames: np.ndarray, norm: Normalisation, multiple: int, device: str = "cpu", batch: int = 4) -> np.ndarray:
+    """Ms2c on raw ``(T, H, W)`` frames the way serve does it: normalise, reflect-pad to
+    ``multiple``, run, crop back, :func:`to_display`. Returns ``(T, H, W)`` in [0, 1]."""
+    import torch
+
+    x = normalise(np.asarray(frames, np.float32), norm)
+    t, h, w = x.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    model.eval()
+    out = np.empty((t, h, w), np.float32)
+    with torch.no_grad():
+        for i in range(0, t, batch):
+            y = model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch, None])).to(device)).cpu().numpy()
+            out[i : i + batch] = y[:, 0, :h, :w]
+    return to_display(out)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, log=_log) -> dict:
+    """Run a whole training; returns a summary (also stored in the model card's ``training``)."""
+    out = Path(cfg.out)
+    check_writable(out)
+    if cfg.steps is not None and cfg.steps < 1:
+        raise LivedenoiseError("--steps must be at least 1")
+    if cfg.sample_frames is not None and cfg.sample_frames < 2:
+        raise LivedenoiseError("--sample-frames must be at least 2")
+    if cfg.flatten is not None and not cfg.flatten > 0:
+        raise LivedenoiseError("--flatten SIGMA must be a positive number of pixels")
+    if cfg.norm not in (None, "instance", "layer"):
+        raise LivedenoiseError(f"--norm {cfg.norm!r}: choose instance or layer")
+    frames_all = load_frames(cfg.frames)
+    device = pick_device(cfg.device)
+
+    import torch
+
+    from .export import export_model
+    from .loop import Trainer, load_checkpoint
+
+    paths = artefact_paths(out)
+    ckpt = None
+    if cfg.resume is not None:
+        ckpt = load_checkpoint(Path(cfg.resume))
+        base = get_preset(ckpt["preset"]["name"])
+        if cfg.preset is not None and cfg.preset != base.name:
+            raise LivedenoiseError(f"checkpoint was trained with preset {base.name!r}, not {cfg.preset!r}")
+        preset = base.with_norm(ckpt["preset"]["generator"]["norm"])
+        preset = replace(
+            preset,
+            sample_frames=ckpt["preset"]["sample_frames"],
+            lfc_sigma=ckpt["preset"]["lfc_sigma"],
+            ema=ckpt["preset"].get("ema", 0.0),
+        )
+        norm = Normalisation(**ckpt["normalisation"])
+        idx = np.asarray(ckpt["frame_indices"])
+        if idx.max() >= len(frames_all):
+            raise LivedenoiseError(f"checkpoint {cfg.resume} was made from another movie (frame {idx.max()} missing)")
+        frames = np.asarray(frames_all[idx], np.float32)
+        seed = ckpt["seed"]
+        log(f"resuming from {cfg.resume} at step {ckpt['state']['step']}")
+    else:
+        preset: Preset = get_preset(cfg.preset or "tiny")
+        if cfg.norm:
+            preset = preset.with_norm(cfg.norm)
+        if cfg.sample_frames:
+            preset = replace(preset, sample_frames=cfg.sample_frames)
+        if cfg.lfc_sigma:
+            preset = replace(preset, lfc_sigma=cfg.lfc_sigma)
+        seed = cfg.seed
+        frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed))
+        norm = frame_statistics(frames, cfg.flatten)
+    steps = cfg.steps or preset.steps
+    torch.manual_seed(seed)
+    log(
+        f"preset {preset.name} ({preset.generator.norm} norm) on {device}: {len(frames)} of {len(frames_all)} frames "
+        f"{frames.shape[1]}x{frames.shape[2]}, normalisation offset {norm.offset:.4g} scale {norm.scale:.4g}"
+        + (f" flatten sigma {norm.flatten_sigma:g}" if norm.flatten_sigma else "")
+        + f", {steps} steps, seed {seed}"
+    )
+    trainer = Trainer(preset, frames, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+
+    from livedenoise import __version__
+
+    from .loop import mean_recent
+
+    final = {k: mean_recent(state.history, k) for k in ("cycle", "lfc", "adv", "wdist", "gp")}
+    training = {
+        "steps": state.step,
+        "seed": seed,
+        "norm": preset.generator.norm,
+        "conv": preset.generator.conv,
+        "lfc_sigma": preset.lfc_sigma,
+        "ema": preset.ema,
+        "frames_file": Path(cfg.frames).name,
+        "frames_used": int(len(frames)),
+        "frame_shape": [int(frames.shape[1]), int(frames.shape[2])],
+        "frame_stats": {
+            "median": float(np.median(frames)),
+            "mean": float(frames.mean()),
+            "std": float(frames.std()),
+            "p0.1": float(np.percentile(frames, 0.1)),
+            "p99.9": float(np.percentile(frames, 99.9)),
+        },
+        "final_losses": {"L_cycle": final["cycle"], "L_lfc": final["lfc"], "adv": final["adv"], "wdist": final["wdist"]},
+        "converged_at": state.converged_at,
+        "polarity": state.polarity,
+        "reinitialisations": state.reinits,
+        "events": state.events,
+        "train_seconds": round(state.elapsed_s, 1),
+        "device": device,
+        "version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    card = ModelCard(
+        preset=preset.name,
+        normalisation=norm,
+        input_frames=preset.generator.input_frames,
+        size_multiple=preset.generator.size_multiple,
+        training=training,
+    )
+    check = normalise(frames[: min(2, len(frames))], norm)
+    h, w = check.shape[-2:]
+    m = preset.generator.size_multiple
+    check_inputs = [check[:, None, : h - h % m, : w - w % m], check[:1, None, :128, :128]]
+    result = export_model(trainer.generator, out, card, check_inputs, log=log)
+    summary = dict(training, export=result, out=str(out), checkpoint=str(paths["checkpoint"]))
+    if cfg.figures:
+        from .report import loss_curves, preview
+
+        loss_curves(state.history, paths["losses"], title=f"Noise2Atom {preset.name}: {out.name}")
+        shown = np.asarray(frames_all[: min(4, len(frames_all))], np.float32)
+        den = denoise(trainer.generator, shown, norm, m, device)
+        scores = preview(shown, den, paths["preview"], title=f"{out.name}: noisy (top) | denoised (bottom)")
+        summary["preview_css"] = scores
+        log(f"figures: {paths['losses']}, {paths['preview']} (CSS noisy {scores['css_noisy']:.3f} -> denoised {scores['css_denoised']:.3f})")
+    log(
+        f"done: {state.step} steps in {state.elapsed_s / 60:.1f} min, L_cycle {final['cycle']:.4f} "
+        f"(paper: < {0.05}), L_lfc {final['lfc']:.4f} (paper: < {0.1}), polarity {state.polarity:+.3f}"
+    )
+    return summary
