@@ -31,7 +31,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,13 +41,9 @@ import msgpack
 import numpy as np
 import zmq
 
+from _proc import free_addr  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
-
-
-def free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:

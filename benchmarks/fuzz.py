@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,21 +25,9 @@ import msgpack
 import numpy as np
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
+from _proc import free_addr, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 def main() -> int:
     from e2e import build_bench_model

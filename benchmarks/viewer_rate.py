@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,12 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from _proc import free_addr  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from livedenoise.protocol import TOPIC_STATS, decode_published  # noqa: E402
-
-
-def free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def default_model(workdir: Path) -> Path:

@@ -1,0 +1,21 @@
+"""What the benchmark scripts share: a free loopback address and a process's resident memory."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+
+def free_addr() -> str:
+    """A TCP address on 127.0.0.1 with a port free right now (benchmarks stay on loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
