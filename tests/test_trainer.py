@@ -180,6 +180,14 @@ def test_clean_domain_background_at_minus_one_peaks_at_one():
         assert (img < -0.9).float().mean() > 0.3  # mostly background
 
 
+def test_clean_domain_peak_variance_sets_the_peak_width():
+    narrow = CleanDomain(variance=(0.5, 0.5)).sample(4, np.random.default_rng(0))
+    wide = CleanDomain(variance=(10.0, 10.0)).sample(4, np.random.default_rng(0))
+    # Same lattice (same RNG stream), narrower kernel: far fewer pixels above the background.
+    assert (narrow > -0.5).float().mean() < 0.5 * (wide > -0.5).float().mean()
+    assert PAPER.clean_variance == (1.0, 10.0)  # the paper's range
+
+
 def test_noisy_domain_uses_the_serving_normalisation(movie):
     norm = frame_statistics(movie)
     assert norm.offset == pytest.approx(float(np.median(movie)))
@@ -307,18 +315,23 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     tifffile.imwrite(frames, movie, photometric="minisblack")
     out = tmp_path / "m.onnx"
     logs = []
-    summary = train(TrainConfig(frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, check_every=0), log=logs.append)
+    summary = train(
+        TrainConfig(frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, peak_variance=(0.5, 1.5), check_every=0),
+        log=logs.append,
+    )
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
     assert card.preset == "tiny" and card.size_multiple == 8 and card.input_frames == 1
     assert card.normalisation.flatten_sigma == 20.0
     assert card.training["steps"] == 2 and "L_cycle" in card.training["final_losses"]
+    assert card.training["peak_variance"] == [0.5, 1.5]
     assert {"version", "date", "frame_stats"} <= set(card.training)
     assert summary["export"]["max_abs_diff"] < 1e-3
     assert (tmp_path / "m.losses.png").stat().st_size > 1000 and (tmp_path / "m.preview.png").stat().st_size > 1000
     assert any("max |onnxruntime - torch|" in line for line in logs)
     again = train(TrainConfig(frames=frames, out=out, steps=3, resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
     assert again["steps"] == 3 and any("resuming" in line and "step 2" in line for line in logs)
+    assert again["peak_variance"] == [0.5, 1.5]  # the checkpoint's domain C, not the preset's
     assert METADATA_KEY in sess.get_modelmeta().custom_metadata_map
 
 
@@ -344,6 +357,7 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         ("corrupt", "cannot read"),
         ("unwritable", "cannot write"),
         ("cuda", "no CUDA GPU"),
+        ("peakvar", "--peak-variance"),
     ],
 )
 def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
@@ -375,6 +389,8 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkey
     args = ["--frames", str(frames), "--out", str(out), "--steps", "1"]
     if case == "cuda":
         args += ["--device", "cuda"]
+    if case == "peakvar":
+        args += ["--peak-variance", "2", "1"]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

@@ -31,6 +31,7 @@ class TrainConfig:
     sample_frames: int | None = None
     norm: str | None = None
     lfc_sigma: float | None = None
+    peak_variance: tuple[float, float] | None = None  # domain C kernel variance range (px^2)
     checkpoint_every: int = 100
     check_every: int = 100
     progress: bool = True
@@ -107,6 +108,10 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         raise LivedenoiseError("--flatten SIGMA must be a positive number of pixels")
     if cfg.norm not in (None, "instance", "layer"):
         raise LivedenoiseError(f"--norm {cfg.norm!r}: choose instance or layer")
+    if cfg.peak_variance is not None:
+        lo, hi = cfg.peak_variance
+        if not 0 < lo <= hi:
+            raise LivedenoiseError(f"--peak-variance {lo:g} {hi:g}: need 0 < LO <= HI (px^2)")
     frames_all = load_frames(cfg.frames)
     device = pick_device(cfg.device)
 
@@ -127,6 +132,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset,
             sample_frames=ckpt["preset"]["sample_frames"],
             lfc_sigma=ckpt["preset"]["lfc_sigma"],
+            clean_variance=tuple(ckpt["preset"].get("clean_variance", (1.0, 10.0))),
             ema=ckpt["preset"].get("ema", 0.0),
         )
         norm = Normalisation(**ckpt["normalisation"])
@@ -144,6 +150,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset = replace(preset, sample_frames=cfg.sample_frames)
         if cfg.lfc_sigma:
             preset = replace(preset, lfc_sigma=cfg.lfc_sigma)
+        if cfg.peak_variance is not None:
+            preset = replace(preset, clean_variance=(float(cfg.peak_variance[0]), float(cfg.peak_variance[1])))
         seed = cfg.seed
         frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed))
         norm = frame_statistics(frames, cfg.flatten)
@@ -153,6 +161,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         f"preset {preset.name} ({preset.generator.norm} norm) on {device}: {len(frames)} of {len(frames_all)} frames "
         f"{frames.shape[1]}x{frames.shape[2]}, normalisation offset {norm.offset:.4g} scale {norm.scale:.4g}"
         + (f" flatten sigma {norm.flatten_sigma:g}" if norm.flatten_sigma else "")
+        + f", Ms2b sigma {preset.lfc_sigma:g}, domain C peak variance {preset.clean_variance[0]:g}-{preset.clean_variance[1]:g}"
         + f", {steps} steps, seed {seed}"
     )
     trainer = Trainer(preset, frames, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
@@ -171,6 +180,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "norm": preset.generator.norm,
         "conv": preset.generator.conv,
         "lfc_sigma": preset.lfc_sigma,
+        "peak_variance": list(preset.clean_variance),
         "ema": preset.ema,
         "frames_file": Path(cfg.frames).name,
         "frames_used": int(len(frames)),

@@ -25,6 +25,12 @@ def train(
     sample_frames: int = typer.Option(None, "--sample-frames", help="Frames sampled for training (paper: about 120)."),
     norm: str = typer.Option(None, "--norm", help="instance (per channel, paper text) | layer (per sample, released code)."),
     lfc_sigma: float = typer.Option(None, "--lfc-sigma", help="Sigma (px) of Ms2b's fixed 33x33 Gaussian (default from the preset)."),
+    peak_variance: tuple[float, float] = typer.Option(
+        None,
+        "--peak-variance",
+        metavar="LO HI",
+        help="Variance range (px^2) of domain C's Gaussian peaks, e.g. 0.5 1.5 for atoms of sigma ~0.9 px (default from the preset; paper: 1 10).",
+    ),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
 ) -> None:
     """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
@@ -48,6 +54,7 @@ def train(
             sample_frames=sample_frames,
             norm=norm,
             lfc_sigma=lfc_sigma,
+            peak_variance=peak_variance,
             checkpoint_every=checkpoint_every,
         )
     )
