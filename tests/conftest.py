@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 from livedenoise.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 
@@ -167,6 +168,24 @@ def frames_u2() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- live pipeline helpers
+
+
+def bind_detector(address: str, kind: int = zmq.PUSH, timeout: float = 5.0) -> zmq.Socket:
+    """A detector socket bound at ``address``; retries while the port is still being released."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = zmq.Context.instance().socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(address)
+            return sock
+        except zmq.ZMQError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 
 
 class Subscriber:

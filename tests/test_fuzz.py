@@ -9,6 +9,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import bind_detector, reference_denoise
+
 from livedenoise.errors import MalformedMessage
 from livedenoise.fuzz import KINDS, malformed_message
 from livedenoise.protocol import (
@@ -122,9 +124,7 @@ def test_daemon_counts_2000_malformed_and_denoises_every_valid_frame(conv_model,
     daemon = daemon_factory(model=conv_model, source=source, lossless=True, max_batch=8)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     rng = np.random.default_rng(7)
     valid = rng.integers(0, 500, (8, 16, 16)).astype("<u2")
     n_bad, n_good, kinds = 2000, 0, {}
@@ -140,7 +140,6 @@ def test_daemon_counts_2000_malformed_and_denoises_every_valid_frame(conv_model,
     push.close()
     assert set(kinds) == set(KINDS)
     assert [d.header["image_id"] for d in denoised if d.header["series_id"] == 1000] == list(range(n_good))
-    from conftest import reference_denoise
 
     np.testing.assert_allclose(denoised[-1].data, reference_denoise(conv_model, valid[(n_good - 1) % 8]), atol=2e-6)
     stats = sub.stats_until(lambda s: s["malformed"] == n_bad and s["queue_depth"] == 0, timeout=20)

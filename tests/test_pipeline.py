@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import reference_denoise
+from conftest import bind_detector, reference_denoise
 from livedenoise.batcher import FrameQueue, QueueClosed
 from livedenoise.engine import Engine
 from livedenoise.errors import ModelError
@@ -182,9 +182,7 @@ def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, free_addr, dae
         rng.integers(0, 10**6, (17, 33)).astype("<u4"),
         rng.normal(5, 2, (64, 48)).astype("<f4"),
     ]
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     for i, f in enumerate(frames):
         push.send_multipart(encode_image(f, series_id=7, image_id=i))
     denoised, _ = sub.collect(len(frames))
@@ -259,9 +257,7 @@ def test_bad_input_is_counted_and_serving_continues(build_model, free_addr, daem
     daemon = daemon_factory(model=model, source=source, pull=True, max_batch=1)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     good = np.full((64, 64), 10, "<u2")
     bad = _bad_messages()
     push.send_multipart(encode_start(1))
@@ -290,9 +286,7 @@ def test_inference_failure_on_one_batch_is_counted_and_next_is_served(
     daemon = daemon_factory(model=model, source=source, pull=True, max_batch=1)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     ok = np.full((32, 32), 10, "<u2")
     hot = np.full((32, 32), 60000, "<u2")  # (60000 - 2) * 0.25 > 100
     for i, f in enumerate([ok, hot, ok]):
@@ -309,9 +303,7 @@ def test_css_restarts_per_series(conv_model, free_addr, daemon_factory, subscrib
     daemon = daemon_factory(model=conv_model, source=source, pull=True)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     for series in (1, 2):
         for i in range(3):
             push.send_multipart(encode_image(frames_u2[i], series_id=series, image_id=i))
@@ -434,9 +426,7 @@ def test_second_signal_exits_at_once(build_model, free_addr, subscriber):
     try:
         sub = subscriber(publish)
         sub.wait_ready(timeout=30)
-        push = zmq.Context.instance().socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
-        push.bind(source)
+        push = bind_detector(source)
         for i in range(60):  # seconds of work for this model
             push.send_multipart(encode_image(np.zeros((96, 96), "<u2"), series_id=1, image_id=i))
         sub.stats_until(lambda s: s["received"] == 60, timeout=10)

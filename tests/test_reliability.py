@@ -19,29 +19,13 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import reference_denoise
+from conftest import bind_detector, reference_denoise
 from livedenoise.protocol import Limits, encode_end, encode_image, encode_start
 from livedenoise.recorder import INDEX, Recorder, iter_frames, read_index, summarize
 from livedenoise.replay import Replayer, ReplayConfig
 from livedenoise.sink import Delivered
 
 CTX = zmq.Context.instance()
-
-
-def bind_detector(address: str, kind: int = zmq.PUSH, timeout: float = 5.0) -> zmq.Socket:
-    """A detector socket bound at ``address``; retries while the port is still being released."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = CTX.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(address)
-            return sock
-        except zmq.ZMQError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def start_replay(cfg: ReplayConfig) -> tuple[Replayer, threading.Thread]:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import bind_detector
+
 from livedenoise.daemon import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
 from livedenoise.protocol import decode_published, encode_image
 from livedenoise.replay import Replayer, ReplayConfig
@@ -74,9 +76,7 @@ def test_only_clients_with_an_allowed_key_receive_the_output(conv_model, free_ad
     stranger = curve_sub(daemon.publish_address, server[0], mallory[1])  # valid CURVE, unknown key
     plain = curve_sub(daemon.publish_address)  # no encryption at all
     anonymous = curve_sub(daemon.publish_address, server[0])  # throw-away key pair
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(source)
+    push = bind_detector(source)
     got: list = []
     image_id = 0
     deadline = time.monotonic() + 10
