@@ -114,6 +114,18 @@ def normalise(frames: np.ndarray, norm: Normalisation, out: np.ndarray | None = 
     return out
 
 
+def causal_windows(frames: np.ndarray, k: int, index: np.ndarray | None = None) -> np.ndarray:
+    """The input of a ``k``-frame model for frames ``index`` of a ``(T, H, W)`` movie: ``(N, k, H, W)``.
+
+    Channel ``k - 1`` is the frame itself and channels ``0 .. k - 2`` the frames before it, oldest
+    first; before the start of the movie the oldest frame available is repeated. This is the rule
+    :class:`livedenoise.engine.Engine` applies to a live series, so training sees what serve feeds.
+    """
+    idx = np.arange(frames.shape[0]) if index is None else np.asarray(index)
+    lags = np.arange(1 - k, 1)
+    return frames[np.clip(idx[:, None] + lags[None, :], 0, None)]
+
+
 def to_display(clean: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Map Ms2c's tanh output [-1, 1] to [0, 1] (background 0, atomic peak 1)."""
     out = np.add(clean, np.float32(1.0), out=out)

@@ -23,7 +23,7 @@ from livedenoise.batcher import FrameQueue, QueueClosed
 from livedenoise.engine import Engine
 from livedenoise.errors import ModelError
 from livedenoise.metrics import css
-from livedenoise.modelcard import INPUT_NAME, ModelCard, Normalisation, normalise, to_display
+from livedenoise.modelcard import INPUT_NAME, ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.protocol import encode_end, encode_image, encode_start, pack
 from livedenoise.replay import Replayer, ReplayConfig
 
@@ -107,6 +107,24 @@ def test_engine_multi_frame_model_uses_causal_history(build_model):
         x = np.stack([normalise(prev, card.normalisation), normalise(cur, card.normalisation)])[None]
         (y,) = sess.run(None, {INPUT_NAME: x})
         np.testing.assert_allclose(out, to_display(y[0, 0]), rtol=0, atol=2e-6)
+
+
+def test_causal_windows_are_what_the_engine_feeds_a_multi_frame_model(build_model):
+    """Training builds its k-frame inputs with causal_windows; serve's engine builds them from its
+    per-series history. Both must give the model the same input, the start of a series included."""
+    card = ModelCard(preset="test-3f", normalisation=Normalisation(2.0, 0.1), input_frames=3)
+    path = build_model("threeframe.onnx", card=card)
+    engine = Engine(path, provider="cpu")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = np.random.default_rng(2).integers(0, 50, (5, 16, 16)).astype("<u2")
+    outs = engine.infer(list(frames[:2]), series=[7, 7]).outputs + engine.infer(list(frames[2:]), series=[7] * 3).outputs
+    windows = causal_windows(normalise(frames, card.normalisation), 3)
+    assert windows.shape == (5, 3, 16, 16)
+    assert np.array_equal(windows[1], normalise(frames[[0, 0, 1]], card.normalisation))
+    (ref,) = sess.run(None, {INPUT_NAME: windows})
+    np.testing.assert_allclose(np.stack(outs), to_display(ref[:, 0]), rtol=0, atol=2e-6)
 
 
 def test_engine_refuses_models_without_card_or_not_onnx(build_model, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from livedenoise.modelcard import METADATA_KEY, ModelCard, Normalisation, normalise  # noqa: E402
+from livedenoise.modelcard import METADATA_KEY, ModelCard, Normalisation, causal_windows, normalise  # noqa: E402
 from trainer import losses  # noqa: E402
 from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames  # noqa: E402
 from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card  # noqa: E402
@@ -194,11 +194,31 @@ def test_noisy_domain_uses_the_serving_normalisation(movie):
     top = np.percentile(normalise(movie, norm), 99.9)
     assert top == pytest.approx(1.0, abs=1e-4)
     dom = NoisyDomain(movie, norm, 64)
-    assert np.array_equal(dom.frames, normalise(movie, norm))
+    assert np.array_equal(dom.frames[:, 0], normalise(movie, norm))
     crops = dom.sample(5, np.random.default_rng(1))
     assert crops.shape == (5, 1, 64, 64)
     flat = frame_statistics(movie, flatten_sigma=10.0)
     assert flat.flatten_sigma == 10.0
+
+
+def test_noisy_domain_crops_a_causal_window_at_one_place(movie):
+    from trainer.domains import sample_frames
+
+    windows, idx = sample_frames(movie, 4, np.random.default_rng(0), input_frames=3)
+    assert windows.shape == (4, 3, 128, 128) and idx.shape == (4,)
+    assert np.array_equal(windows[:, -1], movie[idx]) and np.array_equal(windows[:, 0], movie[np.maximum(idx - 2, 0)])
+    norm = frame_statistics(movie)
+    crops = NoisyDomain(windows, norm, 64).sample(6, np.random.default_rng(1)).numpy()
+    assert crops.shape == (6, 3, 64, 64)
+    full = normalise(windows, norm)
+    for crop in crops:  # every frame of a window comes from the same sampled frame and place
+        hits = [
+            (i, y, x)
+            for i in range(4)
+            for y, x in zip(*np.nonzero(full[i, 2, : 128 - 63, : 128 - 63] == crop[2, 0, 0]))
+            if np.array_equal(full[i, :, y : y + 64, x : x + 64], crop)
+        ]
+        assert hits, "crop is not one window cropped at one place"
 
 
 # ------------------------------------------------------------------------------- training
@@ -345,6 +365,31 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exc:
         cli.main()
     return exc.value.code, capsys.readouterr().err
+
+
+def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp_path):
+    import tifffile
+
+    from livedenoise.engine import Engine
+    from trainer.run import TrainConfig, denoise, train
+
+    frames = tmp_path / "movie.tif"
+    tifffile.imwrite(frames, movie, photometric="minisblack")
+    out = tmp_path / "t.onnx"
+    train(TrainConfig(frames=frames, out=out, preset="temporal", steps=2, check_every=0, figures=False), log=lambda m: None)
+    engine = Engine(out, provider="cpu")
+    assert engine.card.preset == "temporal" and engine.card.input_frames == 3
+    served = np.stack(engine.infer(list(movie)).outputs)
+
+    from trainer.loop import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "t.ckpt")
+    net = UNet(TINY.generator)
+    net.load_state_dict(ckpt["ms2c_ema"])
+    means = causal_windows(movie.astype(np.float32), 3).mean(axis=1)  # what Ms2c reads: the window mean
+    np.testing.assert_allclose(served, denoise(net, means, engine.card.normalisation, 8), atol=1e-4)
+    train(TrainConfig(frames=frames, out=out, resume=tmp_path / "t.ckpt", steps=3, check_every=0, figures=False), log=lambda m: None)
+    assert Engine(out, provider="cpu").card.training["steps"] == 3
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import Normalisation, normalise
+from livedenoise.modelcard import Normalisation, causal_windows, normalise
 
 from .networks import gaussian_kernel
 
@@ -121,23 +121,42 @@ def frame_statistics(frames: np.ndarray, flatten_sigma: float | None = None) -> 
 
 
 class NoisyDomain:
-    """Domain S: random crops of the (sampled, normalised) training frames."""
+    """Domain S: random crops of the (sampled, normalised) training frames.
+
+    ``frames`` is ``(T, H, W)``, or ``(T, k, H, W)`` causal windows for a ``k``-frame preset
+    (:func:`livedenoise.modelcard.causal_windows`); a sample is ``(n, k, crop, crop)``, every
+    frame of a window cropped at the same place.
+    """
 
     def __init__(self, frames: np.ndarray, norm: Normalisation, crop: int = 128):
-        self.frames = normalise(np.asarray(frames), norm)
+        frames = np.asarray(frames)
+        self.frames = normalise(frames[:, None] if frames.ndim == 3 else frames, norm)
         self.crop = crop
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
-        t, h, w = self.frames.shape
+        t, _, h, w = self.frames.shape
         idx = rng.integers(0, t, size=n)
         ys = rng.integers(0, h - self.crop + 1, size=n)
         xs = rng.integers(0, w - self.crop + 1, size=n)
-        out = np.stack([self.frames[i, y : y + self.crop, x : x + self.crop] for i, y, x in zip(idx, ys, xs)])
-        return torch.from_numpy(out)[:, None]
+        out = np.stack([self.frames[i, :, y : y + self.crop, x : x + self.crop] for i, y, x in zip(idx, ys, xs)])
+        return torch.from_numpy(out)
 
 
-def sample_frames(frames: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random sample of ``count`` frames (all of them when there are fewer), in time order."""
+def sample_frames(
+    frames: np.ndarray, count: int, rng: np.random.Generator, input_frames: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random sample of ``count`` frames (all of them when there are fewer), in time order.
+
+    Returns ``(T, H, W)`` float32 frames, or for ``input_frames`` = k > 1 their ``(T, k, H, W)``
+    causal windows (each sampled frame with the k - 1 frames before it), and the indices.
+    """
     t = frames.shape[0]
     idx = np.sort(rng.choice(t, size=min(count, t), replace=False))
-    return np.asarray(frames[idx], dtype=np.float32), idx
+    return gather(frames, idx, input_frames), idx
+
+
+def gather(frames: np.ndarray, idx: np.ndarray, input_frames: int = 1) -> np.ndarray:
+    """Frames ``idx`` of a movie as float32, as causal windows when ``input_frames`` > 1."""
+    if input_frames > 1:
+        return np.asarray(causal_windows(frames, input_frames, idx), dtype=np.float32)
+    return np.asarray(frames[idx], dtype=np.float32)

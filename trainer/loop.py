@@ -40,7 +40,7 @@ from livedenoise.modelcard import Normalisation
 
 from . import losses
 from .domains import CleanDomain, NoisyDomain
-from .networks import Critic, LowPass, UNet, gaussian_kernel
+from .networks import Critic, LowPass, UNet, WindowMean, gaussian_kernel
 from .presets import Preset
 
 CYCLE_TARGET = 0.05  # paper: "the cycle consistency loss is less than 0.05"
@@ -106,6 +106,9 @@ class Trainer:
         self.frame_indices = np.arange(len(frames)) if frame_indices is None else np.asarray(frame_indices)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        frames = np.asarray(frames)
+        if frames.ndim == 4:  # temporal preset: (T, k, H, W) causal windows; Ms2c learns on their mean
+            frames = frames.mean(axis=1, dtype=np.float32)
         self.noisy = NoisyDomain(frames, norm, preset.crop)
         self.clean = CleanDomain(preset.crop, preset.clean_variance)
         self.lowpass = LowPass(preset.lfc_size, preset.lfc_sigma).to(self.device)
@@ -118,7 +121,7 @@ class Trainer:
     # -- construction -------------------------------------------------------------------
     def _build(self) -> None:
         p = self.preset
-        self.ms2c = UNet(p.generator).to(self.device)
+        self.ms2c = UNet(p.generator, in_channels=1).to(self.device)
         self.mc2s = UNet(p.generator, in_channels=1).to(self.device)
         self.critic = Critic(p.critic, p.crop).to(self.device)
 
@@ -136,8 +139,10 @@ class Trainer:
 
     @property
     def generator(self) -> torch.nn.Module:
-        """The Ms2c that gets exported: the weight average where the preset asks for one."""
-        return self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
+        """The Ms2c that gets exported: the weight average where the preset asks for one, behind
+        the fixed window mean for a multi-frame preset."""
+        ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
+        return torch.nn.Sequential(WindowMean(), ms2c) if self.preset.generator.input_frames > 1 else ms2c
 
     @torch.no_grad()
     def _update_ema(self) -> None:

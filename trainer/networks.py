@@ -191,6 +191,14 @@ class UNet(nn.Module):
         return torch.tanh(self.head(y))
 
 
+class WindowMean(nn.Module):
+    """The ``temporal`` preset's fixed front of Ms2c: a causal window ``[N, k, H, W]`` -> its mean
+    ``[N, 1, H, W]`` (one ONNX ReduceMean), so the exported model reads the k frames serve feeds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     """A ``size x size`` 2-D Gaussian of standard deviation ``sigma`` normalised to sum 1."""
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2

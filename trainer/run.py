@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import ModelCard, Normalisation, normalise, to_display
+from livedenoise.modelcard import ModelCard, Normalisation, causal_windows, normalise, to_display
 
-from .domains import frame_statistics, load_frames, sample_frames
+from .domains import frame_statistics, gather, load_frames, sample_frames
 from .presets import Preset, get_preset
 
 
@@ -32,6 +32,7 @@ class TrainConfig:
     norm: str | None = None
     lfc_sigma: float | None = None
     peak_variance: tuple[float, float] | None = None  # domain C kernel variance range (px^2)
+    window: int | None = None  # frames in a multi-frame preset's causal window
     checkpoint_every: int = 100
     check_every: int = 100
     progress: bool = True
@@ -73,9 +74,12 @@ def pick_device(name: str) -> str:
     return name
 
 
-def denoise(model, frames: np.ndarray, norm: Normalisation, multiple: int, device: str = "cpu", batch: int = 4) -> np.ndarray:
-    """Ms2c on raw ``(T, H, W)`` frames the way serve does it: normalise, reflect-pad to
-    ``multiple``, run, crop back, :func:`to_display`. Returns ``(T, H, W)`` in [0, 1]."""
+def denoise(
+    model, frames: np.ndarray, norm: Normalisation, multiple: int, device: str = "cpu", batch: int = 4, input_frames: int = 1
+) -> np.ndarray:
+    """Ms2c on consecutive raw ``(T, H, W)`` frames the way serve does it: normalise, reflect-pad
+    to ``multiple``, causal windows for a multi-frame model, run, crop back, :func:`to_display`.
+    Returns ``(T, H, W)`` in [0, 1]."""
     import torch
 
     x = normalise(np.asarray(frames, np.float32), norm)
@@ -83,11 +87,12 @@ def denoise(model, frames: np.ndarray, norm: Normalisation, multiple: int, devic
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    x = causal_windows(x, input_frames)  # (T, k, H, W); k = 1: the frames themselves
     model.eval()
     out = np.empty((t, h, w), np.float32)
     with torch.no_grad():
         for i in range(0, t, batch):
-            y = model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch, None])).to(device)).cpu().numpy()
+            y = model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)).cpu().numpy()
             out[i : i + batch] = y[:, 0, :h, :w]
     return to_display(out)
 
@@ -108,6 +113,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         raise LivedenoiseError("--flatten SIGMA must be a positive number of pixels")
     if cfg.norm not in (None, "instance", "layer"):
         raise LivedenoiseError(f"--norm {cfg.norm!r}: choose instance or layer")
+    if cfg.window is not None and not (1 <= cfg.window <= 16):
+        raise LivedenoiseError(f"--window {cfg.window}: choose 1 to 16 frames")
     if cfg.peak_variance is not None:
         lo, hi = cfg.peak_variance
         if not 0 < lo <= hi:
@@ -128,6 +135,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         if cfg.preset is not None and cfg.preset != base.name:
             raise LivedenoiseError(f"checkpoint was trained with preset {base.name!r}, not {cfg.preset!r}")
         preset = base.with_norm(ckpt["preset"]["generator"]["norm"])
+        preset = replace(preset, generator=replace(preset.generator, input_frames=ckpt["preset"]["generator"].get("input_frames", 1)))
         preset = replace(
             preset,
             sample_frames=ckpt["preset"]["sample_frames"],
@@ -139,7 +147,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         idx = np.asarray(ckpt["frame_indices"])
         if idx.max() >= len(frames_all):
             raise LivedenoiseError(f"checkpoint {cfg.resume} was made from another movie (frame {idx.max()} missing)")
-        frames = np.asarray(frames_all[idx], np.float32)
+        frames = gather(frames_all, idx, preset.generator.input_frames)
         seed = ckpt["seed"]
         log(f"resuming from {cfg.resume} at step {ckpt['state']['step']}")
     else:
@@ -152,14 +160,19 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset = replace(preset, lfc_sigma=cfg.lfc_sigma)
         if cfg.peak_variance is not None:
             preset = replace(preset, clean_variance=(float(cfg.peak_variance[0]), float(cfg.peak_variance[1])))
+        if cfg.window is not None:
+            preset = replace(preset, generator=replace(preset.generator, input_frames=cfg.window))
         seed = cfg.seed
-        frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed))
-        norm = frame_statistics(frames, cfg.flatten)
+        frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed), preset.generator.input_frames)
+        # A multi-frame preset's Ms2c reads the mean of each causal window: normalise for that.
+        norm = frame_statistics(frames.mean(axis=1) if frames.ndim == 4 else frames, cfg.flatten)
+    k = preset.generator.input_frames
+    latest = frames[:, -1] if k > 1 else frames  # the sampled frames themselves, without their history
     steps = cfg.steps or preset.steps
     torch.manual_seed(seed)
     log(
         f"preset {preset.name} ({preset.generator.norm} norm) on {device}: {len(frames)} of {len(frames_all)} frames "
-        f"{frames.shape[1]}x{frames.shape[2]}, normalisation offset {norm.offset:.4g} scale {norm.scale:.4g}"
+        f"{frames.shape[-2]}x{frames.shape[-1]}" + (f" ({k}-frame causal windows)" if k > 1 else "") + f", normalisation offset {norm.offset:.4g} scale {norm.scale:.4g}"
         + (f" flatten sigma {norm.flatten_sigma:g}" if norm.flatten_sigma else "")
         + f", Ms2b sigma {preset.lfc_sigma:g}, domain C peak variance {preset.clean_variance[0]:g}-{preset.clean_variance[1]:g}"
         + f", {steps} steps, seed {seed}"
@@ -184,13 +197,13 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "ema": preset.ema,
         "frames_file": Path(cfg.frames).name,
         "frames_used": int(len(frames)),
-        "frame_shape": [int(frames.shape[1]), int(frames.shape[2])],
+        "frame_shape": [int(frames.shape[-2]), int(frames.shape[-1])],
         "frame_stats": {
-            "median": float(np.median(frames)),
-            "mean": float(frames.mean()),
-            "std": float(frames.std()),
-            "p0.1": float(np.percentile(frames, 0.1)),
-            "p99.9": float(np.percentile(frames, 99.9)),
+            "median": float(np.median(latest)),
+            "mean": float(latest.mean()),
+            "std": float(latest.std()),
+            "p0.1": float(np.percentile(latest, 0.1)),
+            "p99.9": float(np.percentile(latest, 99.9)),
         },
         "final_losses": {"L_cycle": final["cycle"], "L_lfc": final["lfc"], "adv": final["adv"], "wdist": final["wdist"]},
         "converged_at": state.converged_at,
@@ -210,9 +223,10 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         training=training,
     )
     check = normalise(frames[: min(2, len(frames))], norm)
+    check = check if k > 1 else check[:, None]
     h, w = check.shape[-2:]
     m = preset.generator.size_multiple
-    check_inputs = [check[:, None, : h - h % m, : w - w % m], check[:1, None, :128, :128]]
+    check_inputs = [check[:, :, : h - h % m, : w - w % m], check[:1, :, :128, :128]]
     result = export_model(trainer.generator, out, card, check_inputs, log=log)
     summary = dict(training, export=result, out=str(out), checkpoint=str(paths["checkpoint"]))
     if cfg.figures:
@@ -220,7 +234,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
 
         loss_curves(state.history, paths["losses"], title=f"Noise2Atom {preset.name}: {out.name}")
         shown = np.asarray(frames_all[: min(4, len(frames_all))], np.float32)
-        den = denoise(trainer.generator, shown, norm, m, device)
+        den = denoise(trainer.generator, shown, norm, m, device, input_frames=k)
         scores = preview(shown, den, paths["preview"], title=f"{out.name}: noisy (top) | denoised (bottom)")
         summary["preview_css"] = scores
         log(f"figures: {paths['losses']}, {paths['preview']} (CSS noisy {scores['css_noisy']:.3f} -> denoised {scores['css_denoised']:.3f})")

@@ -16,7 +16,7 @@ from ..errors import LivedenoiseError
 def train(
     frames: Path = typer.Option(..., "--frames", help="Noisy movie: multi-page TIFF or .npy (T, H, W), frames >= 128x128."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
-    preset: str = typer.Option(None, "--preset", help="paper | lite | tiny (default tiny; on --resume, the checkpoint's)."),
+    preset: str = typer.Option(None, "--preset", help="paper | lite | tiny | temporal (tiny on the mean of the current and 2 previous frames); default tiny; on --resume, the checkpoint's."),
     steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu."),
     seed: int = typer.Option(0, "--seed", help="Random seed (bit-for-bit reproducible on CPU)."),
@@ -31,6 +31,7 @@ def train(
         metavar="LO HI",
         help="Variance range (px^2) of domain C's Gaussian peaks, e.g. 0.5 1.5 for atoms of sigma ~0.9 px (default from the preset; paper: 1 10).",
     ),
+    window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window Ms2c reads: the current one and K-1 before it (default 3 for temporal, 1 otherwise)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
 ) -> None:
     """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
@@ -55,6 +56,7 @@ def train(
             norm=norm,
             lfc_sigma=lfc_sigma,
             peak_variance=peak_variance,
+            window=window,
             checkpoint_every=checkpoint_every,
         )
     )
