@@ -15,8 +15,10 @@ is queued is denoised and published, the recording (``record``) is written and c
 close, exit code 0. A second signal exits at once.
 
 Recording (``record``, see :mod:`livedenoise.recorder`) hangs off the publisher as a hook and
-writes in its own thread. CURVE (``curve_secret``, ``curve_allow``, ``source_curve_server_key``,
-see :mod:`livedenoise.security`): the PUB output is a CURVE server, the input a CURVE client.
+writes in its own thread; so does atom finding (``atoms``, :class:`~livedenoise.sink.AtomFinder`),
+which skips frames rather than fall behind and publishes on the ``atoms`` topic.
+CURVE (``curve_secret``, ``curve_allow``, ``source_curve_server_key``, see
+:mod:`livedenoise.security`): the PUB output is a CURVE server, the input a CURVE client.
 
 Examples
 --------
@@ -39,7 +41,7 @@ from .batcher import FrameQueue
 from .engine import Engine
 from .errors import LivedenoiseError
 from .protocol import DEFAULT_LIMITS, Limits
-from .sink import Publisher, Stats
+from .sink import AtomFinder, Publisher, Stats
 from .source import LogThrottle, Received, Source
 
 log = logging.getLogger("livedenoise.daemon")
@@ -74,6 +76,9 @@ class ServeConfig:
     curve_secret: Path | None = None  # this daemon's key pair (NAME.key_secret)
     curve_allow: Path | None = None  # PUB output: only these public keys (a .key file or a dir of them)
     source_curve_server_key: Path | None = None  # input: the detector's public key (CURVE client)
+    atoms: bool = False  # find the atoms of each denoised frame, publish them on b"atoms"
+    atoms_threshold: float = 0.4  # peak height above the background, denoised units ([0, 1]: atom ~1)
+    atoms_relative: bool = False  # ... or, True: atoms_threshold x the frame's highest peak
 
     def __post_init__(self) -> None:
         if self.lossless:
@@ -84,6 +89,9 @@ class ServeConfig:
             raise LivedenoiseError("--curve-allow needs --curve-secret (the daemon's own key pair)")
         if self.record_raw and self.record is None:
             raise LivedenoiseError("--record-raw needs --record DIR")
+        if not (0 <= self.atoms_threshold <= (1 if self.atoms_relative else float("inf"))):
+            shown = f"{self.atoms_threshold:.0%}" if self.atoms_relative else f"{self.atoms_threshold:g}"
+            raise LivedenoiseError(f"--atoms-threshold {shown}: must be at least 0, and a percentage at most 100%")
 
 
 class Daemon:
@@ -100,6 +108,7 @@ class Daemon:
         self.ctx = zmq.Context()
         self.curve = None
         self.recorder = None
+        self.atoms: AtomFinder | None = None
         try:
             from . import security
 
@@ -144,6 +153,14 @@ class Daemon:
                 self.publisher.hooks.append(self.recorder.submit)
                 self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
                 self.stats.extras.append(self.recorder.counters)
+            if config.atoms:
+                self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
+                    self.publisher, threshold=config.atoms_threshold, relative=config.atoms_relative,
+                    backlog=2 * config.max_batch,
+                )
+                self.publisher.hooks.append(self.atoms.submit)
+                self.publisher.finishers.append(self.atoms.close)  # its last atoms before the last stats
+                self.stats.extras.append(self.atoms.counters)
         except Exception:
             if self.curve is not None:
                 self.curve.stop()
@@ -180,6 +197,10 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.start()
             log.info("recording %s frames to %s", "denoised and raw" if cfg.record_raw else "denoised", cfg.record)
+        if self.atoms is not None:
+            self.atoms.start()
+            thr = f"{cfg.atoms_threshold:.0%} of the highest" if cfg.atoms_relative else f"{cfg.atoms_threshold:g}"
+            log.info("finding atoms: peaks higher than %s above the background, published on 'atoms'", thr)
         for name, target in (
             ("ld-publish", self.publisher.run),
             ("ld-infer", self._infer_loop),
@@ -201,6 +222,8 @@ class Daemon:
             thread.join(timeout)
         if self.recorder is not None:
             self.recorder.close(timeout)  # after the publisher: every published frame is written
+        if self.atoms is not None:
+            self.atoms.close(timeout)  # normally done already, by the publisher
         if all(not t.is_alive() for t in self._threads):
             if self.curve is not None:
                 self.curve.stop()

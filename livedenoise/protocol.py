@@ -12,7 +12,10 @@ Input (detector -> daemon):
 * series framing: one-part ``{htype: "start", series_id, ...}`` and ``{htype: "end", series_id}``.
 
 Output (daemon PUB socket, ``[topic, header(, payload)]``): topics :data:`TOPIC_DENOISED`,
-:data:`TOPIC_RAW`, :data:`TOPIC_STATS` and :data:`TOPIC_ATOMS`.
+:data:`TOPIC_RAW`, :data:`TOPIC_STATS` and :data:`TOPIC_ATOMS`. ``atoms`` (``serve --atoms``) is
+header-only like ``stats``: ids, ``count``, ``threshold`` and the peaks' positions, intensities
+and heights as float32 ``bin`` fields (:func:`encode_atoms`, :func:`decode_atoms`), at most
+:data:`MAX_ATOMS` of them, so it fits the header cap.
 
 Everything is checked and capped *before* allocation: a header is at most
 :attr:`Limits.max_header_bytes`, and a claimed frame larger than :attr:`Limits.max_pixels` is
@@ -252,3 +255,104 @@ def decode_published(parts: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -
     if payload.nbytes != math.prod(shape) * np.dtype(dtype).itemsize:
         raise MalformedMessage("published payload length does not match its shape")
     return Published(topic, header, np.frombuffer(payload, dtype=dtype).reshape(shape))
+
+
+# --------------------------------------------------------------------------- atoms (serve --atoms)
+
+#: Most atoms listed in one ``atoms`` message (the brightest; ``count`` still says how many were
+#: found): 16 bytes each, so the header stays well under :attr:`Limits.max_header_bytes`.
+MAX_ATOMS = 3072
+_ATOM_ARRAYS: tuple[tuple[str, int], ...] = (("positions", 2), ("intensities", 1), ("heights", 1))
+
+
+@dataclass(frozen=True, slots=True)
+class AtomsMessage:
+    """A decoded ``atoms`` message: the peaks found in one denoised frame, brightest first.
+
+    The arrays are read-only float32 views on the received header (no copy).
+    """
+
+    series_id: int
+    image_id: int
+    count: int  # atoms found in the frame; ``len(positions)`` is less only beyond MAX_ATOMS
+    positions: np.ndarray  # (K, 2) float32, [x, y] = [column, row] in pixels, pixel centres at integers
+    intensities: np.ndarray  # (K,) float32, integrated (frame - background) over 5 x 5 px
+    heights: np.ndarray  # (K,) float32, peak value minus background
+    threshold: float  # the height threshold applied (above background, denoised units)
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def encode_atoms(
+    header: dict[str, Any],
+    positions: np.ndarray,
+    intensities: np.ndarray,
+    heights: np.ndarray,
+    *,
+    threshold: float,
+    count: int | None = None,
+) -> list[Buffer]:
+    """``[b"atoms", header]``: ``header`` (ids, timestamps) plus ``count``, ``threshold`` and the
+    three arrays as little-endian float32 msgpack ``bin`` fields.
+
+    The atoms must come brightest first (as :func:`livedenoise.atoms.find_atoms` sorts them):
+    beyond :data:`MAX_ATOMS` the rest are left out, and ``count`` (default: all given) still
+    counts them.
+
+    >>> parts = encode_atoms({"series_id": 1, "image_id": 7}, np.array([[3.25, 4.5]]), np.array([5.0]),
+    ...                      np.array([0.9]), threshold=0.3)
+    >>> msg = decode_atoms(parts)
+    >>> msg.image_id, msg.count, msg.positions.tolist(), msg.threshold
+    (7, 1, [[3.25, 4.5]], 0.3)
+    """
+    arrays = {}
+    k = None
+    for (name, cols), values in zip(_ATOM_ARRAYS, (positions, intensities, heights), strict=True):
+        arr = np.asarray(values, dtype="<f4")
+        if arr.ndim == 0 or arr.shape != ((len(arr), cols) if cols > 1 else (len(arr),)):
+            raise ValueError(f"atoms {name}: expected {cols} value(s) per atom, got shape {arr.shape}")
+        if k is not None and arr.shape[0] != k:
+            raise ValueError(f"atoms arrays differ in length: {name} has {arr.shape[0]}, expected {k}")
+        k = arr.shape[0]
+        arrays[name] = np.ascontiguousarray(arr[:MAX_ATOMS]).tobytes()
+    count = k if count is None else int(count)
+    if count < k:
+        raise ValueError(f"count {count} is less than the {k} atoms given")
+    return [TOPIC_ATOMS, pack({**header, "count": count, "threshold": float(threshold), **arrays})]
+
+
+def decode_atoms(message: Published | Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> AtomsMessage:
+    """Validate and decode an ``atoms`` message (raw parts, or a :class:`Published` already decoded).
+
+    Raises :class:`MalformedMessage` if anything is off: not the atoms topic, a payload part,
+    mistyped ids, count or threshold, arrays of the wrong type, of unequal lengths, more than
+    :data:`MAX_ATOMS` or more than ``count``.
+    """
+    msg = message if isinstance(message, Published) else decode_published(message, limits)
+    if msg.topic != TOPIC_ATOMS or msg.data is not None:
+        raise MalformedMessage(f"not an atoms message (topic {msg.topic!r:.20}, payload {msg.data is not None})")
+    header = msg.header
+    series_id = _int_field(header, "series_id")
+    image_id = _int_field(header, "image_id")
+    count = _int_field(header, "count")
+    threshold = header.get("threshold")
+    if type(threshold) not in (int, float):
+        raise MalformedMessage(f"atoms threshold must be a number, got {threshold!r:.40}")
+    arrays = []
+    k = None
+    for name, cols in _ATOM_ARRAYS:
+        raw = header.get(name)
+        if type(raw) is not bytes or len(raw) % (4 * cols):
+            raise MalformedMessage(f"atoms {name} must be bin of float32 x {cols} per atom")
+        n = len(raw) // (4 * cols)
+        if k is not None and n != k:
+            raise MalformedMessage(f"atoms {name} lists {n} atoms, positions {k}")
+        k = n
+        arr = np.frombuffer(raw, dtype="<f4")
+        arrays.append(arr.reshape(n, cols) if cols > 1 else arr)
+    assert k is not None
+    if k > min(count, MAX_ATOMS):
+        raise MalformedMessage(f"atoms message lists {k} atoms for a count of {count} (at most {MAX_ATOMS})")
+    return AtomsMessage(series_id, image_id, count, *arrays, threshold=float(threshold), header=header)

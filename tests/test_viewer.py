@@ -22,7 +22,7 @@ import pytest
 import tifffile
 import zmq
 
-from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_published
+from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_atoms, encode_published
 from livedenoise.viewer.receiver import StreamBuffer
 
 pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
@@ -56,6 +56,13 @@ class FakeDaemon:
         ids = {"series_id": series_id, "image_id": image_id}
         self.sock.send_multipart(encode_published(TOPIC_DENOISED, {**ids, "css": css, "latency_ms": latency_ms}, denoised))
         self.sock.send_multipart(encode_published(TOPIC_RAW, ids, raw))
+
+    def atoms(self, positions, *, series_id=1, image_id=0) -> None:
+        k = len(positions)
+        ids = {"series_id": series_id, "image_id": image_id}
+        self.sock.send_multipart(
+            encode_atoms(ids, np.reshape(positions, (k, 2)), np.ones(k), np.ones(k), threshold=0.3)
+        )
 
     def stats(self, **fields) -> None:
         header = {
@@ -305,6 +312,78 @@ def test_levels_toggle_and_colour_map(qtbot, daemon, window):
     assert lut is not None and len(lut) == 256
     red, green, blue = screen_grey(window, window.raw_panel, 48, 48)
     assert not red == green == blue
+
+
+def red_rings_near(win: MonitorWindow, xy, box: int = 12) -> int:
+    """Overlay-coloured screen pixels within ``box`` px of atom position ``[x, y]`` on the denoised image."""
+    scene = win.denoised_panel.image.mapToScene(QtCore.QPointF(xy[0] + 0.5, xy[1] + 0.5))
+    at = win.images.mapFromScene(scene)
+    image = win.images.grab().toImage()
+    count = 0
+    for dx in range(-box, box + 1):
+        for dy in range(-box, box + 1):
+            c = image.pixelColor(at.x() + dx, at.y() + dy)
+            count += c.red() > 180 and c.green() < 140 and c.blue() < 140
+    return count
+
+
+def test_atoms_overlay_follows_the_frame_on_screen_and_toggles(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    first = np.array([[10.0, 12.0], [40.0, 20.0], [50.0, 50.0]], np.float32)
+    pub.frame(RAW, DENOISED, image_id=0)
+    pub.atoms(first, image_id=0)
+    pub.atoms([[5.0, 5.0]], series_id=9, image_id=0)  # another series: never drawn here
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == 0, timeout=3000)
+    np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, first + 0.5)  # on pixel centres
+    assert window.atoms_overlay.isVisible() and window.atoms_box.isChecked()
+    shown_line = lambda: window.counters.text().splitlines()[-1]  # noqa: E731
+    qtbot.waitUntil(lambda: shown_line().startswith("shown") and "atoms 3" in shown_line(), timeout=3000)
+    for xy in first:  # the rings are on screen, over the atoms (grey image: red is only the overlay)
+        assert red_rings_near(window, xy) > 5, xy
+    assert red_rings_near(window, (25.0, 40.0)) == 0  # and nowhere else
+
+    # the next frame: until its atoms arrive, those of the frame before stand in
+    pub.frame(RAW, DENOISED, image_id=1)
+    qtbot.waitUntil(lambda: shown_id(window) == (1, 1), timeout=3000)
+    assert window.atoms_shown.image_id == 0
+    qtbot.waitUntil(lambda: "image 1" in shown_line() and "atoms 3 (of image 0)" in shown_line(), timeout=3000)
+    second = np.array([[30.0, 30.0]], np.float32)
+    pub.atoms(second, image_id=1)
+    qtbot.waitUntil(lambda: window.atoms_shown.image_id == 1, timeout=3000)
+    np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, second + 0.5)
+
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_O)  # off: the checkbox follows the key
+    assert not window.show_atoms and not window.atoms_box.isChecked() and not window.atoms_overlay.isVisible()
+    qtbot.wait(50)
+    assert red_rings_near(window, second[0]) == 0
+    window.atoms_box.setChecked(True)  # on again, from the checkbox
+    assert window.show_atoms and window.atoms_overlay.isVisible()
+    qtbot.waitUntil(lambda: red_rings_near(window, second[0]) > 5, timeout=3000)
+
+    # a frame with no atoms found clears the overlay
+    pub.frame(RAW, DENOISED, image_id=2)
+    pub.atoms(np.zeros((0, 2)), image_id=2)
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == 2, timeout=3000)
+    assert len(window.atoms_overlay.getData()[0]) == 0
+
+
+def test_atom_count_plot_gets_one_point_per_frame(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    counts = [3, 5, 4, 0, 6]
+    for i, k in enumerate(counts):
+        pub.atoms(np.full((k, 2), 8.0), series_id=2, image_id=i)
+    pub.stats(atoms_frames=5, atoms_skipped=0, atoms_failed=0, atoms_last=6, atoms_ms_p50=0.61, atoms_ms_p99=1.2)
+
+    def plotted() -> bool:
+        _, ys = window.atoms_points.getData()
+        return ys is not None and len(ys) == len(counts) and "finder p50 0.61 ms" in window.counters.text()
+
+    qtbot.waitUntil(plotted, timeout=3000)
+    np.testing.assert_array_equal(window.atoms_points.getData()[1], counts)
+    assert window.atoms_line.getData()[1][-1] == pytest.approx(np.mean(counts))
+    assert "atoms 5" in window.counters.text()  # messages received by the viewer
 
 
 def test_stream_buffer_pairs_raw_and_denoised_of_one_frame():

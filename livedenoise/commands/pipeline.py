@@ -40,6 +40,16 @@ ProviderOpt = Annotated[
     Optional[str],
     typer.Option(help="onnxruntime provider: cpu, cuda, tensorrt (default: CUDA if usable, else CPU)."),
 ]
+AtomsOpt = Annotated[
+    bool, typer.Option(help="Find the atoms of each denoised frame; publish positions and count on 'atoms'.")
+]
+AtomsThresholdOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --atoms: minimum peak height above the background, in denoised units where an atom "
+        "peaks near 1 (default 0.4); or 'N%': that share of each frame's highest peak."
+    ),
+]
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -108,6 +118,20 @@ def _parse_shape(text: str) -> tuple[int, int] | None:
     return h, w
 
 
+def parse_atoms_threshold(text: str | None, atoms: bool) -> dict:
+    """``--atoms-threshold`` as ServeConfig fields: ``"0.4"`` absolute, ``"30%"`` relative; None: the defaults."""
+    if text is None:
+        return {}
+    if not atoms:
+        raise LivedenoiseError("--atoms-threshold needs --atoms")
+    relative = text.strip().endswith("%")
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise LivedenoiseError(f"--atoms-threshold {text!r}: expected a number (0.4) or a percentage (30%)") from None
+    return {"atoms_threshold": value / 100 if relative else value, "atoms_relative": relative}
+
+
 def _model_path(model: Path | None) -> Path:
     from ..engine import default_model_path
 
@@ -136,7 +160,8 @@ def format_stats(s: dict) -> str:
         f"latency p50 {num(s.get('latency_ms_p50'), '6.1f')} p99 {num(s.get('latency_ms_p99'), '6.1f')} ms | "
         f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
         f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
-    )
+        + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -222,18 +247,22 @@ def register(app: typer.Typer) -> None:
         source_curve_server_key: Annotated[
             Optional[Path], typer.Option(help="CURVE: the detector's public key (NAME.key); encrypts the input.")
         ] = None,
+        atoms: AtomsOpt = False,
+        atoms_threshold: AtomsThresholdOpt = None,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
     ) -> None:
         """Denoise a detector stream live and publish denoised frames, raw frames and stats."""
         from ..daemon import Daemon, ServeConfig
 
         _setup_logging(log_level)
+        atoms_fields = parse_atoms_threshold(atoms_threshold, atoms)
         cfg = ServeConfig(
             model=_model_path(model), source=source, publish=publish, pull=pull, lossless=lossless,
             max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue, provider=provider, threads=threads,
             spin=spin, max_age_ms=max_age_ms or None, warmup_shape=_parse_shape(warmup_size),
             record=record, record_raw=record_raw, record_chunk_frames=record_chunk, curve_secret=curve_secret,
             curve_allow=curve_allow, source_curve_server_key=source_curve_server_key,
+            atoms=atoms, **atoms_fields,
         )
         daemon = Daemon(cfg)
         viewer = launch_viewer(daemon.publish_address) if view else None
@@ -252,19 +281,23 @@ def register(app: typer.Typer) -> None:
         publish: Annotated[str, typer.Option(help="Address the daemon publishes on.")] = "tcp://127.0.0.1:*",
         provider: ProviderOpt = None,
         view: Annotated[bool, typer.Option(help="Open the live monitor when it can run here.")] = True,
+        atoms: AtomsOpt = False,
+        atoms_threshold: AtomsThresholdOpt = None,
     ) -> None:
         """Synthetic detector -> serve (shipped model) -> live monitor, or a status line per second."""
         from ..daemon import Daemon, ServeConfig
         from ..replay import Replayer, ReplayConfig
 
         _setup_logging("WARNING")
+        atoms_fields = parse_atoms_threshold(atoms_threshold, atoms)
         model_path = _model_path(model)
         replayer = Replayer(
             ReplayConfig(synthetic=True, fps=fps, size=size, bind="tcp://127.0.0.1:*", wait_subscriber=10.0)
         )
         try:
             daemon = Daemon(ServeConfig(model=model_path, source=replayer.endpoint, publish=publish,
-                                        provider=provider, warmup_shape=(size, size)))
+                                        provider=provider, warmup_shape=(size, size), atoms=atoms,
+                                        **atoms_fields))
         except BaseException:
             replayer.close()
             raise

@@ -7,7 +7,8 @@ the hand-over to the GUI thread is a queued signal; no QSocketNotifier on the ZM
 
 The receiver drains the socket as fast as messages come and keeps only the newest frame pair:
 a slow display drops frames here, never in the daemon (a PUB socket never waits for a subscriber)
-and never accumulates lag.
+and never accumulates lag. ``atoms`` messages (``serve --atoms``) are decoded here too, off the GUI
+thread; the recent ones are kept so the window can draw the atoms of the frame on screen.
 
 >>> import numpy as np
 >>> from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, encode_published
@@ -35,9 +36,19 @@ import numpy as np
 import zmq
 
 from ..errors import MalformedMessage
-from ..protocol import TOPIC_ATOMS, TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, Buffer, Published, decode_published
+from ..protocol import (
+    TOPIC_ATOMS,
+    TOPIC_DENOISED,
+    TOPIC_RAW,
+    TOPIC_STATS,
+    AtomsMessage,
+    Buffer,
+    Published,
+    decode_atoms,
+    decode_published,
+)
 
-#: Topics the viewer subscribes to (atoms: for the overlay of a later issue; ignored until then).
+#: Topics the viewer subscribes to.
 SUBSCRIBED: tuple[bytes, ...] = (TOPIC_RAW, TOPIC_DENOISED, TOPIC_STATS, TOPIC_ATOMS)
 
 #: Stats fields kept as time series for the throughput and latency plots.
@@ -67,6 +78,8 @@ class History:
     css: np.ndarray
     stats_t: np.ndarray
     stats: dict[str, np.ndarray]
+    atoms_t: np.ndarray = field(default_factory=lambda: np.empty(0))  # one point per atoms message
+    atoms: np.ndarray = field(default_factory=lambda: np.empty(0))  # its count
 
 
 def _ids(msg: Published) -> tuple[Any, Any]:
@@ -82,9 +95,12 @@ class StreamBuffer:
         How many per-frame CSS values and stats messages to keep for the plots.
     pairing:
         How many recent frames per topic are remembered to pair raw with denoised by id.
+    atoms_kept:
+        How many recent ``atoms`` messages are remembered to find those of the frame on screen
+        (they arrive a little after their frame).
     """
 
-    def __init__(self, history: int = 3000, pairing: int = 16) -> None:
+    def __init__(self, history: int = 3000, pairing: int = 16, atoms_kept: int = 64) -> None:
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._recent: dict[bytes, deque[Published]] = {
@@ -96,9 +112,12 @@ class StreamBuffer:
         self._pending = False  # a notification is on its way to the GUI and not yet taken
         self._css: deque[tuple[float, float]] = deque(maxlen=history)
         self._stats: deque[tuple[float, dict[str, Any]]] = deque(maxlen=history)
+        self._atoms: deque[AtomsMessage] = deque(maxlen=atoms_kept)
+        self._atoms_count: deque[tuple[float, int]] = deque(maxlen=history)
+        self.atoms_version = 0  # bumped by every atoms message (the window redraws the overlay then)
         self.counts: Counter[str] = Counter()  # messages per topic name, plus "malformed"
         self.last_stats: dict[str, Any] = {}
-        self.last_atoms: Published | None = None
+        self.last_atoms: AtomsMessage | None = None
         self.last_message: float | None = None  # monotonic time of the newest message
 
     # ------------------------------------------------------------------ receiver side
@@ -114,6 +133,14 @@ class StreamBuffer:
         self.ingest(msg, time.monotonic() if now is None else now)
 
     def ingest(self, msg: Published, now: float) -> None:
+        atoms = None
+        if msg.topic == TOPIC_ATOMS:
+            try:
+                atoms = decode_atoms(msg)
+            except MalformedMessage:
+                with self._lock:
+                    self.counts["malformed"] += 1
+                return
         with self._lock:
             self.last_message = now
             self.counts[msg.topic.decode("ascii", "replace")] += 1
@@ -126,8 +153,11 @@ class StreamBuffer:
             elif msg.topic == TOPIC_STATS:
                 self.last_stats = msg.header
                 self._stats.append((now - self._t0, msg.header))
-            elif msg.topic == TOPIC_ATOMS:
-                self.last_atoms = msg
+            elif atoms is not None:
+                self.last_atoms = atoms
+                self._atoms.append(atoms)
+                self._atoms_count.append((now - self._t0, atoms.count))
+                self.atoms_version += 1
 
     def claim_notification(self) -> bool:
         """True once per batch of new frames: the receiver then notifies the GUI (coalescing)."""
@@ -171,15 +201,34 @@ class StreamBuffer:
             {} if den is None else den.header,
         )
 
+    def atoms_for(self, series_id: Any, image_id: Any, max_behind: int = 10) -> AtomsMessage | None:
+        """The atoms of frame ``(series_id, image_id)``; while they have not arrived, the newest
+        atoms of one of the ``max_behind`` frames before it in the same series; else None."""
+        with self._lock:
+            earlier = None
+            for atoms in reversed(self._atoms):  # newest first
+                if atoms.series_id != series_id:
+                    continue
+                if atoms.image_id == image_id:
+                    return atoms
+                if earlier is None and isinstance(image_id, int) and 0 < image_id - atoms.image_id <= max_behind:
+                    earlier = atoms
+            return earlier
+
     def history(self) -> History:
         with self._lock:
             css = list(self._css)
             stats = list(self._stats)
+            atoms = list(self._atoms_count)
         css_arr = np.array(css, dtype=np.float64).reshape(-1, 2)
+        atoms_arr = np.array(atoms, dtype=np.float64).reshape(-1, 2)
         series = {
             key: np.array([_number(h.get(key)) for _, h in stats], dtype=np.float64) for key in STATS_SERIES
         }
-        return History(css_arr[:, 0], css_arr[:, 1], np.array([t for t, _ in stats], np.float64), series)
+        return History(
+            css_arr[:, 0], css_arr[:, 1], np.array([t for t, _ in stats], np.float64), series,
+            atoms_arr[:, 0], atoms_arr[:, 1],
+        )  # fmt: skip
 
     def idle_for(self, now: float | None = None) -> float:
         """Seconds since the newest message (infinite before the first one)."""

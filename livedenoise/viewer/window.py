@@ -1,4 +1,4 @@
-"""The live monitor window: raw and denoised side by side, CSS, throughput and latency over time.
+"""The live monitor window: raw and denoised side by side, CSS, atom count, throughput and latency over time.
 
 Drawing follows pyqtgraph's fast path: only the newest frame is drawn, on a timer (60 Hz), as a
 C-contiguous float32 array with explicit levels and a 256-entry lookup table (none for grey);
@@ -6,6 +6,11 @@ histograms, counters and the status line refresh at 5 Hz, the rolling plots at 2
 titles stay fixed (a changing title re-lays out the whole scene); per-frame figures go to the
 counters line. Frames that arrive faster than that are dropped in
 :class:`~livedenoise.viewer.receiver.StreamBuffer`, so the window never lags.
+
+With ``serve --atoms``, the atoms of the frame on screen are drawn over the denoised image (a
+:class:`pyqtgraph.ScatterPlotItem` of fixed-size rings; key O or the *atoms* box toggles it). Each
+draw tick only compares the shown frame's ids and the buffer's atoms counter with the last ones;
+the points are replaced only when the atoms to show change.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ PLOT_HZ = 2  # the rolling plots (each refresh repaints six axes: the costliest 
 WAITING_AFTER_S = 1.5  # nothing received for this long: "waiting for stream…"
 FIXED_LEVEL_FRAMES = 5  # fixed levels: the range of the first frames of each series
 PLOT_SPAN_S = 30.0  # the rolling plots show the last this many seconds
-CSS_SMOOTH = 25  # frames in the CSS moving mean
+CSS_SMOOTH = 25  # frames in the CSS moving mean (and the atom count's)
+ATOM_PEN = (255, 70, 70)  # the overlay's rings: red reads on every colour map offered
+ATOM_SIZE = 11  # ring diameter in screen pixels, whatever the zoom
 
 _BANNER_STYLE = "QLabel {{ background: {bg}; color: white; font-size: 15pt; padding: 4px; }}"
 
@@ -159,6 +166,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._draws: deque[float] = deque(maxlen=4 * DRAW_HZ)
         self._display_fps: deque[tuple[float, float]] = deque(maxlen=int(PLOT_SPAN_S) * 4)
         self._histograms_at = 0
+        self.show_atoms = True
+        self.atoms_shown = None  # the AtomsMessage drawn over the denoised frame, if any
+        self._overlay_key: tuple | None = None
 
         self._frames_waiting.connect(self._on_frames_waiting)
         self.receiver = Receiver(address, self.buffer, notify=self._frames_waiting.emit)
@@ -192,6 +202,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.denoised_panel.view.setXLink(self.raw_panel.view)
         self.denoised_panel.view.setYLink(self.raw_panel.view)
         self.panels = (self.raw_panel, self.denoised_panel)
+        self.atoms_overlay = pg.ScatterPlotItem(
+            pxMode=True, symbol="o", size=ATOM_SIZE, pen=pg.mkPen(ATOM_PEN, width=1.5), brush=pg.mkBrush(None)
+        )
+        self.atoms_overlay.setZValue(10)
+        self.denoised_panel.view.addItem(self.atoms_overlay)
         self.set_colormap("grey")
 
     def _build_plots(self) -> None:
@@ -203,20 +218,26 @@ class MonitorWindow(QtWidgets.QMainWindow):
             pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(120, 170, 255, 110), name="per frame"
         )
         self.css_line = self.css_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
-        self.fps_plot = self.plots.addPlot(row=0, col=1, title="throughput (frames/s)")
+        self.atoms_plot = self.plots.addPlot(row=0, col=1, title="atoms per frame")
+        self.atoms_plot.addLegend(**legend)
+        self.atoms_points = self.atoms_plot.plot(
+            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(255, 110, 110, 110), name="per frame"
+        )
+        self.atoms_line = self.atoms_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
+        self.fps_plot = self.plots.addPlot(row=0, col=2, title="throughput (frames/s)")
         self.fps_plot.addLegend(**legend)
         self.fps_in = self.fps_plot.plot(pen=pg.mkPen((150, 150, 150), width=2), name="in")
         self.fps_out = self.fps_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="denoised")
         self.fps_shown = self.fps_plot.plot(pen=pg.mkPen((120, 170, 255), width=1), name="displayed")
-        self.latency_plot = self.plots.addPlot(row=0, col=2, title="latency (ms)")
+        self.latency_plot = self.plots.addPlot(row=0, col=3, title="latency (ms)")
         self.latency_plot.addLegend(**legend)
         self.latency_p50 = self.latency_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="p50")
         self.latency_p99 = self.latency_plot.plot(pen=pg.mkPen((240, 110, 90), width=2), name="p99")
-        for plot in (self.css_plot, self.fps_plot, self.latency_plot):
+        for plot in (self.css_plot, self.atoms_plot, self.fps_plot, self.latency_plot):
             plot.setLabel("bottom", "time", units="s")
             plot.showGrid(x=True, y=True, alpha=0.25)
-        self.fps_plot.setXLink(self.css_plot)
-        self.latency_plot.setXLink(self.css_plot)
+        for plot in (self.atoms_plot, self.fps_plot, self.latency_plot):
+            plot.setXLink(self.css_plot)
 
     def _build_controls(self) -> None:
         bar = self.addToolBar("monitor")
@@ -226,6 +247,18 @@ class MonitorWindow(QtWidgets.QMainWindow):
         bar.addSeparator()
         self.auto_levels_action = self._action(bar, "Auto levels", "A", self.set_auto_levels, checkable=True)
         self.reset_levels_action = self._action(bar, "Reset levels", "R", lambda: self.reset_levels())
+        bar.addSeparator()
+        self.atoms_box = QtWidgets.QCheckBox("atoms [O]")
+        self.atoms_box.setToolTip("Ring the atoms found by serve --atoms on the denoised frame")
+        self.atoms_box.setChecked(self.show_atoms)
+        self.atoms_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)  # keep Space for pause
+        self.atoms_box.toggled.connect(self.set_show_atoms)
+        bar.addWidget(self.atoms_box)
+        toggle_atoms = QtGui.QAction("Atoms overlay", self)
+        toggle_atoms.setShortcut(QtGui.QKeySequence("O"))
+        toggle_atoms.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+        toggle_atoms.triggered.connect(self.atoms_box.toggle)
+        self.addAction(toggle_atoms)  # a shortcut of the window; the box is its button
         bar.addSeparator()
         bar.addWidget(QtWidgets.QLabel(" colour map "))
         self.colormap_box = QtWidgets.QComboBox()
@@ -282,6 +315,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
             if panel.shown is not None:
                 panel.show(panel.shown, self.auto_levels)
 
+    def set_show_atoms(self, show: bool) -> None:
+        """Draw the atoms (``serve --atoms``) over the denoised frame, or not."""
+        self.show_atoms = bool(show)
+        if self.atoms_box.isChecked() != self.show_atoms:
+            self.atoms_box.setChecked(self.show_atoms)
+        self.atoms_overlay.setVisible(self.show_atoms)
+        self._update_overlay()
+
     def set_colormap(self, name: str) -> None:
         cmap = colormap(name)
         for panel in self.panels:
@@ -323,10 +364,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._dirty = True
 
     def _draw(self) -> None:
-        """Timer tick: draw the newest frame pair, if one arrived (skipped while paused)."""
-        if self.paused or not self._dirty:
-            return
-        self._dirty = False
+        """Timer tick: draw the newest frame pair, if one arrived (skipped while paused), and the
+        atoms of the frame on screen (also while paused: they may arrive after their frame)."""
+        if not self.paused and self._dirty:
+            self._dirty = False
+            self._draw_frames()
+        self._update_overlay()
+
+    def _draw_frames(self) -> None:
         frame = self.buffer.take_frames()
         if frame is None:
             return
@@ -339,6 +384,27 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.frame = frame
         self.frames_drawn += 1
         self._draws.append(time.monotonic())
+
+    def _update_overlay(self) -> None:
+        """Show the atoms of the frame on screen (or of the frame just before, until they arrive).
+
+        O(1) when neither the frame on screen nor the atoms received changed since the last call.
+        """
+        frame = self.frame
+        ids = None if frame is None or frame.denoised is None else (frame.series_id, frame.image_id)
+        key = (ids, self.buffer.atoms_version, self.show_atoms)
+        if key == self._overlay_key:
+            return
+        self._overlay_key = key
+        atoms = self.buffer.atoms_for(*ids) if ids is not None and self.show_atoms else None
+        if atoms is self.atoms_shown:
+            return
+        self.atoms_shown = atoms
+        if atoms is None or len(atoms) == 0:
+            self.atoms_overlay.clear()
+        else:
+            # [x, y] has pixel centres at integers; the image item puts pixel (i, j) on [j, j+1] x [i, i+1]
+            self.atoms_overlay.setData(pos=atoms.positions + np.float32(0.5))
 
     @property
     def waiting(self) -> bool:
@@ -388,6 +454,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         shown = np.array(self._display_fps, dtype=np.float64).reshape(-1, 2)
         self.css_points.setData(hist.css_t, hist.css)
         self.css_line.setData(hist.css_t, moving_mean(hist.css, CSS_SMOOTH))
+        self.atoms_points.setData(hist.atoms_t, hist.atoms)
+        self.atoms_line.setData(hist.atoms_t, moving_mean(hist.atoms, CSS_SMOOTH))
         self.fps_in.setData(hist.stats_t, hist.stats["fps_in"], connect="finite")
         self.fps_out.setData(hist.stats_t, hist.stats["fps_out"], connect="finite")
         self.fps_shown.setData(shown[:, 0], shown[:, 1])
@@ -396,6 +464,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.css_plot.setXRange(start, max(elapsed, 1.0), padding=0.02)  # the other two are linked
         recent = hist.stats_t >= start
         fit_y(self.css_plot, hist.css[hist.css_t >= start])
+        fit_y(self.atoms_plot, hist.atoms[hist.atoms_t >= start], zero=True)
         fit_y(self.fps_plot, hist.stats["fps_in"][recent], hist.stats["fps_out"][recent], shown[shown[:, 0] >= start, 1], zero=True)
         fit_y(self.latency_plot, hist.stats["latency_ms_p50"][recent], hist.stats["latency_ms_p99"][recent], zero=True)
 
@@ -416,8 +485,12 @@ class MonitorWindow(QtWidgets.QMainWindow):
             f"  | in {stat('fps_in', '{:.1f}')} fps  out {stat('fps_out', '{:.1f}')} fps"
             f"  p50 {stat('latency_ms_p50', '{:.1f}')} ms  p99 {stat('latency_ms_p99', '{:.1f}')} ms",
             f"viewer  raw {counts['raw']}  denoised {counts['denoised']}  stats {counts['stats']}"
-            f"  bad {counts['malformed']}  drawn {self.frames_drawn}  display {self.display_fps(now):.0f} fps",
+            f"  atoms {counts['atoms']}  bad {counts['malformed']}  drawn {self.frames_drawn}"
+            f"  display {self.display_fps(now):.0f} fps",
         ]
+        if "atoms_frames" in stats:
+            lines[0] += f"  | atoms {stat('atoms_last')}  finder p50 {stat('atoms_ms_p50', '{:.2f}')} ms"
+            lines[0] += f"  skipped {stat('atoms_skipped')}  failed {stat('atoms_failed')}"
         frame = self.frame
         if frame is not None:
             css, latency = frame.denoised_header.get("css"), frame.denoised_header.get("latency_ms")
@@ -425,6 +498,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
                 f"shown   series {frame.series_id}  image {frame.image_id}"
                 + (f"  CSS {css:.3f}" if isinstance(css, float) else "")
                 + (f"  latency {latency:.1f} ms" if isinstance(latency, int | float) else "")
+                + self._atoms_text(frame)
                 + ("  (paused)" if self.paused else "")
             )
         self.counters.setText("\n".join(lines))
@@ -432,6 +506,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
             f"model {stats.get('model', '–')} · provider {stats.get('provider', '–')}"
             f" · stream {self.address} · series {'–' if frame is None else frame.series_id}"
         )
+
+    def _atoms_text(self, frame: FramePair) -> str:
+        atoms = self.atoms_shown
+        if atoms is None:
+            return ""
+        if atoms.image_id == frame.image_id:
+            return f"  atoms {atoms.count}"
+        return f"  atoms {atoms.count} (of image {atoms.image_id})"
 
     # ------------------------------------------------------------------ lifetime
 
