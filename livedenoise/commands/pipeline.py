@@ -26,7 +26,7 @@ log = logging.getLogger("livedenoise")
 
 ModelOpt = Annotated[
     Optional[Path],
-    typer.Option("--model", "-m", help="ONNX model with a livedenoise model card (default: the shipped model)."),
+    typer.Option("--model", "-m", help="ONNX model with a livedenoise model card, or a shipped one: default (1 frame), temporal (3 frames)."),
 ]
 CurveSecretOpt = Annotated[
     Optional[Path],
@@ -133,9 +133,15 @@ def parse_atoms_threshold(text: str | None, atoms: bool) -> dict:
 
 
 def _model_path(model: Path | None) -> Path:
+    """``--model``: a file, or the name of a shipped model (``default``, ``temporal``), or none."""
     from ..engine import default_model_path
 
-    return model if model is not None else default_model_path()
+    if model is None:
+        return default_model_path()
+    shipped = default_model_path().with_name(f"{model}.onnx")
+    if not model.exists() and model.suffix == "" and shipped.is_file():
+        return shipped
+    return model
 
 
 def _scaled(stack):
