@@ -1,23 +1,31 @@
-"""End-to-end benchmark: replay -> serve -> subscriber on one machine, against a bare onnxruntime loop.
+"""The speed report: replay -> serve -> subscriber, per preset, frame size and provider, against a
+bare onnxruntime loop on the same model, batch and size measured in the same run.
 
-Three measurements in one run, on the same model, provider, batch and frame size:
+For each combination:
 
-1. **bare**: ``session.run`` in a loop on pre-normalised ``[max_batch, 1, S, S]`` input (what the
-   network alone costs);
-2. **saturation**: ``replay --push`` as fast as it can -> ``serve --lossless`` -> a subscriber;
-   end-to-end fps = denoised frames received / time, nothing dropped;
-3. **live**: ``replay`` (PUB) at the user's rate (150 fps at 128², 15 at 512², 5 at 1024²) ->
-   ``serve`` -> subscriber; latency from the detector's send (``start_time``) to the subscriber's
-   receipt, p50/p99, plus the daemon's own receipt-to-publish latency.
+1. **bare**: the engine's own session call (``Engine._run``: ``session.run``, or the IOBinding on
+   a GPU) in a loop on pre-normalised ``[batch, k, S, S]`` input, ``batch`` = what ``serve`` runs
+   at that size (``max_batch``, capped by ``max_batch_pixels``); measured before and after the
+   stream, averaged, so a change in machine load shows and evens out;
+2. **saturation**: ``replay --push --loop`` of a simulated TIFF as fast as serve takes it ->
+   ``serve --lossless --queue 2*batch`` -> a subscriber here; end-to-end fps from the receipt
+   times (the first batch left out), and serve's latency (receipt to publish, queueing included);
+3. **live**: ``replay`` (PUB) at the user's rate (150 fps at 128², 15 at 512², 5 at 1024²), or at
+   60 % of what this machine sustains if that is less (above it a live stream can only drop
+   frames, and the latency measures the queue bound); latency from the detector's send to the
+   subscriber's receipt, p50/p99, and serve's own.
 
 replay and serve run as separate processes (``python -m livedenoise ...``), like a detector and a
-daemon; the subscriber runs here. Usage::
+daemon; replay sends frames simulated beforehand (a detector costs this machine nothing). Models:
+``tiny`` is the shipped, trained model; ``lite`` and ``paper`` are untrained exports of the
+presets' networks (:mod:`export_presets`, needs torch once): the same graphs and cost, meaningless
+output. Results go to ``docs/benchmarks.md`` (between the ``e2e`` markers) with the machine and
+the versions::
 
-    python benchmarks/e2e.py --size 128 --duration 20
-    python benchmarks/e2e.py --size 512 --model livedenoise/models/default.onnx
-
-Without ``--model`` it uses the shipped default model when present, else builds a small
-convolutional one (needs ``onnx``: the ``test`` extra).
+    python benchmarks/e2e.py                                   # everything (about 15 min on 2 loaded cores)
+    python benchmarks/e2e.py --presets tiny --sizes 128 512    # a subset
+    python benchmarks/e2e.py --model m.onnx --sizes 128        # any model (reported as its preset)
+    python benchmarks/e2e.py --no-doc                          # print only
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import datetime
 import platform
 import subprocess
 import sys
@@ -44,6 +53,9 @@ import zmq
 from _proc import free_addr  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
+STACK_FRAMES = {128: 64, 512: 16, 1024: 8}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- e2e:begin (written by benchmarks/e2e.py) -->", "<!-- e2e:end -->"
 
 
 def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:
@@ -79,21 +91,61 @@ def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:
     return path
 
 
-def bare_loop(model: Path, size: int, batch: int, provider: str | None, threads: int, seconds: float) -> float:
-    """Frames per second of ``session.run`` alone, through the daemon's own Engine session."""
-    from livedenoise.engine import Engine
-    from livedenoise.modelcard import INPUT_NAME, OUTPUT_NAME
+# ---------------------------------------------------------------------------------- measurements
 
-    engine = Engine(model, provider=provider, max_batch=batch, threads=threads)
-    k = engine.card.input_frames
-    x = np.random.default_rng(0).normal(0, 1, (batch, k, size, size)).astype(np.float32)
-    for _ in range(3):
-        engine.session.run([OUTPUT_NAME], {INPUT_NAME: x})
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        engine.session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        n += batch
-    return n / (time.perf_counter() - t0)
+
+def make_engine(model: Path, provider: str, opts):
+    from livedenoise.engine import Engine, EngineConfig
+
+    return Engine(model, EngineConfig(provider=provider, max_batch=opts.max_batch, threads=opts.threads))
+
+
+def usable_providers(model: Path, wanted: list[str] | None, opts) -> list[str]:
+    """``cpu`` and each GPU provider a session really gets on this machine (or those asked for)."""
+    import onnxruntime as ort
+
+    from livedenoise.errors import LivedenoiseError
+
+    names = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+    candidates = wanted
+    if candidates is None:
+        candidates = ["cpu"]
+        if make_engine(model, None, opts).provider != "CPUExecutionProvider":  # a GPU session (probed quietly)
+            candidates += [n for p, n in names.items() if p in ort.get_available_providers()]
+    out = []
+    for p in candidates:
+        try:
+            make_engine(model, p, opts)
+            out.append(p)
+        except LivedenoiseError as exc:
+            print(f"provider {p}: not usable here ({exc})")
+    return out
+
+
+def bare_loop(engine, size: int, seconds: float, min_runs: int = 2) -> tuple[float, int]:
+    """Frames per second of the engine's session call alone at ``size``, at serve's batch for it."""
+    batch = engine.batch_cap((size, size))
+    hp, wp = engine.padded_shape((size, size))
+    x = np.random.default_rng(0).normal(0, 0.3, (batch, engine.card.input_frames, hp, wp)).astype(np.float32)
+    engine._run(x)  # warm (the arena, cuDNN)
+    runs, t0 = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - t0 < seconds:
+        engine._run(x)
+        runs += 1
+    return runs * batch / (time.perf_counter() - t0), runs
+
+
+def make_stack(size: int, directory: Path) -> Path:
+    """A simulated noisy TIFF stack for replay (frames made before the clock starts)."""
+    import tifffile
+
+    from livedenoise.simulate import SimConfig, simulate_movie
+
+    path = directory / f"stack{size}.tif"
+    if not path.is_file():
+        movie = simulate_movie(SimConfig(size=size, frames=STACK_FRAMES.get(size, 8), seed=5))
+        tifffile.imwrite(path, movie.noisy_as("<u2"))
+    return path
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -105,23 +157,36 @@ def stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.terminate()
     try:
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
     return err or ""
 
 
-def run_stream(model: Path, size: int, opts, *, rate: float | None, seconds: float) -> dict:
-    """replay -> serve -> subscriber for ``seconds`` of stream; rate None = saturation (lossless)."""
+def burst_fps(recv: np.ndarray, gap: float) -> float:
+    """Frames per second from receipt times where a batch's frames arrive together: the frames
+    after the first burst over the time from its end to the last one (a burst: receipts less than
+    ``gap`` seconds apart)."""
+    if len(recv) < 2:
+        return float("nan")
+    breaks = np.flatnonzero(np.diff(recv) > gap)
+    if breaks.size == 0:  # one burst: no interval to measure, or frames faster than gap apart
+        return (len(recv) - 1) / (recv[-1] - recv[0]) if recv[-1] > recv[0] else float("nan")
+    first_end = breaks[0]  # index of the first burst's last frame
+    return (len(recv) - 1 - first_end) / (recv[-1] - recv[first_end])
+
+
+def run_stream(model: Path, size: int, stack: Path, provider: str, batch: int, opts, *, rate: float | None,
+               count: int, timeout: float, gap: float = 0.02) -> dict:
+    """replay -> serve -> subscriber for ``count`` frames; ``rate`` None = saturation (lossless).
+    ``gap``: receipts closer than this (seconds) belong to one published batch."""
     source, publish = free_addr(), free_addr()
     serve_args = ["serve", "--model", str(model), "--source", source, "--publish", publish,
                   "--max-batch", str(opts.max_batch), "--threads", str(opts.threads), "--log-level", "WARNING",
-                  "--warmup-size", f"{size}x{size}"]
-    if opts.provider:
-        serve_args += ["--provider", opts.provider]
+                  "--warmup-size", f"{size}x{size}", "--provider", provider]
     if rate is None:
-        serve_args.append("--lossless")
+        serve_args += ["--lossless", "--queue", str(2 * batch)]
     serve = start(serve_args)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -130,24 +195,24 @@ def run_stream(model: Path, size: int, opts, *, rate: float | None, seconds: flo
     sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
     sub.setsockopt(zmq.SUBSCRIBE, b"stats")
     sub.connect(publish)
+    err = ""
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # serve is up and our subscription is in effect
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # serve is up (warmed) and our subscription is in effect
             if sub.poll(200) and sub.recv_multipart()[0] == b"stats":
                 break
             if serve.poll() is not None:
-                raise SystemExit(f"serve exited: {stop(serve)}")
-        fps = rate if rate is not None else 100_000.0
-        count = int(seconds * (rate if rate is not None else 1.2 * opts.expected_fps)) + 1
-        replay_args = ["replay", "--synthetic", "--size", str(size), "--fps", str(fps), "--bind", source,
-                       "--count", str(count)]
-        replay_args += ["--push"] if rate is None else ["--wait-subscriber", "10"]
+                raise SystemExit(f"serve exited: {stop(serve)[-3000:]}")
+        replay_args = ["replay", str(stack), "--loop", "--bind", source, "--count", str(count)]
+        replay_args += ["--push", "--fps", "100000"] if rate is None else ["--fps", str(rate), "--wait-subscriber", "10"]
         replay = start(replay_args)
         recv_t, sent_t, daemon_lat, stats = [], [], [], {}
-        t_end = time.monotonic() + seconds + 15
-        while time.monotonic() < t_end:
-            if not sub.poll(3000 if recv_t else 15000):
-                break
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end and len(recv_t) < count:
+            if not sub.poll(1000):
+                if replay.poll() is not None and recv_t and time.monotonic() - recv_t[-1] / 1e9 > 60:
+                    break
+                continue
             topic, header, *_ = sub.recv_multipart(copy=True)
             h = msgpack.unpackb(header)
             if topic == b"stats":
@@ -156,23 +221,23 @@ def run_stream(model: Path, size: int, opts, *, rate: float | None, seconds: flo
             recv_t.append(time.time_ns())
             sent_t.append(h.get("start_time", 0))
             daemon_lat.append(h["latency_ms"])
-            if len(recv_t) >= count:
-                break
         stop(replay)
         err = stop(serve)
     finally:
         sub.close()
         if serve.poll() is None:
             stop(serve)
-    if len(recv_t) < 10:
+    if len(recv_t) < 2:
         raise SystemExit(f"only {len(recv_t)} frames came back; serve said: {err[-2000:]}")
     recv = np.array(recv_t, np.float64) / 1e9
+    if os.environ.get("E2E_DEBUG"):
+        print("receipt times", np.round(recv - recv[0], 3).tolist())
+    fps = burst_fps(recv, gap)
     skip = min(len(recv) // 10, 50)  # leave out the start-up transient
-    recv_s = recv[skip:]
     e2e = (np.array(recv_t[skip:], np.float64) - np.array(sent_t[skip:], np.float64)) / 1e6
     return {
         "frames": len(recv_t),
-        "fps": (len(recv_s) - 1) / (recv_s[-1] - recv_s[0]),
+        "fps": fps,
         "lat_p50": float(np.percentile(e2e, 50)),
         "lat_p99": float(np.percentile(e2e, 99)),
         "daemon_p50": float(np.percentile(daemon_lat[skip:], 50)),
@@ -182,56 +247,150 @@ def run_stream(model: Path, size: int, opts, *, rate: float | None, seconds: flo
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, nargs="+", default=[128], help="frame sides (128, 512, 1024)")
-    ap.add_argument("--model", type=Path, help="ONNX model (default: shipped, else a built conv net)")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement phase")
-    ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
-    ap.add_argument("--provider", default=None, help="cpu, cuda, tensorrt (default: as serve picks)")
-    ap.add_argument("--rate", type=float, default=None, help="live-phase input fps (default: the user's rate)")
-    opts = ap.parse_args()
+def measure(preset: str, model: Path, size: int, provider: str, stack: Path, opts) -> dict:
+    engine = make_engine(model, provider, opts)
+    batch = engine.batch_cap((size, size))
+    t0 = time.perf_counter()
+    est, _ = bare_loop(engine, size, 0.0, min_runs=1)  # also the warm-up
+    run_s = batch / est
+    bare_s = max(min(opts.duration / 2, 5.0), 0.0)
+    bare_before, runs_before = bare_loop(engine, size, bare_s)
+    # saturation: ~duration of stream, at least 3 batches after the first
+    sat_count = max(int(opts.duration * bare_before), 4 * batch)
+    sat = run_stream(model, size, stack, provider, batch, opts, rate=None, count=sat_count,
+                     timeout=60 + 4 * sat_count / bare_before, gap=min(0.02, 0.3 * run_s))
+    bare_after, runs_after = bare_loop(engine, size, bare_s)
+    bare = (bare_before + bare_after) / 2
+    user = USER_RATE.get(size, 15.0)
+    rate = min(opts.rate or user, 0.6 * min(bare, sat["fps"]))
+    live_count = max(int(opts.duration * rate), 3)
+    live = run_stream(model, size, stack, provider, batch, opts, rate=rate, count=live_count,
+                      timeout=60 + live_count / rate + 4 * live_count / bare)
+    del engine
+    return {
+        "preset": preset, "size": size, "provider": sat["provider"] or provider, "batch": batch,
+        "bare": bare, "bare_before": bare_before, "bare_after": bare_after, "bare_runs": runs_before + runs_after,
+        "sat": sat, "live": live, "user_rate": user, "rate": rate, "seconds": time.perf_counter() - t0,
+        "run_ms": run_s * 1e3,
+    }
 
-    model = opts.model
-    tmp = None
-    if model is None:
-        shipped = Path(__file__).resolve().parents[1] / "livedenoise" / "models" / "default.onnx"
-        if shipped.is_file():
-            model = shipped
-        else:
-            tmp = tempfile.TemporaryDirectory()
-            model = build_bench_model(Path(tmp.name) / "bench.onnx")
+
+# ---------------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
     import onnxruntime
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}; "
-          f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
-    print(f"model: {model}; max batch {opts.max_batch}; {opts.duration:g} s per phase")
-    print(f"{'size':>6} {'provider':>22} {'bare fps':>9} {'e2e fps':>9} {'ratio':>6} | "
-          f"{'rate':>6} {'e2e p50':>8} {'e2e p99':>8} {'serve p50':>9} {'serve p99':>9} {'dropped':>7}")
-    for size in opts.size:
-        bare_s = min(opts.duration, 5.0)
-        bare_before = bare_loop(model, size, opts.max_batch, opts.provider, opts.threads, bare_s)
-        opts.expected_fps = bare_before
-        sat = run_stream(model, size, opts, rate=None, seconds=opts.duration)
-        # measured before and after the stream, so a change in machine load shows and averages out
-        bare_after = bare_loop(model, size, opts.max_batch, opts.provider, opts.threads, bare_s)
-        bare = (bare_before + bare_after) / 2
-        # the user's rate, or 60 % of what this machine sustains (batch 8) if that is less: beyond
-        # it a live stream can only drop frames, and near it (small batches cost more per frame)
-        # the latency measures the queue bound, not the daemon
-        rate = min(opts.rate or USER_RATE.get(size, 15.0), 0.6 * min(bare, sat["fps"]))
-        live = run_stream(model, size, opts, rate=rate, seconds=opts.duration)
-        print(f"{size:>4}^2 {sat['provider']:>22} {bare:9.1f} {sat['fps']:9.1f} {sat['fps'] / bare:6.2f} | "
-              f"{rate:6.1f} {live['lat_p50']:7.1f}m {live['lat_p99']:7.1f}m "
-              f"{live['daemon_p50']:8.1f}m {live['daemon_p99']:8.1f}m {live['dropped']!s:>7}", flush=True)
-        print(f"       bare fps before/after the stream: {bare_before:.1f} / {bare_after:.1f}")
-    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
-    print("ratio = end-to-end fps at saturation (lossless) / bare onnxruntime fps; latencies in ms "
-          "(e2e: detector send -> subscriber receipt; serve: receipt -> publish) at the live rate")
-    if tmp:
-        tmp.cleanup()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    mem = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), float("nan"))
+    versions = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                "numpy": np.__version__, "pyzmq": zmq.__version__}
+    try:
+        import onnx
+
+        versions["onnx"] = onnx.__version__
+    except ImportError:
+        pass
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores, {mem:.1f} GiB RAM ({platform.system()} {platform.release()})",
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+    }
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = [
+        "| preset | size | provider | batch | bare fps | e2e fps | ratio | sat. serve p50/p99 ms "
+        "| live rate (user) | live e2e p50/p99 ms | live serve p50/p99 ms | dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    short = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
+    for r in rows:
+        s, lv = r["sat"], r["live"]
+        out.append(
+            f"| {r['preset']} | {r['size']}² | {short.get(r['provider'], r['provider'])} | {r['batch']} "
+            f"| {r['bare']:.3g} | {s['fps']:.3g} | **{s['fps'] / r['bare']:.2f}** "
+            f"| {s['daemon_p50']:.0f} / {s['daemon_p99']:.0f} "
+            f"| {r['rate']:.3g} ({r['user_rate']:g}) | {lv['lat_p50']:.0f} / {lv['lat_p99']:.0f} "
+            f"| {lv['daemon_p50']:.0f} / {lv['daemon_p99']:.0f} | {lv['dropped']} |"
+        )
+    return out
+
+
+def write_doc(rows: list[dict], info: dict, load: tuple, command: str) -> None:
+    section = [
+        BEGIN,
+        "",
+        f"Run {datetime.date.today().isoformat()}: `{command}`",
+        "",
+        f"* machine: {info['cpu']}",
+        f"* versions: {info['versions']}",
+        f"* load average (1 min) at the start {load[0]:.2f}, at the end {load[1]:.2f}",
+        "",
+        *table(rows),
+        "",
+        "Frames (saturation / live) and the bare loop's runs per row: "
+        + "; ".join(f"{r['preset']} {r['size']}² {r['sat']['frames']}/{r['live']['frames']}, {r['bare_runs']}"
+                    for r in rows) + ".",
+        "",
+        END,
+    ]
+    text = DOC.read_text() if DOC.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + "\n".join(section) + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(section) + "\n"
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "lite", "paper"])
+    ap.add_argument("--sizes", "--size", type=int, nargs="+", default=[128, 512, 1024], help="frame sides")
+    ap.add_argument("--providers", nargs="+", default=None, help="cpu, cuda, tensorrt (default: each usable one)")
+    ap.add_argument("--model", type=Path, help="one ONNX model instead of the presets")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds of stream per phase (more frames where fast)")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    ap.add_argument("--rate", type=float, default=None, help="live-phase input fps (default: the user's rate)")
+    ap.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.name}")
+    opts = ap.parse_args()
+
+    from export_presets import preset_model
+
+    models = {}
+    if opts.model:
+        from livedenoise.engine import Engine
+
+        models[Engine(opts.model, provider="cpu").name] = opts.model
+    else:
+        for preset in opts.presets:
+            models[preset] = preset_model(preset)
+    info = machine()
+    load0 = os.getloadavg()[0]
+    print(f"machine: {info['cpu']}\nversions: {info['versions']}\nload average {load0:.2f}")
+    for line in table([])[:1]:
+        print(line)
+    rows = []
+    t_all = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ld-e2e-") as tmp:
+        stacks = {size: make_stack(size, Path(tmp)) for size in opts.sizes}
+        for preset, model in models.items():
+            for provider in usable_providers(model, opts.providers, opts):
+                for size in opts.sizes:
+                    r = measure(preset, model, size, provider, stacks[size], opts)
+                    rows.append(r)
+                    print(table([r])[-1], f"({r['seconds']:.0f} s; bare before/after {r['bare_before']:.3g} / "
+                          f"{r['bare_after']:.3g})", flush=True)
+    load1 = os.getloadavg()[0]
+    print(f"total {time.monotonic() - t_all:.0f} s; load average at the end {load1:.2f}")
+    print("ratio = end-to-end fps at saturation (lossless) / bare fps; latencies in ms (e2e: detector send -> "
+          "subscriber receipt; serve: receipt -> publish)")
+    if not opts.no_doc and not opts.model:
+        write_doc(rows, info, (load0, load1), "python benchmarks/e2e.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
