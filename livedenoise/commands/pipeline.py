@@ -138,9 +138,10 @@ def _model_path(model: Path | None) -> Path:
 
     if model is None:
         return default_model_path()
-    shipped = default_model_path().with_name(f"{model}.onnx")
-    if not model.exists() and model.suffix == "" and shipped.is_file():
-        return shipped
+    if len(model.parts) == 1 and model.suffix == "" and not model.exists():
+        shipped = default_model_path().with_name(f"{model}.onnx")
+        if shipped.is_file():
+            return shipped
     return model
 
 
