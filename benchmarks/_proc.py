@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a free loopback address and a process's resident memory."""
+"""What the benchmark scripts share: a free loopback address, a subscriber to serve's output and
+a process's resident memory."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ def free_addr() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def output_subscriber(ctx, publish: str):
+    """A SUB socket on serve's ``denoised`` and ``stats`` topics at ``publish``, unbounded (no HWM drops)."""
+    import zmq
+
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
+    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
+    sub.connect(publish)
+    return sub
 
 
 def rss_mib(pid: int) -> float:

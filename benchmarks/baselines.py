@@ -169,6 +169,17 @@ def methods_for(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, calib: in
 # ---------------------------------------------------------------------------- the table
 
 
+#: The :class:`~livedenoise.evaluate.EvalReport` scores a benchmark row reports (here and in quality.py).
+REPORT_FIELDS = (
+    "psnr", "ssim", "f1", "precision", "recall", "loc_error_px",
+    "recall_single", "recall_cluster", "n_hops", "hop_recall", "hop_loc_error_px",
+)
+
+
+def report_fields(rep) -> dict:
+    return {k: getattr(rep, k) for k in REPORT_FIELDS}
+
+
 def run_movie(
     name: str, noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, groups: np.ndarray | None, calib: int
 ) -> list[dict]:
@@ -183,17 +194,7 @@ def run_movie(
                 "movie": name,
                 "method": method,
                 "params": params,
-                "psnr": rep.psnr,
-                "ssim": rep.ssim,
-                "f1": rep.f1,
-                "precision": rep.precision,
-                "recall": rep.recall,
-                "loc_error_px": rep.loc_error_px,
-                "recall_single": rep.recall_single,
-                "recall_cluster": rep.recall_cluster,
-                "n_hops": rep.n_hops,
-                "hop_recall": rep.hop_recall,
-                "hop_loc_error_px": rep.hop_loc_error_px,
+                **report_fields(rep),
                 "css": rep.css_mean,
                 "ms_per_frame": 1e3 * dt,
             }

@@ -50,7 +50,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from _proc import free_addr  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
 STACK_FRAMES = {128: 64, 512: 16, 1024: 8}
@@ -189,12 +189,7 @@ def run_stream(model: Path, size: int, stack: Path, provider: str, batch: int, o
         serve_args += ["--lossless", "--queue", str(2 * batch)]
     serve = start(serve_args)
     ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
-    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(publish)
+    sub = output_subscriber(ctx, publish)
     err = ""
     try:
         deadline = time.monotonic() + 600

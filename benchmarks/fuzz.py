@@ -27,7 +27,7 @@ import zmq
 
 
 
-from _proc import free_addr, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 def main() -> int:
     from e2e import build_bench_model
@@ -50,11 +50,7 @@ def main() -> int:
          publish, "--lossless", "--provider", "cpu", "--warmup-size", "32x32", "--log-level", "ERROR"],
     )
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
-    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(publish)
+    sub = output_subscriber(ctx, publish)
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.bind(source)

@@ -44,7 +44,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from _proc import free_addr, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SETTINGS = {
     "default": {},
@@ -92,12 +92,7 @@ def measure(model: Path, setting: str, opts) -> dict:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
-    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(publish)
+    sub = output_subscriber(ctx, publish)
     limit = opts.kill_above * 1024
     samples: list[tuple[float, float, int]] = []  # (seconds since start, RSS MiB, frames received)
     out = {"setting": setting, "killed": False, "frames": 0}

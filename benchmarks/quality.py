@@ -293,6 +293,7 @@ def baseline_methods(d: Data, calib: int, bm3d_sigmas: list[float], skip: set[st
 
 def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data, ms: float | None,
           served: bool = False, extra: dict | None = None) -> dict:
+    import baselines as bl
     from livedenoise.evaluate import evaluate
 
     rep = evaluate(den, d.truth, d.positions, groups=d.groups)
@@ -301,19 +302,9 @@ def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data
         "method": name,
         "params": params,
         "kind": kind,
-        "psnr": rep.psnr,
-        "ssim": rep.ssim,
+        **bl.report_fields(rep),
         "slope": rep.slope,
         "inverted_frames": rep.inverted_frames,
-        "f1": rep.f1,
-        "precision": rep.precision,
-        "recall": rep.recall,
-        "loc_error_px": rep.loc_error_px,
-        "recall_single": rep.recall_single,
-        "recall_cluster": rep.recall_cluster,
-        "n_hops": rep.n_hops,
-        "hop_recall": rep.hop_recall,
-        "hop_loc_error_px": rep.hop_loc_error_px,
         "css_minmax": rep.css_mean,
         "css": rep.css_mean,
         "css_rule": "minmax",

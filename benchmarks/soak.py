@@ -29,7 +29,7 @@ import zmq
 
 
 
-from _proc import free_addr, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -63,11 +63,7 @@ def main() -> int:
          *(["--record", str(tmp / "rec"), "--record-raw"] if args.record else [])],
     )
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
-    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(publish)
+    sub = output_subscriber(ctx, publish)
     stats: dict = {}
     deadline = time.monotonic() + 60
     while not stats and time.monotonic() < deadline:

@@ -106,9 +106,6 @@ class Trainer:
         self.frame_indices = np.arange(len(frames)) if frame_indices is None else np.asarray(frame_indices)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        frames = np.asarray(frames)
-        if frames.ndim == 4:  # temporal preset: (T, k, H, W) causal windows; Ms2c learns on their mean
-            frames = frames.mean(axis=1, dtype=np.float32)
         self.noisy = NoisyDomain(frames, norm, preset.crop)
         self.clean = CleanDomain(preset.crop, preset.clean_variance)
         self.lowpass = LowPass(preset.lfc_size, preset.lfc_sigma).to(self.device)

@@ -164,10 +164,12 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset = replace(preset, generator=replace(preset.generator, input_frames=cfg.window))
         seed = cfg.seed
         frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed), preset.generator.input_frames)
-        # A multi-frame preset's Ms2c reads the mean of each causal window: normalise for that.
-        norm = frame_statistics(frames.mean(axis=1) if frames.ndim == 4 else frames, cfg.flatten)
     k = preset.generator.input_frames
     latest = frames[:, -1] if k > 1 else frames  # the sampled frames themselves, without their history
+    # What Ms2c is trained on: a multi-frame preset's Ms2c reads the mean of each causal window.
+    inputs = frames.mean(axis=1, dtype=np.float32) if k > 1 else frames
+    if ckpt is None:
+        norm = frame_statistics(inputs, cfg.flatten)
     steps = cfg.steps or preset.steps
     torch.manual_seed(seed)
     log(
@@ -177,7 +179,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         + f", Ms2b sigma {preset.lfc_sigma:g}, domain C peak variance {preset.clean_variance[0]:g}-{preset.clean_variance[1]:g}"
         + f", {steps} steps, seed {seed}"
     )
-    trainer = Trainer(preset, frames, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
+    trainer = Trainer(preset, inputs, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
     if ckpt is not None:
         trainer.restore(ckpt)
     state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
