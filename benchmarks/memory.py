@@ -41,7 +41,6 @@ import sys
 import time
 from pathlib import Path
 
-import msgpack
 import zmq
 
 from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)

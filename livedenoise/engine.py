@@ -433,9 +433,9 @@ class Engine:
             log.info("rewrote %d stride-1 ConvTranspose nodes as Conv (bounded memory)", self.rewritten)
         source: str | bytes = proto.SerializeToString() if self.rewritten else str(self.path)
         self.cpu_arena = True if config.cpu_arena is None else bool(config.cpu_arena)
-        provider_list = self._provider_list(providers, config, file_card)
+        providers_arg = provider_list(providers, config, file_card)
         probing = config.provider is None and gpu
-        self.session = self._create(ort, source, self._session_options(ort, config), provider_list, probing)
+        self.session = self._create(ort, source, self._session_options(ort, config), providers_arg, probing)
         meta = self.session.get_modelmeta()
         self.card = ModelCard.from_metadata(meta.custom_metadata_map, source=str(self.path))
         if (
@@ -449,7 +449,7 @@ class Engine:
             log.warning("stride-1 ConvTranspose left in the model (onnx missing or optimise_graph off): "
                         "CPU arena off to bound memory, runs are slower")
             self.cpu_arena = False
-            self.session = self._create(ort, source, self._session_options(ort, config), provider_list, probing)
+            self.session = self._create(ort, source, self._session_options(ort, config), providers_arg, probing)
         self.providers: list[str] = list(self.session.get_providers())
         self.provider = self.providers[0]
         if config.provider and self.provider != providers[0]:
@@ -478,7 +478,7 @@ class Engine:
         self.io_binding = bool(config.io_binding if config.io_binding is not None else on_gpu)
         self.cuda_graph = bool(config.cuda_graph and on_gpu and self.io_binding)
         if config.fp16:
-            self._switch_to_fp16(ort, proto, self._session_options(ort, config), provider_list)
+            self._switch_to_fp16(ort, proto, self._session_options(ort, config), providers_arg)
         del proto, source  # the parsed model (45 MB for paper) is the session's now
         self._runner: _BoundRunner | None = None
         if self.io_binding:
@@ -522,36 +522,6 @@ class Engine:
         pattern = config.mem_pattern if config.mem_pattern is not None else self._gpu
         opts.enable_mem_pattern = bool(pattern) and not config.cuda_graph  # a captured graph fixes its memory
         return opts
-
-    def _provider_list(self, providers: list[str], config: EngineConfig, card: ModelCard | None) -> list:
-        cuda_opts = {
-            "device_id": str(config.device_id),
-            "arena_extend_strategy": "kSameAsRequested",
-            "cudnn_conv_algo_search": "EXHAUSTIVE",  # paid once per input shape, in warm_up
-            "do_copy_in_default_stream": "1",
-        }
-        if config.cuda_graph:
-            cuda_opts["enable_cuda_graph"] = "1"
-        out: list = []
-        for name in providers:
-            if name == CUDA:
-                out.append((CUDA, cuda_opts))
-            elif name == TENSORRT:
-                trt = {"device_id": str(config.device_id), "trt_fp16_enable": "1" if config.trt_fp16 else "0"}
-                if config.trt_cache is not None:
-                    cache = Path(config.trt_cache)
-                    cache.mkdir(parents=True, exist_ok=True)
-                    trt.update({
-                        "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache),
-                        "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache),
-                    })
-                if config.cuda_graph:
-                    trt["trt_cuda_graph_enable"] = "1"
-                trt.update(trt_profiles(config, card))
-                out.append((TENSORRT, trt))
-            else:
-                out.append(name)
-        return out
 
     def _create(self, ort, source, opts, provider_list, probing: bool):
         # CUDA may be listed but unusable (no GPU, no CUDA libraries): onnxruntime then falls back
@@ -808,6 +778,40 @@ def _has_unit_stride_transposed_convs(proto, card: ModelCard) -> bool:
     if proto is not None:
         return _unit_stride_transposed_convs(proto) > 0
     return card.training.get("conv") == "valid"
+
+
+def provider_list(providers: list[str], config: EngineConfig, card: ModelCard | None) -> list:
+    """The ``providers`` argument of ``InferenceSession``: names with their options (CUDA: arena
+    growth, cuDNN search, CUDA graph; TensorRT: caches, fp16, CUDA graph, one profile per shape)."""
+    cuda_opts = {
+        "device_id": str(config.device_id),
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",  # paid once per input shape, in warm_up
+        "do_copy_in_default_stream": "True",
+    }
+    if config.cuda_graph:
+        cuda_opts["enable_cuda_graph"] = "True"
+    out: list = []
+    for name in providers:
+        if name == CUDA:
+            out.append((CUDA, cuda_opts))
+        elif name == TENSORRT:
+            # booleans as "True"/"False": onnxruntime's Python binding refuses "1"/"0" for TensorRT
+            trt = {"device_id": str(config.device_id), "trt_fp16_enable": str(bool(config.trt_fp16))}
+            if config.trt_cache is not None:
+                cache = Path(config.trt_cache)
+                cache.mkdir(parents=True, exist_ok=True)
+                trt.update({
+                    "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+                })
+            if config.cuda_graph:
+                trt["trt_cuda_graph_enable"] = "True"
+            trt.update(trt_profiles(config, card))
+            out.append((TENSORRT, trt))
+        else:
+            out.append(name)
+    return out
 
 
 def trt_profiles(config: EngineConfig, card: ModelCard | None) -> dict[str, str]:

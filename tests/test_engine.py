@@ -15,7 +15,9 @@ from livedenoise.engine import (
     CUDA,
     Engine,
     EngineConfig,
+    TENSORRT,
     max_display_diff,
+    provider_list,
     rewrite_transposed_convs,
     trt_profiles,
     validation_batch,
@@ -28,8 +30,8 @@ def build_transposed_model(path: Path, *, conv: str = "valid", overflow: bool = 
     """A small model in the paper's style: valid ``ConvTranspose`` k then valid ``Conv`` k pairs
     (size kept), one with pads 1, a stride-2 ``ConvTranspose`` + stride-2 ``Conv`` round trip, tanh.
 
-    ``overflow``: weights whose products exceed float16's range (65504) inside the net while the
-    float32 output stays finite: fp16 must be refused on it.
+    ``overflow``: large weights and a difference of large neighbours at the end, where float16
+    (range 65504, 11-bit mantissa) loses what float32 keeps: fp16 must be refused on it.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -55,8 +57,9 @@ def build_transposed_model(path: Path, *, conv: str = "valid", overflow: bool = 
     nodes.append(helper.make_node("ConvTranspose", ["a3", init("t2", w((3, 2, 3, 1)))], ["a4"]))  # H+2, W
     nodes.append(helper.make_node("Conv", ["a4", init("c2", w((2, 2, 3, 1)))], ["a5"]))
     # down by 2 and up by 2: a stride-2 ConvTranspose, which is not rewritten
-    nodes.append(helper.make_node("Conv", ["a5", init("d0", w((2, 2, 3, 3)))], ["a6"], strides=[2, 2], pads=[1, 1, 1, 1]))
-    nodes.append(helper.make_node("ConvTranspose", ["a6", init("u0", w((2, 2, 4, 4)))], ["a7"], strides=[2, 2], pads=[1, 1, 1, 1]))
+    half = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes.append(helper.make_node("Conv", ["a5", init("d0", w((2, 2, 3, 3)))], ["a6"], **half))
+    nodes.append(helper.make_node("ConvTranspose", ["a6", init("u0", w((2, 2, 4, 4)))], ["a7"], **half))
     last = "a7"
     if overflow:
         big = np.zeros((1, 2, 3, 3), np.float32)
@@ -226,7 +229,8 @@ def test_fp16_is_refused_when_it_leaves_the_tolerance(tmp_path, caplog):
     engine = Engine(path, EngineConfig(provider="cpu", fp16=True))
     assert engine.precision == "fp32" and engine.fp16_max_abs_diff > engine.config.fp16_tolerance
     assert "running fp32" in caplog.text
-    strict = Engine(build_transposed_model(tmp_path / "ok.onnx"), EngineConfig(provider="cpu", fp16=True, fp16_tolerance=1e-9))
+    strict_config = EngineConfig(provider="cpu", fp16=True, fp16_tolerance=1e-9)
+    strict = Engine(build_transposed_model(tmp_path / "ok.onnx"), strict_config)
     assert strict.precision == "fp32" and strict.fp16_max_abs_diff > 1e-9
 
 
@@ -300,6 +304,24 @@ def test_tensorrt_profiles_cover_each_configured_shape_within_the_pixel_cap():
     assert prof["trt_profile_min_shapes"] == "noisy:1x1x128x128,noisy:1x1x1008x1024"
     assert prof["trt_profile_max_shapes"] == "noisy:8x1x128x128,noisy:1x1x1008x1024"
     assert trt_profiles(EngineConfig(), None) == {}
+
+
+def test_gpu_provider_options(tmp_path):
+    card = ModelCard(preset="x", normalisation=DEFAULT_NORM, input_frames=3)
+    cfg = EngineConfig(cuda_graph=True, trt_fp16=True, trt_cache=tmp_path / "trt", shapes=((512, 512),), device_id=1)
+    (trt_name, trt), (cuda_name, cuda), cpu = provider_list([TENSORRT, CUDA, CPU], cfg, card)
+    assert (trt_name, cuda_name, cpu) == (TENSORRT, CUDA, CPU)
+    assert cuda == {
+        "device_id": "1", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "do_copy_in_default_stream": "True", "enable_cuda_graph": "True",
+    }
+    # onnxruntime's binding accepts only "True"/"False" for TensorRT's booleans
+    assert trt["trt_fp16_enable"] == trt["trt_engine_cache_enable"] == trt["trt_cuda_graph_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
+    assert trt["trt_profile_max_shapes"] == "noisy:4x3x512x512"
+    plain = provider_list([CUDA, CPU], EngineConfig(), None)
+    assert "enable_cuda_graph" not in plain[0][1] and plain[1] == CPU
+    assert provider_list([TENSORRT, CUDA, CPU], EngineConfig(), None)[0][1]["trt_fp16_enable"] == "False"
 
 
 def test_config_is_checked():
