@@ -38,7 +38,7 @@ from pathlib import Path
 import zmq
 
 from .batcher import FrameQueue
-from .engine import Engine
+from .engine import Engine, EngineConfig
 from .errors import LivedenoiseError
 from .protocol import DEFAULT_LIMITS, Limits
 from .sink import AtomFinder, Publisher, Stats
@@ -66,6 +66,10 @@ class ServeConfig:
     provider: str | None = None  # None: CUDA where a session gets it, else CPU
     threads: int = 0  # onnxruntime intra-op threads (0: one per core)
     spin: bool = False  # onnxruntime threads spin-wait between runs (see engine.Engine)
+    max_batch_pixels: int = 1 << 20  # and at most this many padded pixels per run (bounds memory)
+    fp16: bool = False  # GPU: float16 model, kept only if it matches fp32 (engine.EngineConfig)
+    cuda_graph: bool = False  # GPU: one CUDA graph for the warm-up shape
+    trt_cache: Path | None = None  # TensorRT engine cache folder (--provider tensorrt)
     warmup_shape: tuple[int, int] | None = (128, 128)
     stats_interval: float = 0.5  # seconds between stats messages
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
@@ -101,7 +105,12 @@ class Daemon:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.engine = Engine(
-            config.model, provider=config.provider, max_batch=config.max_batch, threads=config.threads, spin=config.spin
+            config.model,
+            EngineConfig(
+                provider=config.provider, max_batch=config.max_batch, max_batch_pixels=config.max_batch_pixels,
+                threads=config.threads, spin=config.spin, fp16=config.fp16, cuda_graph=config.cuda_graph,
+                trt_cache=config.trt_cache, shapes=(config.warmup_shape,) if config.warmup_shape else (),
+            ),
         )
         max_age = None if config.max_age_ms is None else config.max_age_ms / 1e3
         self.queue: FrameQueue[Received] = FrameQueue(config.queue_size, lossless=config.lossless, max_age=max_age)

@@ -138,3 +138,4 @@ def test_errors_are_one_line_with_exit_code_2(conv_model, build_model, write_tif
     assert_one_line_error(run_cli("replay", not_tiff), "as TIFF")
     assert_one_line_error(run_cli("serve", "--model", junk_model), "cannot load model")
     assert_one_line_error(run_cli("serve", "--model", conv_model, "--provider", "nope"), "not available")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--max-batch-pixels", "0"), "at least 1")

@@ -210,6 +210,29 @@ def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, free_addr, dae
         np.testing.assert_allclose(d.data, reference_denoise(conv_model, f), rtol=0, atol=2e-6)
 
 
+def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, free_addr, daemon_factory, subscriber):
+    """--max-batch-pixels reaches the engine: 64x64 frames go two per run, the warm-up ran that
+    shape before the first frame, and the output is still frame for frame the model's."""
+    source = free_addr()
+    daemon = daemon_factory(
+        model=conv_model, source=source, pull=True, lossless=True, max_batch_pixels=2 * 64 * 64, warmup_shape=(64, 64)
+    )
+    engine = daemon.engine
+    assert engine.batch_cap((64, 64)) == 2 and engine.config.shapes == ((64, 64),)
+    assert engine.warmed and all(shape[0] <= 2 and shape[-2:] == (64, 64) for shape in engine.warmed)
+    sub = subscriber(daemon.publish_address)
+    sub.wait_ready()
+    frames = [np.random.default_rng(i).integers(0, 900, (64, 64)).astype("<u2") for i in range(7)]
+    push = bind_detector(source)
+    for i, f in enumerate(frames):
+        push.send_multipart(encode_image(f, series_id=1, image_id=i))
+    denoised, _ = sub.collect(len(frames))
+    push.close()
+    for d, f in zip(denoised, frames, strict=True):
+        np.testing.assert_allclose(d.data, reference_denoise(conv_model, f), rtol=0, atol=2e-6)
+    assert {shape[0] for shape in engine.run_shapes if shape[-2:] == (64, 64)} <= {1, 2}
+
+
 def test_drop_oldest_keeps_latency_bounded(build_model, free_addr, daemon_factory, subscriber):
     slow = build_model("slow.onnx", width=32, depth=8)  # ~15 ms per 64x64 frame here
     source = free_addr()

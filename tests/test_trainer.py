@@ -336,7 +336,9 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     out = tmp_path / "m.onnx"
     logs = []
     summary = train(
-        TrainConfig(frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, peak_variance=(0.5, 1.5), check_every=0),
+        TrainConfig(
+            frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, peak_variance=(0.5, 1.5), check_every=0, distil_steps=3
+        ),
         log=logs.append,
     )
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -345,6 +347,7 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     assert card.normalisation.flatten_sigma == 20.0
     assert card.training["steps"] == 2 and "L_cycle" in card.training["final_losses"]
     assert card.training["peak_variance"] == [0.5, 1.5]
+    assert card.training["distil"]["window"] == 5 and card.training["distil"]["steps"] == 3  # tiny's stage 2
     assert {"version", "date", "frame_stats"} <= set(card.training)
     assert summary["export"]["max_abs_diff"] < 1e-3
     assert (tmp_path / "m.losses.png").stat().st_size > 1000 and (tmp_path / "m.preview.png").stat().st_size > 1000
@@ -352,6 +355,7 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     again = train(TrainConfig(frames=frames, out=out, steps=3, resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
     assert again["steps"] == 3 and any("resuming" in line and "step 2" in line for line in logs)
     assert again["peak_variance"] == [0.5, 1.5]  # the checkpoint's domain C, not the preset's
+    assert again["distil"]["steps"] == 3  # and the checkpoint's distillation
     assert METADATA_KEY in sess.get_modelmeta().custom_metadata_map
 
 
@@ -403,6 +407,7 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
         ("unwritable", "cannot write"),
         ("cuda", "no CUDA GPU"),
         ("peakvar", "--peak-variance"),
+        ("distil", "--distil is for single-frame presets"),
     ],
 )
 def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
@@ -436,6 +441,8 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkey
         args += ["--device", "cuda"]
     if case == "peakvar":
         args += ["--peak-variance", "2", "1"]
+    if case == "distil":
+        args += ["--preset", "temporal", "--distil", "5"]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()
@@ -451,3 +458,38 @@ def test_load_frames_accepts_npy(tmp_path):
 
 def test_gaussian_kernel_sums_to_one():
     assert gaussian_kernel(7, 1.0).sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- stage 2: distillation
+
+
+def test_centred_means_clamp_at_the_ends_of_the_movie():
+    from trainer.distil import centred_means
+
+    movie = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)  # frame t == t
+    means = centred_means(movie, np.array([0, 2, 5]), 3)
+    np.testing.assert_allclose(means[:, 0, 0], [(0 + 0 + 1) / 3, (1 + 2 + 3) / 3, (4 + 5 + 5) / 3])
+    assert means.shape == (3, 2, 3) and means.dtype == np.float32
+    np.testing.assert_allclose(centred_means(movie, np.array([3]), 1)[0], movie[3])
+    np.testing.assert_allclose(centred_means(movie, np.array([3]), 4)[0, 0, 0], (1 + 2 + 3 + 4) / 4)  # k//2 before
+
+
+def test_distillation_learns_the_teachers_output_and_is_deterministic():
+    """The student is pulled toward the teacher's output on the same crops (L1 falls well below
+    where it starts), and the same seed gives the same student."""
+    from scipy.ndimage import gaussian_filter
+
+    from trainer.distil import DistilConfig, distil
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(0.0, 1.0, (6, 48, 48)).astype(np.float32)
+    targets = np.tanh(np.stack([gaussian_filter(f, 2.0) * 4 for f in inputs])).astype(np.float32)
+    cfg = DistilConfig(window=3, steps=60, batch=4, lr=3e-3)
+    student, losses = distil(TINY.generator, inputs, targets, cfg, crop=32, seed=1, log=lambda m: None, progress=False)
+    assert len(losses) == 60 and np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+    again, _ = distil(TINY.generator, inputs, targets, cfg, crop=32, seed=1, log=lambda m: None, progress=False)
+    for a, b in zip(student.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        out = student(torch.from_numpy(inputs[:2, None]))
+    assert out.shape == (2, 1, 48, 48)

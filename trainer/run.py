@@ -33,6 +33,8 @@ class TrainConfig:
     lfc_sigma: float | None = None
     peak_variance: tuple[float, float] | None = None  # domain C kernel variance range (px^2)
     window: int | None = None  # frames in a multi-frame preset's causal window
+    distil: int | None = None  # frames of the distillation teacher's centred window (0: off)
+    distil_steps: int | None = None
     checkpoint_every: int = 100
     check_every: int = 100
     progress: bool = True
@@ -115,6 +117,10 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         raise LivedenoiseError(f"--norm {cfg.norm!r}: choose instance or layer")
     if cfg.window is not None and not (1 <= cfg.window <= 16):
         raise LivedenoiseError(f"--window {cfg.window}: choose 1 to 16 frames")
+    if cfg.distil is not None and not (0 <= cfg.distil <= 64):
+        raise LivedenoiseError(f"--distil {cfg.distil}: choose 0 (off) to 64 frames")
+    if cfg.distil_steps is not None and cfg.distil_steps < 1:
+        raise LivedenoiseError("--distil-steps must be at least 1")
     if cfg.peak_variance is not None:
         lo, hi = cfg.peak_variance
         if not 0 < lo <= hi:
@@ -142,6 +148,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             lfc_sigma=ckpt["preset"]["lfc_sigma"],
             clean_variance=tuple(ckpt["preset"].get("clean_variance", (1.0, 10.0))),
             ema=ckpt["preset"].get("ema", 0.0),
+            distil_window=ckpt["preset"].get("distil_window", 0),
+            distil_steps=ckpt["preset"].get("distil_steps", 1200),
         )
         norm = Normalisation(**ckpt["normalisation"])
         idx = np.asarray(ckpt["frame_indices"])
@@ -164,7 +172,13 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset = replace(preset, generator=replace(preset.generator, input_frames=cfg.window))
         seed = cfg.seed
         frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed), preset.generator.input_frames)
+    if cfg.distil is not None:
+        preset = replace(preset, distil_window=cfg.distil)
+    if cfg.distil_steps is not None:
+        preset = replace(preset, distil_steps=cfg.distil_steps)
     k = preset.generator.input_frames
+    if k > 1 and preset.distil_window:
+        raise LivedenoiseError(f"--distil is for single-frame presets; this Ms2c reads {k} frames already")
     latest = frames[:, -1] if k > 1 else frames  # the sampled frames themselves, without their history
     # What Ms2c is trained on: a multi-frame preset's Ms2c reads the mean of each causal window.
     inputs = frames.mean(axis=1, dtype=np.float32) if k > 1 else frames
@@ -178,11 +192,16 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         + (f" flatten sigma {norm.flatten_sigma:g}" if norm.flatten_sigma else "")
         + f", Ms2b sigma {preset.lfc_sigma:g}, domain C peak variance {preset.clean_variance[0]:g}-{preset.clean_variance[1]:g}"
         + f", {steps} steps, seed {seed}"
+        + (f", then distilled from a {preset.distil_window}-frame view ({preset.distil_steps} steps)" if preset.distil_window else "")
     )
     trainer = Trainer(preset, inputs, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
     if ckpt is not None:
         trainer.restore(ckpt)
     state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+    m = preset.generator.size_multiple
+    model, distilled = trainer.generator, None
+    if preset.distil_window:
+        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, frames, norm, m, device, seed, paths, log)
 
     from livedenoise import __version__
 
@@ -209,7 +228,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         },
         "final_losses": {"L_cycle": final["cycle"], "L_lfc": final["lfc"], "adv": final["adv"], "wdist": final["wdist"]},
         "converged_at": state.converged_at,
-        "polarity": state.polarity,
+        "polarity": distilled["polarity"] if distilled and distilled["used"] else state.polarity,
+        "distil": distilled,
         "reinitialisations": state.reinits,
         "events": state.events,
         "train_seconds": round(state.elapsed_s, 1),
@@ -227,21 +247,61 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     check = normalise(frames[: min(2, len(frames))], norm)
     check = check if k > 1 else check[:, None]
     h, w = check.shape[-2:]
-    m = preset.generator.size_multiple
     check_inputs = [check[:, :, : h - h % m, : w - w % m], check[:1, :, :128, :128]]
-    result = export_model(trainer.generator, out, card, check_inputs, log=log)
+    result = export_model(model, out, card, check_inputs, log=log)
     summary = dict(training, export=result, out=str(out), checkpoint=str(paths["checkpoint"]))
     if cfg.figures:
         from .report import loss_curves, preview
 
         loss_curves(state.history, paths["losses"], title=f"Noise2Atom {preset.name}: {out.name}")
         shown = np.asarray(frames_all[: min(4, len(frames_all))], np.float32)
-        den = denoise(trainer.generator, shown, norm, m, device, input_frames=k)
+        den = denoise(model, shown, norm, m, device, input_frames=k)
         scores = preview(shown, den, paths["preview"], title=f"{out.name}: noisy (top) | denoised (bottom)")
         summary["preview_css"] = scores
         log(f"figures: {paths['losses']}, {paths['preview']} (CSS noisy {scores['css_noisy']:.3f} -> denoised {scores['css_denoised']:.3f})")
     log(
         f"done: {state.step} steps in {state.elapsed_s / 60:.1f} min, L_cycle {final['cycle']:.4f} "
-        f"(paper: < {0.05}), L_lfc {final['lfc']:.4f} (paper: < {0.1}), polarity {state.polarity:+.3f}"
+        f"(paper: < {0.05}), L_lfc {final['lfc']:.4f} (paper: < {0.1}), polarity {training['polarity']:+.3f}"
+        + (f"; distilled in {distilled['seconds'] / 60:.1f} min, L1 to teacher {distilled['l1']:.4f}" if distilled else "")
     )
     return summary
+
+
+def _distil(cfg, preset, trainer, frames_all, idx, frames, norm, multiple, device, seed, paths, log):
+    """Stage 2 (:mod:`trainer.distil`): the stage-1 Ms2c on centred window means -> targets -> a
+    single-frame student. Returns ``(model to export, card entry)``; the teacher is exported if the
+    student comes out inverted."""
+    import time
+
+    from .distil import DistilConfig, centred_means, distil
+    from .loop import polarity
+
+    k = preset.distil_window
+    t0 = time.monotonic()
+    teacher = trainer.generator
+    log(f"distillation: teacher = stage-1 Ms2c on the mean of {k} frames centred on each of {len(idx)} frames")
+    dcfg = DistilConfig(window=k, steps=preset.distil_steps)
+    try:
+        targets = denoise(teacher, centred_means(frames_all, idx, k), norm, multiple, device) * 2.0 - 1.0
+        student, losses = distil(
+            preset.generator, normalise(frames, norm), targets, dcfg,
+            crop=preset.crop, seed=seed, device=device, log=log, progress=cfg.progress,
+        )
+    except KeyboardInterrupt:
+        raise LivedenoiseError(
+            f"interrupted during distillation; stage 1 is saved: --resume {paths['checkpoint']} repeats the distillation"
+        ) from None
+    corr = polarity(student, trainer.probe)
+    entry = {
+        "window": k, "steps": dcfg.steps, "lr": dcfg.lr, "batch": dcfg.batch,
+        "l1": float(np.mean(losses[-20:])), "polarity": corr, "teacher_polarity": trainer.state.polarity,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    if corr < 0:
+        msg = f"WARNING distilled Ms2c inverted (polarity {corr:+.3f}); exporting the stage-1 Ms2c instead"
+        trainer.state.events.append(msg)
+        log(msg)
+        entry["used"] = False
+        return teacher, entry
+    entry["used"] = True
+    return student, entry

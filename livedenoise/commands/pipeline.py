@@ -241,6 +241,16 @@ def register(app: typer.Typer) -> None:
         spin: Annotated[
             bool, typer.Option(help="Let onnxruntime threads spin between runs (dedicated cores only).")
         ] = False,
+        max_batch_pixels: Annotated[
+            int, typer.Option(help="At most this many padded pixels per inference run (bounds memory on large frames).")
+        ] = 1 << 20,
+        fp16: Annotated[
+            bool, typer.Option(help="GPU: run the model in float16 if it matches fp32 within tolerance (checked at start).")
+        ] = False,
+        cuda_graph: Annotated[bool, typer.Option(help="GPU: capture a CUDA graph for the warm-up frame size.")] = False,
+        trt_cache: Annotated[
+            Optional[Path], typer.Option(help="TensorRT engine cache folder (with --provider tensorrt).")
+        ] = None,
         view: Annotated[bool, typer.Option(help="Also open the live monitor (needs the viewer extra).")] = False,
         record: Annotated[
             Optional[Path], typer.Option(help="Record every denoised frame into this directory (crash-safe chunks).")
@@ -266,7 +276,8 @@ def register(app: typer.Typer) -> None:
         cfg = ServeConfig(
             model=_model_path(model), source=source, publish=publish, pull=pull, lossless=lossless,
             max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue, provider=provider, threads=threads,
-            spin=spin, max_age_ms=max_age_ms or None, warmup_shape=_parse_shape(warmup_size),
+            spin=spin, max_batch_pixels=max_batch_pixels, fp16=fp16, cuda_graph=cuda_graph, trt_cache=trt_cache,
+            max_age_ms=max_age_ms or None, warmup_shape=_parse_shape(warmup_size),
             record=record, record_raw=record_raw, record_chunk_frames=record_chunk, curve_secret=curve_secret,
             curve_allow=curve_allow, source_curve_server_key=source_curve_server_key,
             atoms=atoms, **atoms_fields,

@@ -1,0 +1,117 @@
+"""Stage 2, past the paper: distil Ms2c into a single-frame Ms2c with the movie's temporal context.
+
+Why: at a dose where one frame holds more noise than signal, the unpaired objective alone does
+not place every atom (``tiny``: atom F1 0.58 on a held-out movie, below the best Gaussian filter's
+0.73; docs/training.md). Offline, the training movie has every frame's neighbours, the ones after
+it included: the stage-1 Ms2c (the *teacher*) applied to the mean of the K frames centred on a
+frame sees K times the dose and places the atoms far better. A fresh Ms2c of the same preset (the
+*student*) then learns to give that output from the frame alone: L1 between the student's output
+and the teacher's on the same random crops, under the 8 flips and rotations of the square.
+
+Live, the student reads one frame like any single-frame model: no look-ahead, no added latency.
+What it cannot learn from one frame (an atom that just hopped) the teacher's window blurs, so hops
+are placed less often than by a per-frame filter (measured in docs/training.md). The whole stage
+is still free of ground truth: the teacher is the Noise2Atom Ms2c trained on the user's movie.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .networks import UNet
+from .presets import NetConfig
+
+
+@dataclass(frozen=True, slots=True)
+class DistilConfig:
+    """``window``: frames of the teacher's centred mean (0: no distillation, the paper's Ms2c is
+    exported); ``steps`` of Adam at ``lr`` with a one-cycle schedule, ``batch`` crops each."""
+
+    window: int = 0
+    steps: int = 1200
+    batch: int = 8
+    lr: float = 1e-3
+
+
+def centred_means(frames: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """``(N, H, W)`` float32: for each frame ``idx``, the mean of the ``k`` frames centred on it
+    (``k // 2`` before; clamped at the movie's ends, so an end frame is counted more than once)."""
+    t = frames.shape[0]
+    lags = np.arange(k) - k // 2
+    out = np.empty((len(idx), *frames.shape[1:]), np.float32)
+    for n, i in enumerate(np.asarray(idx)):
+        out[n] = np.asarray(frames[np.clip(i + lags, 0, t - 1)], np.float32).mean(axis=0)
+    return out
+
+
+def _dihedral(x: torch.Tensor, code: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square (``code`` 0..7) on the last two axes."""
+    x = torch.rot90(x, code % 4, (-2, -1))
+    return x.flip(-1) if code >= 4 else x
+
+
+def distil(
+    net: NetConfig,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    cfg: DistilConfig,
+    *,
+    crop: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, list[float]]:
+    """Train a student Ms2c (``net``, one input frame) so that ``student(inputs) ~ targets``.
+
+    ``inputs``: normalised single frames ``(T, H, W)``; ``targets``: the teacher's outputs on the
+    same frames' centred means, in Ms2c's tanh range. Returns the student (eval mode) and its L1
+    per step. Deterministic for a ``seed`` on the CPU.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    dev = torch.device(device)
+    torch.manual_seed(seed + 104729)  # its own stream: the student's start does not depend on stage 1's length
+    rng = np.random.default_rng(seed + 104729)
+    student = UNet(net, in_channels=1).to(dev)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
+    x_all = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
+    y_all = torch.from_numpy(np.ascontiguousarray(targets, np.float32))
+    t, h, w = x_all.shape
+    losses: list[float] = []
+    t0 = time.monotonic()
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]distil[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    bar = Progress(*columns, console=console, disable=not (progress and console.is_terminal))
+    student.train()
+    with bar:
+        task = bar.add_task("distil", total=cfg.steps, loss="")
+        for step in range(1, cfg.steps + 1):
+            n = rng.integers(0, t, cfg.batch)
+            r = rng.integers(0, h - crop + 1, cfg.batch)
+            c = rng.integers(0, w - crop + 1, cfg.batch)
+            code = int(rng.integers(8))
+            xb = torch.stack([x_all[i, a : a + crop, b : b + crop] for i, a, b in zip(n, r, c)])[:, None]
+            yb = torch.stack([y_all[i, a : a + crop, b : b + crop] for i, a, b in zip(n, r, c)])[:, None]
+            xb, yb = _dihedral(xb, code).to(dev), _dihedral(yb, code).to(dev)
+            loss = (student(xb) - yb).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            recent = float(np.mean(losses[-20:]))
+            bar.update(task, completed=step, loss=f"L1 to teacher {recent:.4f}")
+            if not bar.live.is_started and (step % 200 == 0 or step == cfg.steps):
+                rate = step / max(time.monotonic() - t0, 1e-9)
+                log(f"distil {step}/{cfg.steps}  L1 to teacher {recent:.4f}  {rate:.2f} steps/s  "
+                    f"ETA {(cfg.steps - step) / rate / 60:.1f} min")
+    return student.eval(), losses
