@@ -394,6 +394,12 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
     np.testing.assert_allclose(served, denoise(net, means, engine.card.normalisation, 8), atol=1e-4)
     train(TrainConfig(frames=frames, out=out, resume=tmp_path / "t.ckpt", steps=3, check_every=0, figures=False), log=lambda m: None)
     assert Engine(out, provider="cpu").card.training["steps"] == 3
+    # stage 2 on a multi-frame preset: the student reads the same causal window (its mean)
+    train(TrainConfig(frames=frames, out=out, preset="temporal", steps=2, distil=5, distil_steps=2, check_every=0, figures=False),
+          log=lambda m: None)
+    engine = Engine(out, provider="cpu")
+    assert engine.card.input_frames == 3 and engine.card.training["distil"]["window"] == 5
+    assert np.stack(engine.infer(list(movie)).outputs).shape == movie.shape
 
 
 @pytest.mark.parametrize(
@@ -407,7 +413,7 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
         ("unwritable", "cannot write"),
         ("cuda", "no CUDA GPU"),
         ("peakvar", "--peak-variance"),
-        ("distil", "--distil is for single-frame presets"),
+        ("distil", "--distil 99: choose 0 (off) to 64"),
     ],
 )
 def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
@@ -442,7 +448,7 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkey
     if case == "peakvar":
         args += ["--peak-variance", "2", "1"]
     if case == "distil":
-        args += ["--preset", "temporal", "--distil", "5"]
+        args += ["--distil", "99"]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

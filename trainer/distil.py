@@ -8,7 +8,8 @@ frame sees K times the dose and places the atoms far better. A fresh Ms2c of the
 *student*) then learns to give that output from the frame alone: L1 between the student's output
 and the teacher's on the same random crops, under the 8 flips and rotations of the square.
 
-Live, the student reads one frame like any single-frame model: no look-ahead, no added latency.
+Live, the student reads what stage 1's Ms2c read (one frame; for a multi-frame preset the mean of
+its causal window): no look-ahead, no added latency.
 What it cannot learn from one frame (an atom that just hopped) the teacher's window blurs, so hops
 are placed less often than by a per-frame filter (measured in docs/training.md). The whole stage
 is still free of ground truth: the teacher is the Noise2Atom Ms2c trained on the user's movie.
@@ -67,9 +68,10 @@ def distil(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, list[float]]:
-    """Train a student Ms2c (``net``, one input frame) so that ``student(inputs) ~ targets``.
+    """Train a student Ms2c (``net``'s U-Net on one channel) so that ``student(inputs) ~ targets``.
 
-    ``inputs``: normalised single frames ``(T, H, W)``; ``targets``: the teacher's outputs on the
+    ``inputs``: normalised single frames ``(T, H, W)`` (a multi-frame preset: their causal window
+    means, what its Ms2c reads behind the fixed window mean); ``targets``: the teacher's outputs on the
     same frames' centred means, in Ms2c's tanh range. Returns the student (eval mode) and its L1
     per step. Deterministic for a ``seed`` on the CPU.
     """

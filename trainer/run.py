@@ -177,8 +177,6 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     if cfg.distil_steps is not None:
         preset = replace(preset, distil_steps=cfg.distil_steps)
     k = preset.generator.input_frames
-    if k > 1 and preset.distil_window:
-        raise LivedenoiseError(f"--distil is for single-frame presets; this Ms2c reads {k} frames already")
     latest = frames[:, -1] if k > 1 else frames  # the sampled frames themselves, without their history
     # What Ms2c is trained on: a multi-frame preset's Ms2c reads the mean of each causal window.
     inputs = frames.mean(axis=1, dtype=np.float32) if k > 1 else frames
@@ -201,7 +199,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     m = preset.generator.size_multiple
     model, distilled = trainer.generator, None
     if preset.distil_window:
-        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, frames, norm, m, device, seed, paths, log)
+        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, m, device, seed, paths, log)
 
     from livedenoise import __version__
 
@@ -267,14 +265,18 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     return summary
 
 
-def _distil(cfg, preset, trainer, frames_all, idx, frames, norm, multiple, device, seed, paths, log):
+def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, device, seed, paths, log):
     """Stage 2 (:mod:`trainer.distil`): the stage-1 Ms2c on centred window means -> targets -> a
-    single-frame student. Returns ``(model to export, card entry)``; the teacher is exported if the
+    student reading what stage 1 read (``inputs``: the frames, or a multi-frame preset's causal
+    window means). Returns ``(model to export, card entry)``; the teacher is exported if the
     student comes out inverted."""
     import time
 
+    import torch
+
     from .distil import DistilConfig, centred_means, distil
     from .loop import polarity
+    from .networks import WindowMean
 
     k = preset.distil_window
     t0 = time.monotonic()
@@ -284,7 +286,7 @@ def _distil(cfg, preset, trainer, frames_all, idx, frames, norm, multiple, devic
     try:
         targets = denoise(teacher, centred_means(frames_all, idx, k), norm, multiple, device) * 2.0 - 1.0
         student, losses = distil(
-            preset.generator, normalise(frames, norm), targets, dcfg,
+            preset.generator, normalise(inputs, norm), targets, dcfg,
             crop=preset.crop, seed=seed, device=device, log=log, progress=cfg.progress,
         )
     except KeyboardInterrupt:
@@ -304,4 +306,6 @@ def _distil(cfg, preset, trainer, frames_all, idx, frames, norm, multiple, devic
         entry["used"] = False
         return teacher, entry
     entry["used"] = True
+    if preset.generator.input_frames > 1:
+        student = torch.nn.Sequential(WindowMean(), student)  # reads the causal window, as stage 1's Ms2c
     return student, entry

@@ -32,7 +32,7 @@ def train(
         help="Variance range (px^2) of domain C's Gaussian peaks, e.g. 0.5 1.5 for atoms of sigma ~0.9 px (default from the preset; paper: 1 10).",
     ),
     window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window Ms2c reads: the current one and K-1 before it (default 3 for temporal, 1 otherwise)."),
-    distil: int = typer.Option(None, "--distil", metavar="K", help="Then distil a single-frame Ms2c from the trained one applied to the mean of K frames centred on each frame (default 5 for tiny, 0 = off otherwise)."),
+    distil: int = typer.Option(None, "--distil", metavar="K", help="Then distil Ms2c (same input: one frame, or the causal window) from the trained one applied to the mean of K frames centred on each frame (default 5 for tiny, 0 = off otherwise)."),
     distil_steps: int = typer.Option(None, "--distil-steps", help="Steps of the distillation (default 1200)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
 ) -> None:
