@@ -77,8 +77,8 @@ class Preset:
     # decay per step), which averages out the adversarial game's oscillation between checkpoints
     # (measured: F1 0.63 -> 0.35 -> ... from one 100-step checkpoint to the next). 0 disables it.
     ema: float = 0.995
-    # Not in the paper: stage 2 (trainer/distil.py), a single-frame Ms2c distilled from the stage-1
-    # Ms2c applied to the mean of this many frames centred on each training frame; 0: off.
+    # Not in the paper: stage 2 (trainer/distil.py), an Ms2c with the same input distilled from the
+    # stage-1 Ms2c applied to the mean of this many frames centred on each training frame; 0: off.
     distil_window: int = 0
     distil_steps: int = 1200
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +110,7 @@ TINY = Preset(
     critic=CriticConfig(widths=(8, 16, 32, 64), conv="reflect"),
     # Measured on the project's simulated movies (docs/training.md): a narrower Ms2b and an early
     # stop beat longer training, where Ms2c turns more and more noise into atoms; distillation
-    # from a 5-frame view of the movie lifts atom F1 above the best Gaussian filter.
+    # from a 5-frame view of the movie lifts atom F1 from 0.58 to 0.70 and PSNR by 1.4 dB.
     steps=300,
     lfc_sigma=1.5,
     distil_window=5,
