@@ -44,19 +44,21 @@ def test_denoise_writes_stack_and_prints_css(conv_model, write_tiff, frames_u2, 
     assert f"mean CSS output: {css_series(result).mean():.4f}" in proc.stdout
 
 
-def test_denoise_with_the_shipped_temporal_model_by_name(write_tiff, tmp_path):
+@pytest.mark.parametrize("name, frames_in", [("temporal", 3), ("lowdose", 5)])
+def test_denoise_with_a_shipped_multi_frame_model_by_name(name, frames_in, write_tiff, tmp_path):
     from livedenoise.engine import Engine, default_model_path
     from livedenoise.simulate import SimConfig, simulate_movie
 
-    frames = simulate_movie(SimConfig(size=64, frames=5, seed=4)).noisy
+    frames = simulate_movie(SimConfig(size=64, frames=6, seed=4)).noisy
     out = tmp_path / "out.tif"
-    proc = run_cli("denoise", write_tiff(frames), "-o", out, "--model", "temporal")
+    proc = run_cli("denoise", write_tiff(frames), "-o", out, "--model", name)
     assert proc.returncode == 0, proc.stderr
-    engine = Engine(default_model_path().with_name("temporal.onnx"), provider="cpu")
-    assert engine.card.input_frames == 3
+    path = default_model_path().with_name(f"{name}.onnx")
+    engine = Engine(path, provider="cpu")
+    assert engine.card.input_frames == frames_in
     expected = np.stack(engine.infer(list(frames)).outputs)  # one series, in order: causal history
     np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-5)
-    assert not np.allclose(expected[2], np.stack(Engine(default_model_path().with_name("temporal.onnx")).infer([frames[2]]).outputs)[0])
+    assert not np.allclose(expected[4], np.stack(Engine(path).infer([frames[4]]).outputs)[0])
 
 
 def test_css_prints_the_series(write_tiff, frames_u2):
