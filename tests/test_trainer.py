@@ -295,9 +295,40 @@ def test_polarity_check_fires_on_an_inverted_model(movie):
     events = []
     tr = Trainer(MICRO, movie, norm, seed=0, check_every=0, log=events.append)
     tr.ms2c = _Inverted()
-    tr.check_polarity(total_steps=100)
+    tr.check_polarity()
     assert tr.state.reinits == 1 and isinstance(tr.ms2c, UNet)
     assert "inverted mapping" in events[0] and "re-initialising" in events[0]
+
+
+def test_an_inverted_mapping_at_the_end_gets_fresh_networks_with_a_full_budget(movie, monkeypatch):
+    """The exported Ms2c (the weight average) is checked when the budget is spent; inverted, the
+    networks are re-initialised and trained for the whole budget again, at most MAX_REINITS times."""
+    from trainer.loop import MAX_REINITS
+
+    class InvertedWithWeight(_Inverted):  # trainable, so the schedule's backward passes run
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return super().forward(x) * self.w
+
+    norm = frame_statistics(movie)
+    events = []
+    tr = Trainer(MICRO, movie, norm, seed=0, check_every=0, log=events.append)
+    build = tr._build
+
+    def inverted_build():  # every re-initialisation comes out inverted again
+        build()
+        tr.ms2c, tr.ms2c_ema = InvertedWithWeight(), InvertedWithWeight()
+
+    monkeypatch.setattr(tr, "_build", inverted_build)
+    inverted_build()
+    state = tr.run(3, progress=False, log_every=0)
+    assert state.reinits == MAX_REINITS and state.polarity < 0
+    assert state.restart_at == 3 * MAX_REINITS and state.step == state.restart_at + 3  # each start: all 3 steps
+    assert sum("re-initialising" in e for e in events) == MAX_REINITS
+    assert f"after {MAX_REINITS} re-initialisations" in events[-1]
 
 
 # ------------------------------------------------------------------------------- export

@@ -46,6 +46,7 @@ from .presets import Preset
 CYCLE_TARGET = 0.05  # paper: "the cycle consistency loss is less than 0.05"
 LFC_TARGET = 0.1  # paper: "and the low-frequency cycle loss is less than 0.1"
 LOSS_KEYS = ("critic", "wdist", "gp", "adv", "lfc", "cycle")
+MAX_REINITS = 3  # re-initialisations on an inverted mapping per run
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainState:
     converged_at: int | None = None
     polarity: float | None = None
     elapsed_s: float = 0.0
+    restart_at: int = 0  # step of the last re-initialisation: the networks then get the full budget again
 
 
 def polarity(ms2c: Callable[[torch.Tensor], torch.Tensor], noisy: torch.Tensor, sigma: float = 2.0) -> float:
@@ -197,7 +199,10 @@ class Trainer:
         return record
 
     # -- failure case 1 -----------------------------------------------------------------
-    def check_polarity(self, total_steps: int, model: torch.nn.Module | None = None) -> float:
+    def check_polarity(self, model: torch.nn.Module | None = None) -> float:
+        """Failure case 1: a negative polarity re-initialises Ms2c, Mc2s, D and their optimisers
+        (at most ``MAX_REINITS`` times in a run), and the fresh networks get the whole step budget
+        again (``state.restart_at``): a late re-initialisation must not leave them half-trained."""
         model = self.ms2c if model is None else model
         model.eval()
         corr = polarity(model, self.probe)
@@ -205,16 +210,17 @@ class Trainer:
         self.state.polarity = corr
         if corr < 0:
             step = self.state.step
-            if step <= total_steps // 2 and self.state.reinits < 3:
+            if self.state.reinits < MAX_REINITS:
                 self.state.reinits += 1
+                self.state.restart_at = step
                 msg = (
                     f"step {step}: inverted mapping detected (polarity {corr:+.3f}: bright areas -> background, "
-                    f"paper failure case 1); re-initialising Ms2c, Mc2s, D and their optimisers "
-                    f"(re-initialisation {self.state.reinits}/3)"
+                    f"paper failure case 1); re-initialising Ms2c, Mc2s, D and their optimisers, full step budget "
+                    f"again (re-initialisation {self.state.reinits}/{MAX_REINITS})"
                 )
                 self._build()
             else:
-                msg = f"step {step}: WARNING inverted mapping (polarity {corr:+.3f}) too late to re-initialise"
+                msg = f"step {step}: inverted mapping (polarity {corr:+.3f}) after {MAX_REINITS} re-initialisations"
             self.state.events.append(msg)
             self.log(msg)
         return corr
@@ -272,9 +278,14 @@ class Trainer:
         log_every: int = 50,
         progress: bool = True,
     ) -> TrainState:
-        """Train until ``total_steps`` (counting steps already done); Ctrl-C saves and re-raises."""
+        """Train until ``total_steps`` (counting steps already done, from the last re-initialisation
+        on); Ctrl-C saves and re-raises. Ends with the polarity of the exported Ms2c (the weight
+        average): inverted, it is re-initialised and trained again while retries remain."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        def end() -> int:
+            return self.state.restart_at + total_steps
 
         console = Console(stderr=True)
         start_step = self.state.step
@@ -292,37 +303,14 @@ class Trainer:
         bar = Progress(*columns, console=console, disable=not (progress and console.is_terminal))
         try:
             with bar:
-                task = bar.add_task("train", total=total_steps, completed=start_step, losses="")
-                while self.state.step < total_steps:
-                    rec = self.train_step()
-                    step = self.state.step
-                    self.state.elapsed_s = elapsed0 + time.monotonic() - t0
-                    cyc, lfc = mean_recent(self.state.history, "cycle"), mean_recent(self.state.history, "lfc")
-                    if self.state.converged_at is None and step >= 20 and cyc < CYCLE_TARGET and lfc < LFC_TARGET:
-                        self.state.converged_at = step
-                        self.log(
-                            f"step {step}: paper's convergence criteria met "
-                            f"(L_cycle {cyc:.4f} < {CYCLE_TARGET}, L_lfc {lfc:.4f} < {LFC_TARGET})"
-                        )
-                    if self.check_every and step % self.check_every == 0:
-                        self.check_polarity(total_steps)
-                    bar.update(
-                        task,
-                        completed=step,
-                        losses=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
-                    )
-                    if log_every and (step % log_every == 0 or step == total_steps) and not bar.live.is_started:
-                        done = step - start_step
-                        rate = done / max(time.monotonic() - t0, 1e-9)
-                        eta = (total_steps - step) / rate if rate > 0 else math.inf
-                        self.log(
-                            f"step {step}/{total_steps}  L_cycle {cyc:.4f}  L_lfc {lfc:.4f}  "
-                            f"W {mean_recent(self.state.history, 'wdist'):+.3f}  "
-                            f"adv {mean_recent(self.state.history, 'adv'):+.3f}  "
-                            f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min"
-                        )
-                    if checkpoint_path is not None and checkpoint_every and step % checkpoint_every == 0:
-                        self.save(checkpoint_path)
+                task = bar.add_task("train", total=end(), completed=start_step, losses="")
+                while True:
+                    while self.state.step < end():
+                        self._one_step(task, bar, start_step, t0, elapsed0, end, log_every, checkpoint_path, checkpoint_every)
+                    self.check_polarity(self.generator)  # re-initialises (and moves end()) if inverted
+                    if self.state.step >= end():
+                        break
+                    bar.update(task, total=end())
         except KeyboardInterrupt:
             if checkpoint_path is not None:
                 self.save(checkpoint_path)
@@ -332,8 +320,36 @@ class Trainer:
             raise
         if checkpoint_path is not None:
             self.save(checkpoint_path)
-        self.check_polarity(0, self.generator)
         return self.state
+
+    def _one_step(self, task, bar, start_step, t0, elapsed0, end, log_every, checkpoint_path, checkpoint_every) -> None:
+        rec = self.train_step()
+        step = self.state.step
+        self.state.elapsed_s = elapsed0 + time.monotonic() - t0
+        cyc, lfc = mean_recent(self.state.history, "cycle"), mean_recent(self.state.history, "lfc")
+        if self.state.converged_at is None and step >= 20 and cyc < CYCLE_TARGET and lfc < LFC_TARGET:
+            self.state.converged_at = step
+            self.log(
+                f"step {step}: paper's convergence criteria met "
+                f"(L_cycle {cyc:.4f} < {CYCLE_TARGET}, L_lfc {lfc:.4f} < {LFC_TARGET})"
+            )
+        if self.check_every and step % self.check_every == 0:
+            self.check_polarity()
+        bar.update(
+            task, completed=step, total=end(),
+            losses=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
+        )
+        if log_every and (step % log_every == 0 or step == end()) and not bar.live.is_started:
+            rate = (step - start_step) / max(time.monotonic() - t0, 1e-9)
+            eta = (end() - step) / rate if rate > 0 else math.inf
+            self.log(
+                f"step {step}/{end()}  L_cycle {cyc:.4f}  L_lfc {lfc:.4f}  "
+                f"W {mean_recent(self.state.history, 'wdist'):+.3f}  "
+                f"adv {mean_recent(self.state.history, 'adv'):+.3f}  "
+                f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min"
+            )
+        if checkpoint_path is not None and checkpoint_every and step % checkpoint_every == 0:
+            self.save(checkpoint_path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -196,6 +196,11 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     if ckpt is not None:
         trainer.restore(ckpt)
     state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+    if state.polarity is not None and state.polarity < 0:
+        raise LivedenoiseError(
+            f"Ms2c is still inverted (polarity {state.polarity:+.3f}) after {state.reinits} re-initialisations "
+            f"(paper failure case 1): not exported; try another --seed"
+        )
     m = preset.generator.size_multiple
     model, distilled = trainer.generator, None
     if preset.distil_window:
