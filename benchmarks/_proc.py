@@ -3,6 +3,8 @@ a process's resident memory."""
 
 from __future__ import annotations
 
+import os
+import platform
 import socket
 from pathlib import Path
 
@@ -33,3 +35,16 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def machine() -> str:
+    """One line for a report: OS and kernel, CPU model, cores."""
+    cpu = platform.processor() or "?"
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores"

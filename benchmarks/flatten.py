@@ -61,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # the Gaussian filter's grid (default_model_check.py)
 AREA_UNIT = 100.0 * 100.0  # px^2
 
@@ -170,18 +172,6 @@ def regional_scores(frames: np.ndarray, positions: np.ndarray, regions: int) -> 
 
 
 # ---------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores"
 
 
 def band_names(regions: int) -> list[str]:

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "in 10 trainings with different seeds, 0 models come out inverted (the paper saw about 1 in 10)"
 # "detected": re-initialised; the others: not re-initialised (the guard of before 2026-11-24
@@ -265,18 +267,6 @@ def reading(s: dict) -> list[str]:
             "are the direct evidence of what the guard caught."
         )
     return out
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores"
 
 
 def versions() -> str:

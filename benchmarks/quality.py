@@ -93,6 +93,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CSS_TARGET = 0.69
@@ -526,18 +528,6 @@ def versions(n2v_info: dict | None) -> dict:
         v["careamics (N2V venv)"] = n2v_info.get("careamics")
         v["torch (N2V venv)"] = n2v_info.get("torch")
     return v
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores"
 
 
 def write_report(path: Path, fig: Path | None, meta: dict, conds: list[Condition], rows: list[dict], tg: dict) -> None:
