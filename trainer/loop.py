@@ -304,13 +304,38 @@ class Trainer:
         try:
             with bar:
                 task = bar.add_task("train", total=end(), completed=start_step, losses="")
-                while True:
-                    while self.state.step < end():
-                        self._one_step(task, bar, start_step, t0, elapsed0, end, log_every, checkpoint_path, checkpoint_every)
-                    self.check_polarity(self.generator)  # re-initialises (and moves end()) if inverted
-                    if self.state.step >= end():
-                        break
-                    bar.update(task, total=end())
+                while self.state.step < end():
+                    rec = self.train_step()
+                    step = self.state.step
+                    self.state.elapsed_s = elapsed0 + time.monotonic() - t0
+                    cyc, lfc = mean_recent(self.state.history, "cycle"), mean_recent(self.state.history, "lfc")
+                    if self.state.converged_at is None and step >= 20 and cyc < CYCLE_TARGET and lfc < LFC_TARGET:
+                        self.state.converged_at = step
+                        self.log(
+                            f"step {step}: paper's convergence criteria met "
+                            f"(L_cycle {cyc:.4f} < {CYCLE_TARGET}, L_lfc {lfc:.4f} < {LFC_TARGET})"
+                        )
+                    if self.check_every and step % self.check_every == 0:
+                        self.check_polarity()
+                    if step == end():  # budget spent: the exported Ms2c must be upright too
+                        self.check_polarity(self.generator)  # re-initialised if not, which moves end()
+                    bar.update(
+                        task,
+                        completed=step,
+                        total=end(),
+                        losses=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
+                    )
+                    if log_every and (step % log_every == 0 or step == end()) and not bar.live.is_started:
+                        rate = (step - start_step) / max(time.monotonic() - t0, 1e-9)
+                        eta = (end() - step) / rate if rate > 0 else math.inf
+                        self.log(
+                            f"step {step}/{end()}  L_cycle {cyc:.4f}  L_lfc {lfc:.4f}  "
+                            f"W {mean_recent(self.state.history, 'wdist'):+.3f}  "
+                            f"adv {mean_recent(self.state.history, 'adv'):+.3f}  "
+                            f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min"
+                        )
+                    if checkpoint_path is not None and checkpoint_every and step % checkpoint_every == 0:
+                        self.save(checkpoint_path)
         except KeyboardInterrupt:
             if checkpoint_path is not None:
                 self.save(checkpoint_path)
@@ -321,35 +346,6 @@ class Trainer:
         if checkpoint_path is not None:
             self.save(checkpoint_path)
         return self.state
-
-    def _one_step(self, task, bar, start_step, t0, elapsed0, end, log_every, checkpoint_path, checkpoint_every) -> None:
-        rec = self.train_step()
-        step = self.state.step
-        self.state.elapsed_s = elapsed0 + time.monotonic() - t0
-        cyc, lfc = mean_recent(self.state.history, "cycle"), mean_recent(self.state.history, "lfc")
-        if self.state.converged_at is None and step >= 20 and cyc < CYCLE_TARGET and lfc < LFC_TARGET:
-            self.state.converged_at = step
-            self.log(
-                f"step {step}: paper's convergence criteria met "
-                f"(L_cycle {cyc:.4f} < {CYCLE_TARGET}, L_lfc {lfc:.4f} < {LFC_TARGET})"
-            )
-        if self.check_every and step % self.check_every == 0:
-            self.check_polarity()
-        bar.update(
-            task, completed=step, total=end(),
-            losses=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
-        )
-        if log_every and (step % log_every == 0 or step == end()) and not bar.live.is_started:
-            rate = (step - start_step) / max(time.monotonic() - t0, 1e-9)
-            eta = (end() - step) / rate if rate > 0 else math.inf
-            self.log(
-                f"step {step}/{end()}  L_cycle {cyc:.4f}  L_lfc {lfc:.4f}  "
-                f"W {mean_recent(self.state.history, 'wdist'):+.3f}  "
-                f"adv {mean_recent(self.state.history, 'adv'):+.3f}  "
-                f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min"
-            )
-        if checkpoint_path is not None and checkpoint_every and step % checkpoint_every == 0:
-            self.save(checkpoint_path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
