@@ -75,8 +75,7 @@ def distil(
     same frames' centred means, in Ms2c's tanh range. Returns the student (eval mode) and its L1
     per step. Deterministic for a ``seed`` on the CPU.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from .loop import progress_bar
 
     dev = torch.device(device)
     torch.manual_seed(seed + 104729)  # its own stream: the student's start does not depend on stage 1's length
@@ -89,13 +88,10 @@ def distil(
     t, h, w = x_all.shape
     losses: list[float] = []
     t0 = time.monotonic()
-    console = Console(stderr=True)
-    columns = (TextColumn("[bold]distil[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    bar = Progress(*columns, console=console, disable=not (progress and console.is_terminal))
+    bar = progress_bar("distil", progress)
     student.train()
     with bar:
-        task = bar.add_task("distil", total=cfg.steps, loss="")
+        task = bar.add_task("distil", total=cfg.steps, info="")
         for step in range(1, cfg.steps + 1):
             n = rng.integers(0, t, cfg.batch)
             r = rng.integers(0, h - crop + 1, cfg.batch)
@@ -111,7 +107,7 @@ def distil(
             sched.step()
             losses.append(float(loss.detach()))
             recent = float(np.mean(losses[-20:]))
-            bar.update(task, completed=step, loss=f"L1 to teacher {recent:.4f}")
+            bar.update(task, completed=step, info=f"L1 to teacher {recent:.4f}")
             if not bar.live.is_started and (step % 200 == 0 or step == cfg.steps):
                 rate = step / max(time.monotonic() - t0, 1e-9)
                 log(f"distil {step}/{cfg.steps}  L1 to teacher {recent:.4f}  {rate:.2f} steps/s  "

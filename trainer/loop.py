@@ -79,6 +79,18 @@ def polarity(ms2c: Callable[[torch.Tensor], torch.Tensor], noisy: torch.Tensor, 
     return float((a * b).sum()) / denom if denom > 0 else 0.0
 
 
+def progress_bar(label: str, enabled: bool):
+    """A rich progress bar on stderr (steps, ``info`` text, elapsed, ETA); off when ``enabled`` is
+    false or stderr is not a terminal, where the callers log a line every so many steps instead."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    return Progress(*columns, console=console, disable=not (enabled and console.is_terminal))
+
+
 def mean_recent(history: list[dict[str, float]], key: str, n: int = 20) -> float:
     recent = [h[key] for h in history[-n:] if key in h]
     return float(np.mean(recent)) if recent else math.nan
@@ -281,29 +293,17 @@ class Trainer:
         """Train until ``total_steps`` (counting steps already done, from the last re-initialisation
         on); Ctrl-C saves and re-raises. Ends with the polarity of the exported Ms2c (the weight
         average): inverted, it is re-initialised and trained again while retries remain."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         def end() -> int:
             return self.state.restart_at + total_steps
 
-        console = Console(stderr=True)
         start_step = self.state.step
         t0 = time.monotonic()
         elapsed0 = self.state.elapsed_s
-        columns = (
-            TextColumn("[bold]train[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[losses]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        bar = Progress(*columns, console=console, disable=not (progress and console.is_terminal))
+        bar = progress_bar("train", progress)
         try:
             with bar:
-                task = bar.add_task("train", total=end(), completed=start_step, losses="")
+                task = bar.add_task("train", total=end(), completed=start_step, info="")
                 while self.state.step < end():
                     rec = self.train_step()
                     step = self.state.step
@@ -323,7 +323,7 @@ class Trainer:
                         task,
                         completed=step,
                         total=end(),
-                        losses=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
+                        info=f"L_cycle {cyc:.4f} L_lfc {lfc:.4f} W {rec['wdist']:+.3f} gp {rec['gp']:.3f}",
                     )
                     if log_every and (step % log_every == 0 or step == end()) and not bar.live.is_started:
                         rate = (step - start_step) / max(time.monotonic() - t0, 1e-9)
