@@ -1,4 +1,4 @@
-"""Untrained ``paper`` / ``lite`` / ``tiny`` generators exported to ONNX, for speed and memory only.
+"""Untrained ``paper`` / ``lite`` / ``tiny`` / ``rt`` generators exported to ONNX, for speed and memory only.
 
 The weights are the networks' random initialisation (seeded): the denoised frames mean nothing,
 but the graph, its operators and its cost are exactly what ``livedenoise train --preset NAME``
@@ -8,7 +8,7 @@ so synthetic frames land in the same input range.
 
 The files go to a cache folder outside the repository (never commit them: ``paper`` is 45 MB)::
 
-    python benchmarks/export_presets.py                  # paper, lite, tiny -> $TMPDIR/livedenoise-bench-models
+    python benchmarks/export_presets.py                  # paper, lite, tiny, rt -> $TMPDIR/livedenoise-bench-models
     python benchmarks/export_presets.py --presets paper --out /tmp/models
 
 Needs torch (the ``train`` extra). :func:`preset_model` is what ``e2e.py`` and ``memory.py`` call:
@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_DIR = Path(os.environ.get("LIVEDENOISE_BENCH_MODELS", Path(tempfile.gettempdir()) / "livedenoise-bench-models"))
-SHIPPED = Path(__file__).resolve().parents[1] / "livedenoise" / "models" / "default.onnx"
+MODELS = Path(__file__).resolve().parents[1] / "livedenoise" / "models"
+SHIPPED = MODELS / "default.onnx"
+TRAINED = {"tiny": SHIPPED, "rt": MODELS / "rt.onnx"}  # presets with a shipped, trained model
 
 
 def export_preset(name: str, out: Path, seed: int = 0) -> Path:
@@ -39,15 +41,16 @@ def export_preset(name: str, out: Path, seed: int = 0) -> Path:
 
     preset = get_preset(name)
     torch.manual_seed(seed)
-    net = UNet(preset.generator).eval()
+    gen = preset.student_net if preset.distil_window else preset.generator  # what train exports
+    net = UNet(gen).eval()
     sess = ort.InferenceSession(str(SHIPPED), providers=["CPUExecutionProvider"])
     shipped = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
     card = ModelCard(
         preset=name,
         normalisation=shipped.normalisation,
-        input_frames=preset.generator.input_frames,
-        size_multiple=preset.generator.size_multiple,
-        training={"untrained": True, "seed": seed, "conv": preset.generator.conv,
+        input_frames=gen.input_frames,
+        size_multiple=gen.size_multiple,
+        training={"untrained": True, "seed": seed, "conv": gen.conv,
                   "purpose": "speed and memory benchmarks only"},
     )
     check = [np.random.default_rng(seed).normal(0, 1, (1, card.input_frames, 64, 64)).astype(np.float32)]
@@ -57,10 +60,10 @@ def export_preset(name: str, out: Path, seed: int = 0) -> Path:
 
 
 def preset_model(name: str, directory: Path = DEFAULT_DIR) -> Path:
-    """The benchmark model for preset ``name``: ``tiny`` is the shipped (trained) model, the others
-    are exported untrained into ``directory`` on first use."""
-    if name == "tiny" and SHIPPED.is_file():
-        return SHIPPED
+    """The benchmark model for preset ``name``: ``tiny`` and ``rt`` are the shipped (trained) models,
+    the others are exported untrained into ``directory`` on first use."""
+    if name in TRAINED and TRAINED[name].is_file():
+        return TRAINED[name]
     path = Path(directory) / f"{name}-untrained.onnx"
     if not path.is_file():
         export_preset(name, path)

@@ -65,16 +65,20 @@ def hwm_mib(pid: int) -> float:
 
 def child(argv: list[str]) -> None:
     """``serve`` with an EngineConfig from JSON: ``--child JSON MODEL SOURCE PUBLISH WARMUP MAX_BATCH THREADS``."""
-    import functools
+    import dataclasses
     import logging
 
     from livedenoise import daemon as daemon_mod
-    from livedenoise.engine import Engine, EngineConfig
+    from livedenoise.engine import Engine
 
     fields, model, source, publish, warmup, max_batch, threads = argv
     size, max_batch = int(warmup), int(max_batch)
-    config = EngineConfig(shapes=((size, size),), **json.loads(fields))
-    daemon_mod.Engine = functools.partial(Engine, config=config)  # the Daemon builds its Engine with it
+    setting = json.loads(fields)
+
+    def engine(path, config):  # the Daemon's own EngineConfig, with the setting's fields on top
+        return Engine(path, dataclasses.replace(config, **setting))
+
+    daemon_mod.Engine = engine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = daemon_mod.ServeConfig(
         model=Path(model), source=source, publish=publish, lossless=True, provider="cpu", max_batch=max_batch,
@@ -166,7 +170,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="ONNX model (default: the untrained paper preset)")
-    ap.add_argument("--preset", default="paper", help="preset exported when no --model (paper, lite, tiny)")
+    ap.add_argument("--preset", default="paper", help="preset exported when no --model (paper, lite, tiny, rt)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--warmup-size", type=int, default=None, help="warm up at this side instead (serve's default: 128)")
     ap.add_argument("--settings", nargs="+", default=["default"], choices=sorted(SETTINGS))

@@ -61,6 +61,22 @@ def test_denoise_with_a_shipped_multi_frame_model_by_name(name, frames_in, write
     assert not np.allclose(expected[4], np.stack(Engine(path).infer([frames[4]]).outputs)[0])
 
 
+def test_denoise_with_the_shipped_cpu_model_by_name(write_tiff, tmp_path):
+    from livedenoise.engine import Engine, default_model_path
+    from livedenoise.simulate import SimConfig, simulate_movie
+
+    frames = simulate_movie(SimConfig(size=128, frames=5, seed=4)).noisy[:, :100, :72]  # not multiples of 16
+    out = tmp_path / "out.tif"
+    proc = run_cli("denoise", write_tiff(frames), "-o", out, "--model", "rt")
+    assert proc.returncode == 0, proc.stderr
+    engine = Engine(default_model_path().with_name("rt.onnx"), provider="cpu")
+    assert engine.card.preset == "rt" and engine.card.size_multiple == 16 and engine.card.training["distil"]["used"]
+    result = tifffile.imread(out)
+    assert result.shape == frames.shape
+    np.testing.assert_allclose(result, np.stack(engine.infer(list(frames)).outputs), atol=1e-5)
+    assert result.std() > 0.01  # a denoised frame, not a constant
+
+
 def test_css_prints_the_series(write_tiff, frames_u2):
     proc = run_cli("css", write_tiff(frames_u2))
     assert proc.returncode == 0, proc.stderr

@@ -23,7 +23,7 @@ from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_fra
 from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card  # noqa: E402
 from trainer.loop import Trainer, polarity  # noqa: E402
 from trainer.networks import Critic, LowPass, UNet, gaussian_kernel  # noqa: E402
-from trainer.presets import LITE, PAPER, TINY, CriticConfig, NetConfig, Preset  # noqa: E402
+from trainer.presets import LITE, PAPER, RT, TINY, CriticConfig, NetConfig, Preset  # noqa: E402
 
 MICRO = Preset(
     name="micro",
@@ -150,6 +150,23 @@ def test_small_presets_keep_512_and_odd_sizes_through_engine_padding():
         with torch.no_grad():
             y = net(torch.from_numpy(padded)[None, None])[0, 0, :130, :141]
         assert y.shape == (130, 141)
+
+
+def test_rt_student_runs_on_sub_pixel_phases_and_exports_as_one_depth_to_space():
+    net_cfg = RT.student_net
+    assert net_cfg.shuffle == 2 and net_cfg.size_multiple == 16 and RT.generator == TINY.generator
+    net = UNet(net_cfg).eval()
+    assert net.stem.branches[0].in_channels == 4  # the 2 x 2 phases of one input frame
+    m = net_cfg.size_multiple
+    x = np.random.default_rng(0).normal(size=(130, 141)).astype(np.float32)
+    padded = np.pad(x, ((0, -130 % m), (0, -141 % m)), mode="reflect")
+    with torch.no_grad():
+        y = net(torch.from_numpy(padded)[None, None])[0, 0]
+    assert y.shape == padded.shape and y.abs().max() <= 1.0
+    blocks = y.reshape(y.shape[0] // 2, 2, y.shape[1] // 2, 2)
+    assert float((blocks - blocks.mean(dim=(1, 3), keepdim=True)).abs().max()) > 1e-3  # full resolution out
+    ops = op_histogram(to_onnx_bytes(net))
+    assert ops.get("DepthToSpace") == 1 and ops.get("InstanceNormalization", 0) > 0
 
 
 def test_valid_conv_pairs_keep_sizes_without_padding():
@@ -360,6 +377,9 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     import onnxruntime as ort
     import tifffile
 
+    from livedenoise.engine import Engine
+    from livedenoise.errors import LivedenoiseError
+
     from trainer.run import TrainConfig, train
 
     frames = tmp_path / "movie.tif"
@@ -388,6 +408,16 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     assert again["peak_variance"] == [0.5, 1.5]  # the checkpoint's domain C, not the preset's
     assert again["distil"]["steps"] == 3  # and the checkpoint's distillation
     assert METADATA_KEY in sess.get_modelmeta().custom_metadata_map
+    # tiny's stage 1 distilled anew into rt's faster student, nothing else trained
+    rt = train(TrainConfig(frames=frames, out=tmp_path / "rt.onnx", preset="rt", steps=3, resume=tmp_path / "m.ckpt",
+                           distil_steps=2, check_every=0, figures=False), log=logs.append)
+    engine = Engine(tmp_path / "rt.onnx", provider="cpu")
+    assert engine.card.preset == "rt" and engine.card.size_multiple == 16 and rt["steps"] == 3
+    assert rt["distil"]["network"]["shuffle"] == 2 and rt["distil"]["steps"] == 2
+    assert engine.card.normalisation == card.normalisation  # stage 1's, from the checkpoint
+    assert np.stack(engine.infer(list(movie[:2])).outputs).shape == (2, *movie.shape[1:])  # 128 x 128 via padding
+    with pytest.raises(LivedenoiseError, match="only a preset with the same stage 1"):
+        train(TrainConfig(frames=frames, out=out, preset="lite", resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -498,6 +528,25 @@ def test_gaussian_kernel_sums_to_one():
 
 
 # ---------------------------------------------------------------------- stage 2: distillation
+
+
+def test_teacher_targets_average_the_eight_views_and_turn_each_back():
+    from trainer.distil import dihedral_mean
+
+    x = np.random.default_rng(3).normal(size=(2, 5, 7)).astype(np.float32)  # not square: views are 7 x 5
+    np.testing.assert_allclose(dihedral_mean(lambda f: f * 2, x), x * 2, atol=1e-6)  # an equivariant teacher
+    seen = []
+
+    def biased(f):  # a teacher that adds a ramp along its input's last axis, whatever the view
+        seen.append(f.shape)
+        return f + np.arange(f.shape[-1], dtype=np.float32)
+
+    out = dihedral_mean(biased, x)
+    assert sorted(set(seen)) == [(2, 5, 7), (2, 7, 5)] and len(seen) == 8
+    bias = out - x  # the ramp, seen from all 8 views and averaged: symmetric, a bowl along both axes
+    np.testing.assert_allclose(bias, bias[..., ::-1, :], atol=1e-5)
+    np.testing.assert_allclose(bias, bias[..., ::-1], atol=1e-5)
+    np.testing.assert_allclose(bias.mean(), (3 + 2) / 2, atol=1e-5)  # mean of the ramps 0..6 and 0..4
 
 
 def test_centred_means_clamp_at_the_ends_of_the_movie():

@@ -4,7 +4,8 @@ Why: at a dose where one frame holds more noise than signal, the unpaired object
 not place every atom (``tiny``: atom F1 0.58 on a held-out movie, below the best Gaussian filter's
 0.73; docs/training.md). Offline, the training movie has every frame's neighbours, the ones after
 it included: the stage-1 Ms2c (the *teacher*) applied to the mean of the K frames centred on a
-frame sees K times the dose and places the atoms far better. A fresh Ms2c of the same preset (the
+frame sees K times the dose and places the atoms far better; its outputs are averaged over the 8
+flips and rotations of the frame (:func:`dihedral_mean`). A fresh Ms2c of the same preset (the
 *student*) then learns to give that output from the frame alone: L1 between the student's output
 and the teacher's on the same random crops, under the 8 flips and rotations of the square.
 
@@ -48,6 +49,22 @@ def centred_means(frames: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     for n, i in enumerate(np.asarray(idx)):
         out[n] = np.asarray(frames[np.clip(i + lags, 0, t - 1)], np.float32).mean(axis=0)
     return out
+
+
+def dihedral_mean(fn: Callable[[np.ndarray], np.ndarray], frames: np.ndarray) -> np.ndarray:
+    """The mean of ``fn`` over the 8 flips and rotations of ``frames`` ``(T, H, W)``, each output
+    turned back: the teacher's targets. Atoms have no preferred orientation, so the 8 views differ
+    only in the teacher's own errors, which the mean halves or better (measured in
+    docs/training.md: student F1 +0.03 to +0.05, PSNR +0.25 dB)."""
+    acc = None
+    for code in range(8):
+        view = np.rot90(frames, code % 4, axes=(-2, -1))
+        view = view[..., ::-1] if code >= 4 else view
+        y = np.asarray(fn(np.ascontiguousarray(view)))
+        y = y[..., ::-1] if code >= 4 else y
+        y = np.rot90(y, -(code % 4), axes=(-2, -1))
+        acc = y.astype(np.float32) if acc is None else acc + y
+    return np.ascontiguousarray(acc / 8)
 
 
 def _dihedral(x: torch.Tensor, code: int) -> torch.Tensor:

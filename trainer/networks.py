@@ -164,7 +164,8 @@ class UNet(nn.Module):
     """Ms2c / Mc2s: ``[N, input_frames, H, W]`` -> ``[N, 1, H, W]`` in [-1, 1].
 
     H and W must be multiples of :attr:`NetConfig.size_multiple` (the serving engine reflect-pads
-    other sizes and crops back).
+    other sizes and crops back). With ``cfg.shuffle`` > 1 the U-Net runs on the frame's sub-pixel
+    phases (pixel unshuffle) and its head gives them back (pixel shuffle).
     """
 
     def __init__(self, cfg: NetConfig, in_channels: int | None = None):
@@ -172,23 +173,29 @@ class UNet(nn.Module):
         self.cfg = cfg
         w = cfg.widths
         cin = cfg.input_frames if in_channels is None else in_channels
-        self.stem = Xception(cin, w[0], cfg)
+        self.shuffle = cfg.shuffle
+        self.stem = Xception(cin * cfg.shuffle**2, w[0], cfg)
         self.downs = nn.ModuleList(
             nn.Sequential(ConvNormAct(w[i], w[i + 1], 3, cfg, stride=2), ConvNormAct(w[i + 1], w[i + 1], 3, cfg))
             for i in range(len(w) - 1)
         )
         self.bottom = nn.Sequential(*(Residual(w[-1], cfg) for _ in range(cfg.n_res)))
         self.ups = nn.ModuleList(Up(w[i + 1], w[i], cfg, full_resolution=(i == 0)) for i in reversed(range(len(w) - 1)))
-        self.head = conv_pair(w[0], 1, 3, cfg.conv)
+        self.head = conv_pair(w[0], cfg.shuffle**2, 3, cfg.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle > 1:
+            x = F.pixel_unshuffle(x, self.shuffle)
         skips = [self.stem(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         y = self.bottom(skips.pop())
         for up in self.ups:
             y = up(y, skips.pop())
-        return torch.tanh(self.head(y))
+        y = self.head(y)
+        if self.shuffle > 1:
+            y = F.pixel_shuffle(y, self.shuffle)
+        return torch.tanh(y)
 
 
 class WindowMean(nn.Module):

@@ -35,11 +35,15 @@ class NetConfig:
     conv: str = "valid"  # "valid" (paper) or "reflect"
     norm: str = "instance"  # "instance" (paper text, per channel) or "layer" (released code)
     input_frames: int = 1
+    # Not in the paper: run the U-Net on the shuffle x shuffle sub-pixel phases of the frame
+    # (pixel unshuffle in, pixel shuffle out, as FFDNet does): shuffle**2 times fewer positions
+    # with wider layers, which is what keeps a CPU's cores busy (docs/benchmarks.md). 1: the paper.
+    shuffle: int = 1
 
     @property
     def size_multiple(self) -> int:
-        """Frame sizes the net keeps exactly: one factor 2 per downsampling."""
-        return 2 ** (len(self.widths) - 1)
+        """Frame sizes the net keeps exactly: one factor 2 per downsampling, times ``shuffle``."""
+        return self.shuffle * 2 ** (len(self.widths) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,20 @@ class Preset:
     # stage-1 Ms2c applied to the mean of this many frames centred on each training frame; 0: off.
     distil_window: int = 0
     distil_steps: int = 1200
+    # The distilled Ms2c's network (stage 2 learns from outputs, not from the unpaired game, so it
+    # need not be the generator's; its input_frames are the generator's). None: the generator's.
+    student: NetConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_norm(self, norm: str) -> Preset:
         return replace(self, generator=replace(self.generator, norm=norm))
+
+    @property
+    def student_net(self) -> NetConfig:
+        """Stage 2's network, reading what the generator reads."""
+        if self.student is None:
+            return self.generator
+        return replace(self.student, input_frames=self.generator.input_frames)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,10 +124,20 @@ TINY = Preset(
     critic=CriticConfig(widths=(8, 16, 32, 64), conv="reflect"),
     # Measured on the project's simulated movies (docs/training.md): a narrower Ms2b and an early
     # stop beat longer training, where Ms2c turns more and more noise into atoms; distillation
-    # from a 5-frame view of the movie lifts atom F1 from 0.58 to 0.70 and PSNR by 1.4 dB.
+    # from a 5-frame view of the movie lifts atom F1 from 0.58 to 0.75 and PSNR by 1.8 dB.
     steps=300,
     lfc_sigma=1.5,
     distil_window=5,
+    distil_steps=600,  # chosen on a validation movie: 600 / 800 / 1200 / 1800 steps, F1 0.75 / 0.74 / 0.70 / 0.66
+)
+
+# Past the paper (issue "speed", CPU real time): tiny's stage 1, distilled into a U-Net that runs on
+# the frame's 2 x 2 sub-pixel phases with wider layers: about twice tiny's frames per second on a
+# 2-core CPU (docs/benchmarks.md), at some cost in atom F1 (docs/training.md, docs/quality.md).
+RT = replace(
+    TINY,
+    name="rt",
+    student=NetConfig(widths=(16, 24, 32, 48), xception=(3, 5), n_res=2, conv="reflect", shuffle=2),
 )
 
 # Past the paper (issue "temporal context"): tiny on a causal window of the current frame and the
@@ -123,7 +147,7 @@ TINY = Preset(
 # 3 channels, Mc2s back to 3) was tried first and came out inverted (docs/training.md).
 TEMPORAL = replace(TINY, name="temporal", generator=replace(TINY.generator, input_frames=3), distil_window=0)
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, LITE, TINY, TEMPORAL)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, LITE, TINY, RT, TEMPORAL)}
 
 
 def get_preset(name: str) -> Preset:

@@ -139,7 +139,14 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         ckpt = load_checkpoint(Path(cfg.resume))
         base = get_preset(ckpt["preset"]["name"])
         if cfg.preset is not None and cfg.preset != base.name:
-            raise LivedenoiseError(f"checkpoint was trained with preset {base.name!r}, not {cfg.preset!r}")
+            # Another preset with the same stage 1 (``rt`` from a ``tiny`` run) only distils anew.
+            other = get_preset(cfg.preset)
+            if (other.generator, other.critic, other.distil_window > 0) != (base.generator, base.critic, True):
+                raise LivedenoiseError(
+                    f"checkpoint was trained with preset {base.name!r}, not {cfg.preset!r} (only a preset with the same "
+                    f"stage 1 and a distillation can continue it)"
+                )
+            base = other
         preset = base.with_norm(ckpt["preset"]["generator"]["norm"])
         preset = replace(preset, generator=replace(preset.generator, input_frames=ckpt["preset"]["generator"].get("input_frames", 1)))
         preset = replace(
@@ -148,9 +155,13 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             lfc_sigma=ckpt["preset"]["lfc_sigma"],
             clean_variance=tuple(ckpt["preset"].get("clean_variance", (1.0, 10.0))),
             ema=ckpt["preset"].get("ema", 0.0),
-            distil_window=ckpt["preset"].get("distil_window", 0),
-            distil_steps=ckpt["preset"].get("distil_steps", 1200),
         )
+        if base.name == ckpt["preset"]["name"]:
+            preset = replace(
+                preset,
+                distil_window=ckpt["preset"].get("distil_window", 0),
+                distil_steps=ckpt["preset"].get("distil_steps", 1200),
+            )
         norm = Normalisation(**ckpt["normalisation"])
         idx = np.asarray(ckpt["frame_indices"])
         if idx.max() >= len(frames_all):
@@ -201,10 +212,12 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             f"Ms2c is still inverted (polarity {state.polarity:+.3f}) after {state.reinits} re-initialisations "
             f"(paper failure case 1): not exported; try another --seed"
         )
-    m = preset.generator.size_multiple
-    model, distilled = trainer.generator, None
+    model, net, distilled = trainer.generator, preset.generator, None
     if preset.distil_window:
-        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, m, device, seed, paths, log)
+        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, net.size_multiple, device, seed, paths, log)
+        if distilled["used"]:
+            net = preset.student_net
+    m = net.size_multiple  # of the exported Ms2c
 
     from livedenoise import __version__
 
@@ -244,7 +257,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         preset=preset.name,
         normalisation=norm,
         input_frames=preset.generator.input_frames,
-        size_multiple=preset.generator.size_multiple,
+        size_multiple=m,
         training=training,
     )
     check = normalise(frames[: min(2, len(frames))], norm)
@@ -279,19 +292,20 @@ def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, devic
 
     import torch
 
-    from .distil import DistilConfig, centred_means, distil
+    from .distil import DistilConfig, centred_means, dihedral_mean, distil
     from .loop import polarity
     from .networks import WindowMean
 
     k = preset.distil_window
     t0 = time.monotonic()
     teacher = trainer.generator
-    log(f"distillation: teacher = stage-1 Ms2c on the mean of {k} frames centred on each of {len(idx)} frames")
+    log(f"distillation: teacher = stage-1 Ms2c on the mean of {k} frames centred on each of {len(idx)} frames, averaged over 8 flips and rotations")
     dcfg = DistilConfig(window=k, steps=preset.distil_steps)
     try:
-        targets = denoise(teacher, centred_means(frames_all, idx, k), norm, multiple, device) * 2.0 - 1.0
+        means = centred_means(frames_all, idx, k)
+        targets = dihedral_mean(lambda f: denoise(teacher, f, norm, multiple, device), means) * 2.0 - 1.0
         student, losses = distil(
-            preset.generator, normalise(inputs, norm), targets, dcfg,
+            preset.student_net, normalise(inputs, norm), targets, dcfg,
             crop=preset.crop, seed=seed, device=device, log=log, progress=cfg.progress,
         )
     except KeyboardInterrupt:
@@ -299,8 +313,10 @@ def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, devic
             f"interrupted during distillation; stage 1 is saved: --resume {paths['checkpoint']} repeats the distillation"
         ) from None
     corr = polarity(student, trainer.probe)
+    net = preset.student_net
     entry = {
-        "window": k, "steps": dcfg.steps, "lr": dcfg.lr, "batch": dcfg.batch,
+        "window": k, "steps": dcfg.steps, "lr": dcfg.lr, "batch": dcfg.batch, "teacher_views": 8,
+        "network": {"widths": list(net.widths), "xception": list(net.xception), "n_res": net.n_res, "shuffle": net.shuffle},
         "l1": float(np.mean(losses[-20:])), "polarity": corr, "teacher_polarity": trainer.state.polarity,
         "seconds": round(time.monotonic() - t0, 1),
     }
