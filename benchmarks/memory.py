@@ -22,7 +22,7 @@ Engine settings (``--settings``, several allowed, each a separate daemon):
 
     python benchmarks/memory.py                                   # paper preset, 1024², 4 frames, default
     python benchmarks/memory.py --settings as-exported default --max-batch 1
-    python benchmarks/memory.py --duration 3600 --rate 0.05       # an hour at one frame per 20 s
+    python benchmarks/memory.py --duration 3600 --rate 0.01       # an hour at one frame per 100 s
 
 Without ``--model`` it uses the untrained ``paper`` export (:mod:`export_presets`, needs torch once).
 """
@@ -136,7 +136,7 @@ def measure(model: Path, setting: str, opts) -> dict:
                 if rss > limit:
                     out["killed"] = True
                     break
-                if time.monotonic() - t_frames > opts.timeout:
+                if time.monotonic() - t_frames > (opts.timeout or (opts.duration or 0) + 1800.0):
                     break
             out["frames_s"] = time.monotonic() - t_frames
         out["peak"] = hwm_mib(serve.pid)
@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     ap.add_argument("--kill-above", type=float, default=12.0, help="GiB: the watchdog's limit")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for the frames at most")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds for the frames at most (default: 1800 more than --duration, or 1800)")
     ap.add_argument("--json", type=Path, help="also write the results (with every sample) here")
     opts = ap.parse_args()
     model = opts.model or preset_model(opts.preset)

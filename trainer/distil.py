@@ -5,9 +5,10 @@ not place every atom (``tiny``: atom F1 0.58 on a held-out movie, below the best
 0.73; docs/training.md). Offline, the training movie has every frame's neighbours, the ones after
 it included: the stage-1 Ms2c (the *teacher*) applied to the mean of the K frames centred on a
 frame sees K times the dose and places the atoms far better; its outputs are averaged over the 8
-flips and rotations of the frame (:func:`dihedral_mean`). A fresh Ms2c of the same preset (the
-*student*) then learns to give that output from the frame alone: L1 between the student's output
-and the teacher's on the same random crops, under the 8 flips and rotations of the square.
+flips and rotations of the frame (:func:`dihedral_mean`). A fresh Ms2c (the *student*: the
+preset's generator, or its own ``Preset.student`` network, as ``rt``'s) then learns to give that
+output from the frame alone: L1 between the student's output and the teacher's on the same random
+crops, under the 8 flips and rotations of the square.
 
 Live, the student reads what stage 1's Ms2c read (one frame; for a multi-frame preset the mean of
 its causal window): no look-ahead, no added latency.
