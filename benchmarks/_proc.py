@@ -1,11 +1,15 @@
-"""What the benchmark scripts share: a free loopback address, a subscriber to serve's output and
-a process's resident memory."""
+"""What the benchmark scripts share: a free loopback address, a subscriber to serve's output,
+a process's resident memory, the machine's description and a small pool for training runs."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shlex
 import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -48,3 +52,34 @@ def machine() -> str:
     except OSError:
         pass
     return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores"
+
+
+def run_jobs(
+    jobs: list[tuple[str, list[str], Path]], parallel: int, *, nice: int = 0, threads: int | None = None,
+    cwd: Path | None = None, start_within_s: float | None = None,
+) -> dict[str, dict]:
+    """Run commands ``(name, argv, log file)``, at most ``parallel`` at once, each under ``nice -n``
+    with ``threads`` OpenMP/MKL threads, its output appended to its log after a ``$ command`` line.
+    Returns per name ``rc`` and ``wall_s``; a job not started within ``start_within_s`` of the call
+    is skipped (``rc`` None)."""
+    env = dict(os.environ) if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t_call = time.monotonic()
+
+    def run(name: str, argv: list[str], log: Path) -> dict:
+        if start_within_s is not None and time.monotonic() - t_call > start_within_s:
+            return {"rc": None, "wall_s": 0.0}
+        cmd = (["nice", "-n", str(nice)] if nice else []) + argv
+        print(f"[{time.strftime('%H:%M:%S')}] start {name}: {shlex.join(argv)} (log {log})", flush=True)
+        t0 = time.monotonic()
+        with open(log, "a") as fh:
+            fh.write(f"$ {shlex.join(cmd)}\n")
+            fh.flush()
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+        wall = time.monotonic() - t0
+        tail = Path(log).read_text().strip().splitlines()[-1:]
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {rc} after {wall / 60:.1f} min: {tail[0] if tail else ''}", flush=True)
+        return {"rc": rc, "wall_s": round(wall, 1)}
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        futures = {name: pool.submit(run, name, argv, log) for name, argv, log in jobs}
+        return {name: f.result() for name, f in futures.items()}

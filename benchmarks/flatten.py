@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import machine, run_jobs  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # the Gaussian filter's grid (default_model_check.py)
 AREA_UNIT = 100.0 * 100.0  # px^2
@@ -81,32 +80,18 @@ def simulate(workdir: Path, name: str, frames: int, size: int, dose: float, grad
 
 
 def train_models(jobs: list[tuple[str, list[str], Path]], parallel: int, nice: int, threads: int) -> dict[str, dict]:
-    """Run ``livedenoise train`` commands (``(name, extra args, out)``) as subprocesses, at most
-    ``parallel`` at once; returns per name the command, wall time, exit code and log file."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, float, dict]] = {}
-    done: dict[str, dict] = {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, extra, out = pending.pop(0)
-            cmd = [sys.executable, "-m", "livedenoise", "train", "--out", str(out), *extra]
-            logf = out.with_suffix(".train.log")
-            fh = open(logf, "w")  # noqa: SIM115 - closed when the process ends
-            full = (["nice", "-n", str(nice)] if nice else []) + cmd
-            print(f"training {name}: {shlex.join(['livedenoise', 'train', '--out', str(out), *extra])} (log {logf})", flush=True)
-            proc = subprocess.Popen(full, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            running[name] = (proc, time.monotonic(), {"command": shlex.join(["livedenoise", "train", "--out", str(out), *extra]), "log": str(logf), "fh": fh})
-        time.sleep(2.0)
-        for name in list(running):
-            proc, t0, info = running[name]
-            if proc.poll() is None:
-                continue
-            info.pop("fh").close()
-            done[name] = info | {"rc": proc.returncode, "wall_s": round(time.monotonic() - t0, 1)}
-            print(f"  {name}: exit {proc.returncode} after {done[name]['wall_s'] / 60:.1f} min", flush=True)
-            del running[name]
-    return done
+    """Run ``livedenoise train`` commands (``(name, extra args, out)``) at most ``parallel`` at once
+    (:func:`_proc.run_jobs`); returns per name the command, wall time, exit code and log file."""
+    runs = run_jobs(
+        [(name, [sys.executable, "-m", "livedenoise", "train", "--out", str(out), *extra], out.with_suffix(".train.log"))
+         for name, extra, out in jobs],
+        parallel, nice=nice, threads=threads,
+    )
+    return {
+        name: {"command": shlex.join(["livedenoise", "train", "--out", str(out), *extra]), "log": str(out.with_suffix(".train.log"))}
+        | runs[name]
+        for name, extra, out in jobs
+    }
 
 
 def run_model(path: Path, noisy: np.ndarray) -> tuple[np.ndarray, object]:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import machine, run_jobs  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "in 10 trainings with different seeds, 0 models come out inverted (the paper saw about 1 in 10)"
@@ -88,43 +88,23 @@ def simulate_training_movie(args, work: Path) -> Path:
 
 
 def run_trainings(args, work: Path, frames: Path) -> dict[int, dict]:
-    """Train every seed without a model yet, ``--jobs`` at a time; returns per seed the wall time
-    and exit code of the runs made now (earlier runs' wall times are read back from their files)."""
+    """Train every seed without a model yet, ``--jobs`` at a time (:func:`_proc.run_jobs`); returns
+    per seed the wall time and exit code of the runs made now (earlier runs' wall times are read
+    back from their files)."""
     todo = [s for s in args.seeds if not (work / f"seed{s}.onnx").is_file()]
     done_before = [s for s in args.seeds if s not in todo]
     if done_before:
         print(f"models already there (not retrained): seeds {', '.join(map(str, done_before))}", flush=True)
-    t_start = time.monotonic()
-    running: dict[int, tuple[subprocess.Popen, float, object]] = {}
-    runs: dict[int, dict] = {}
-    while todo or running:
-        too_late = args.max_minutes is not None and (time.monotonic() - t_start) / 60 > args.max_minutes
-        while todo and len(running) < args.jobs and not too_late:
-            seed = todo.pop(0)
-            out = work / f"seed{seed}.onnx"
-            cmd = train_command(args, seed, frames, out)
-            log = open(work / f"seed{seed}.log", "a")
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
-            print(f"[{time.strftime('%H:%M:%S')}] start seed {seed}: {shlex.join(cmd)}", flush=True)
-            running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work), time.monotonic(), log)
-        if too_late and todo:
-            print(f"--max-minutes {args.max_minutes} reached: seeds {', '.join(map(str, todo))} not started", flush=True)
-            todo = []
-        time.sleep(5)
-        for seed, (proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[seed]
-            wall = time.monotonic() - t0
-            runs[seed] = {"rc": proc.returncode, "wall_s": wall}
-            tail = (work / f"seed{seed}.log").read_text().strip().splitlines()[-1:]
-            print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: exit {proc.returncode} after {wall / 60:.1f} min: "
-                  f"{tail[0] if tail else ''}", flush=True)
-            if proc.returncode == 0:
-                (work / f"seed{seed}.wall.json").write_text(json.dumps({"wall_s": wall}))
-    return runs
+    jobs = [(str(s), train_command(args, s, frames, work / f"seed{s}.onnx"), work / f"seed{s}.log") for s in todo]
+    limit = None if args.max_minutes is None else args.max_minutes * 60
+    runs = {int(name): r for name, r in run_jobs(jobs, args.jobs, cwd=work, start_within_s=limit).items()}
+    skipped = [s for s, r in runs.items() if r["rc"] is None]
+    if skipped:
+        print(f"--max-minutes {args.max_minutes} reached: seeds {', '.join(map(str, skipped))} not started", flush=True)
+    for seed, r in runs.items():
+        if r["rc"] == 0:
+            (work / f"seed{seed}.wall.json").write_text(json.dumps({"wall_s": r["wall_s"]}))
+    return {s: r for s, r in runs.items() if r["rc"] is not None}
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
