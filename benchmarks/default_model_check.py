@@ -24,6 +24,19 @@ import numpy as np
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
+def gaussian_reference(noisy: np.ndarray, truth: np.ndarray, positions) -> dict:
+    """The Gaussian filter's scores (:func:`livedenoise.evaluate.evaluate`) for each sigma of ``SIGMAS``."""
+    from scipy.ndimage import gaussian_filter
+
+    from livedenoise.evaluate import evaluate
+
+    out = {}
+    for s in SIGMAS:
+        filt = np.stack([gaussian_filter(f.astype(np.float64), s) for f in noisy]).astype(np.float32)
+        out[s] = evaluate(filt, truth, positions, ssim=False)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="ONNX model (default: the shipped default model)")
@@ -55,10 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = evaluate(den, truth, pos, css_normalise="none", ssim=False, groups=movie.groups)
 
     raw = evaluate(noisy, truth, pos, ssim=False)
-    gauss = {}
-    for s in SIGMAS:
-        filt = np.stack([gaussian_filter(f.astype(np.float64), s) for f in noisy]).astype(np.float32)
-        gauss[s] = evaluate(filt, truth, pos, ssim=False)
+    gauss = gaussian_reference(noisy, truth, pos)
     best_psnr_s = max(gauss, key=lambda s: gauss[s].psnr)
     best_f1_s = max(gauss, key=lambda s: gauss[s].f1)
     k = engine.card.input_frames

@@ -29,7 +29,8 @@ Memory and start-up (:class:`EngineConfig`; measured figures in ``docs/benchmark
   memory is reserved and (on CUDA) cuDNN has chosen its algorithms before the first real frame.
 
 GPU (``provider="cuda"`` or ``"tensorrt"``): inputs and outputs go through an ``IOBinding`` with
-OrtValues kept on the device per run shape; ``cuda_graph`` captures one CUDA graph per warmed-up
+OrtValues kept on the device per run shape; every batch runs at the frame size's batch cap
+(``fixed_batch``: one device shape per frame size, whatever a live stream's batch sizes); ``cuda_graph`` captures one CUDA graph per warmed-up
 shape (partial batches are padded to the fixed batch); ``fp16`` converts the model and checks it
 against fp32 at load (:attr:`Engine.fp16_max_abs_diff`), keeping fp32 when it is off by more than
 ``fp16_tolerance``; TensorRT builds its engines into ``trt_cache`` once. What the session really
@@ -122,6 +123,12 @@ class EngineConfig:
         kept per run shape (also usable on the CPU, where it only adds a copy).
     cuda_graph : CUDA/TensorRT: capture one CUDA graph per shape in ``shapes`` (batch padded to
         the shape's batch cap); other shapes run without a graph.
+    fixed_batch : run every batch at the frame size's batch cap (the unused rows are zeros or old
+        frames, their outputs dropped), so each frame size is one input shape on the device.
+        ``None``: on for GPU providers, where a live stream's batch sizes varying from 1 to the cap
+        made serve fall behind at 150 fps (H100, ``rt`` 128²: 60 of 600 frames dropped, p50 240 ms;
+        one fixed shape: none dropped, p50 3 ms, docs/benchmarks.md), and where a full batch costs
+        little more than one frame (1.5 vs 1.1 ms). Off on the CPU, where it would cost ``cap`` times.
     fp16 : convert the model to float16 (inputs and outputs stay float32) and compare it with
         fp32 at load; above ``fp16_tolerance`` (max abs difference of the published [0, 1]
         frames) the engine keeps fp32 and says so.
@@ -142,6 +149,7 @@ class EngineConfig:
     mem_pattern: bool | None = None
     io_binding: bool | None = None  # None: on for GPU providers, off on the CPU
     cuda_graph: bool = False
+    fixed_batch: bool | None = None  # None: on for GPU providers
     fp16: bool = False
     fp16_tolerance: float = 0.02
     trt_cache: Path | None = None
@@ -486,6 +494,7 @@ class Engine:
             self._runner = _BoundRunner(self.session, device, config.device_id if on_gpu else 0, self.cuda_graph)
             for shape in config.shapes if self.cuda_graph else ():
                 self._runner.add_graph(self._run_shape(shape))
+        self._fixed_batch = self._runner is not None and (on_gpu if config.fixed_batch is None else config.fixed_batch)
         log.info("model %s (preset %s) on %s", self.path, self.name, self.provider)
         log.info("engine: %s", self.describe())
 
@@ -576,6 +585,7 @@ class Engine:
             "cpu_arena": self.cpu_arena,
             "io_binding": self.io_binding,
             "cuda_graph": self.cuda_graph,
+            "fixed_batch": self._fixed_batch,
             "max_batch": self.max_batch,
             "max_batch_pixels": self.config.max_batch_pixels,
         }
@@ -613,9 +623,10 @@ class Engine:
 
         Batch sizes (default): on the CPU the shape's batch cap then 1, largest first, so the
         arena is reserved in one piece (measured: a batch size not run before costs no more than
-        a known one once the memory is there); on CUDA/TensorRT every size from the cap down to 1
-        (cuDNN searches its algorithms, TensorRT picks kernels, per input shape); with CUDA graphs
-        the cap only, run enough times for the capture. Returns ``[(shape, batch, seconds)]``.
+        a known one once the memory is there); with ``fixed_batch`` (GPU default) or a CUDA graph
+        the cap only, the one shape that will run; otherwise on CUDA/TensorRT every size from the
+        cap down to 1 (cuDNN searches its algorithms, TensorRT picks kernels, per input shape).
+        Returns ``[(shape, batch, seconds)]``.
         """
         report = []
         for shape in shapes or self.config.shapes:
@@ -623,7 +634,7 @@ class Engine:
             cap = self.batch_cap(shape)
             if batch_sizes is not None:
                 sizes = sorted({min(int(b), cap) for b in batch_sizes if b >= 1}, reverse=True)
-            elif self._runner is not None and self._runner.has_graph(self._run_shape(shape)):
+            elif self._runner is not None and (self._fixed_batch or self._runner.has_graph(self._run_shape(shape))):
                 sizes = [cap]
             elif self.provider in GPU_PROVIDERS:
                 sizes = list(range(cap, 0, -1))
@@ -701,7 +712,7 @@ class Engine:
         if wp > w:
             buf[:n, :, :, w:wp] = buf[:n, :, :, _reflect_index(w, w, wp)]
         # a captured CUDA graph has a fixed batch: run the whole buffer, use the first n rows
-        padded_run = self._runner is not None and self._runner.has_graph(buf.shape)
+        padded_run = self._runner is not None and (self._fixed_batch or self._runner.has_graph(buf.shape))
         try:
             out = self._run(buf if padded_run else buf[:n])
         except Exception as exc:  # onnxruntime errors: wrong shape, a failing op, out of memory

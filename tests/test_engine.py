@@ -329,3 +329,18 @@ def test_config_is_checked():
         EngineConfig(max_batch=0)
     with pytest.raises(LivedenoiseError):
         EngineConfig(shapes=((0, 128),))
+
+
+def test_fixed_batch_runs_every_batch_at_the_cap_with_the_same_outputs(conv_model):
+    """GPU default (``fixed_batch``): one device shape per frame size, whatever a live stream's
+    batch sizes; forced on here with the CPU's IOBinding, the outputs must not change."""
+    rng = np.random.default_rng(5)
+    frames = [rng.poisson(2.0, (40, 56)).astype(np.float32) for _ in range(5)]
+    plain = Engine(conv_model, EngineConfig(provider="cpu", max_batch=4))
+    fixed = Engine(conv_model, EngineConfig(provider="cpu", max_batch=4, io_binding=True, fixed_batch=True))
+    for group in (frames[:3], frames[3:4], frames[:4], frames):
+        for a, b in zip(plain.infer(group).outputs, fixed.infer(group).outputs, strict=True):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    assert {s[0] for s in plain.run_shapes} == {1, 3, 4}
+    assert {s[0] for s in fixed.run_shapes} == {4}
+    assert [n for _shape, n, _t in fixed.warm_up((40, 56))] == [4]  # the one shape it will run

@@ -388,7 +388,8 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     logs = []
     summary = train(
         TrainConfig(
-            frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, peak_variance=(0.5, 1.5), check_every=0, distil_steps=3
+            frames=frames, out=out, preset="tiny", steps=2, flatten=20.0, peak_variance=(0.5, 1.5), check_every=0, distil_steps=3,
+            teachers=1,
         ),
         log=logs.append,
     )
@@ -410,7 +411,7 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     assert METADATA_KEY in sess.get_modelmeta().custom_metadata_map
     # tiny's stage 1 distilled anew into rt's faster student, nothing else trained
     rt = train(TrainConfig(frames=frames, out=tmp_path / "rt.onnx", preset="rt", steps=3, resume=tmp_path / "m.ckpt",
-                           distil_steps=2, check_every=0, figures=False), log=logs.append)
+                           distil_steps=2, check_every=0, figures=False, teachers=1), log=logs.append)
     engine = Engine(tmp_path / "rt.onnx", provider="cpu")
     assert engine.card.preset == "rt" and engine.card.size_multiple == 16 and rt["steps"] == 3
     assert rt["distil"]["network"]["shuffle"] == 2 and rt["distil"]["steps"] == 2
@@ -418,6 +419,54 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     assert np.stack(engine.infer(list(movie[:2])).outputs).shape == (2, *movie.shape[1:])  # 128 x 128 via padding
     with pytest.raises(LivedenoiseError, match="only a preset with the same stage 1"):
         train(TrainConfig(frames=frames, out=out, preset="lite", resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
+
+
+def test_several_stage1_runs_pick_the_most_upright_and_resume_run_by_run(movie, tmp_path, monkeypatch):
+    import tifffile
+
+    from livedenoise.engine import Engine
+    from livedenoise.errors import LivedenoiseError
+    from trainer.run import TrainConfig, train
+
+    frames = tmp_path / "movie.tif"
+    tifffile.imwrite(frames, movie, photometric="minisblack")
+    quiet = {"check_every": 0, "figures": False, "steps": 2}
+    new = {"frames": frames, "preset": "tiny", "distil_steps": 2, **quiet}
+    one = train(TrainConfig(out=tmp_path / "one.onnx", teachers=1, **new), log=lambda m: None)
+    logs: list[str] = []
+    two = train(TrainConfig(out=tmp_path / "two.onnx", teachers=2, **new), log=logs.append)
+    runs = two["teachers"]
+    assert [r["seed"] for r in runs] == [0, 1000] and two["steps"] == sum(r["steps"] for r in runs) >= 4
+    chosen = max(runs, key=lambda r: r["probe_polarity"])
+    assert [r["chosen"] for r in runs] == [r is chosen for r in runs]
+    assert two["distil"]["teacher_polarity"] == chosen["probe_polarity"] and two["final_losses"] == chosen["final_losses"]
+    assert runs[0]["final_losses"] == one["teachers"][0]["final_losses"]  # run 1 is the one-run training
+    assert runs[0]["probe_polarity"] == one["teachers"][0]["probe_polarity"] == one["distil"]["teacher_polarity"]
+    assert any(f"stage 2 learns from run {runs.index(chosen) + 1}" in line for line in logs)
+    served = np.stack(Engine(tmp_path / "two.onnx", provider="cpu").infer(list(movie[:2])).outputs)
+
+    # the one-run checkpoint continued with a second run: the same two runs, the same model
+    train(TrainConfig(frames=frames, out=tmp_path / "more.onnx", resume=tmp_path / "one.ckpt", teachers=2, **quiet),
+          log=lambda m: None)
+    np.testing.assert_array_equal(np.stack(Engine(tmp_path / "more.onnx", provider="cpu").infer(list(movie[:2])).outputs), served)
+
+    # Ctrl-C in run 2: the checkpoint holds run 1 finished and run 2 in progress; --resume ends both
+    real_step = Trainer.train_step
+
+    def step(self):
+        if self.seed == 1000 and self.state.step == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    with pytest.raises(LivedenoiseError, match="--resume"):
+        train(TrainConfig(out=tmp_path / "cut.onnx", teachers=2, **new), log=lambda m: None)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    ckpt = torch.load(tmp_path / "cut.ckpt", weights_only=False)
+    assert ckpt["teacher"] == 1 and len(ckpt["teachers"]) == 1 and ckpt["state"]["step"] == 1 and ckpt["base_seed"] == 0
+    resumed = train(TrainConfig(frames=frames, out=tmp_path / "cut.onnx", resume=tmp_path / "cut.ckpt", **quiet), log=lambda m: None)
+    assert [r["final_losses"] for r in resumed["teachers"]] == [r["final_losses"] for r in runs]
+    np.testing.assert_array_equal(np.stack(Engine(tmp_path / "cut.onnx", provider="cpu").infer(list(movie[:2])).outputs), served)
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -475,6 +524,7 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
         ("cuda", "no CUDA GPU"),
         ("peakvar", "--peak-variance"),
         ("distil", "--distil 99: choose 0 (off) to 64"),
+        ("teachers", "several stage-1 runs need the distillation"),
     ],
 )
 def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
@@ -510,6 +560,8 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkey
         args += ["--peak-variance", "2", "1"]
     if case == "distil":
         args += ["--distil", "99"]
+    if case == "teachers":
+        args += ["--teachers", "2", "--distil", "0"]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

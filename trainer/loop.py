@@ -49,6 +49,25 @@ LOSS_KEYS = ("critic", "wdist", "gp", "adv", "lfc", "cycle")
 MAX_REINITS = 3  # re-initialisations on an inverted mapping per run
 
 
+def probe_batch(noisy: NoisyDomain, preset: Preset, seed: int) -> torch.Tensor:
+    """The fixed batch the polarity check reads (its own RNG: it must not shift the training stream)."""
+    return noisy.sample(min(12, 4 * preset.batch), np.random.default_rng(seed + 7919))
+
+
+def teacher_seed(seed: int, index: int) -> int:
+    """The seed of stage-1 run ``index`` of a training with ``seed`` (run 0 is the plain training)."""
+    return seed + 1000 * index
+
+
+def generator_from_state(preset: Preset, state_dict: dict[str, torch.Tensor], device: str = "cpu") -> torch.nn.Module:
+    """A finished stage-1 Ms2c from its weights (:attr:`Trainer.generator`'s form: behind the window
+    mean for a multi-frame preset), in eval mode."""
+    ms2c = UNet(preset.generator, in_channels=1)
+    ms2c.load_state_dict(state_dict)
+    ms2c = ms2c.to(device).eval()
+    return torch.nn.Sequential(WindowMean(), ms2c).eval() if preset.generator.input_frames > 1 else ms2c
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -125,9 +144,9 @@ class Trainer:
         self.lowpass = LowPass(preset.lfc_size, preset.lfc_sigma).to(self.device)
         self.state = TrainState()
         self._build()
-        # A fixed probe batch for the polarity check (its own RNG: it must not shift the stream).
-        probe_rng = np.random.default_rng(seed + 7919)
-        self.probe = self.noisy.sample(min(12, 4 * preset.batch), probe_rng).to(self.device)
+        self.probe = probe_batch(self.noisy, preset, seed).to(self.device)
+        # Saved with every checkpoint: the stage-1 runs already finished (``trainer.run``).
+        self.extra: dict[str, Any] = {}
 
     # -- construction -------------------------------------------------------------------
     def _build(self) -> None:
@@ -154,6 +173,17 @@ class Trainer:
         the fixed window mean for a multi-frame preset."""
         ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
         return torch.nn.Sequential(WindowMean(), ms2c) if self.preset.generator.input_frames > 1 else ms2c
+
+    def finished(self, index: int) -> dict[str, Any]:
+        """This run as stage-1 run ``index`` of an ensemble: the exported Ms2c's weights (on the CPU)
+        and the run's state, kept in later checkpoints and read by stage 2."""
+        ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
+        return {
+            "index": index,
+            "seed": self.seed,
+            "ms2c": {k: v.detach().cpu().clone() for k, v in ms2c.state_dict().items()},
+            "state": vars(self.state).copy(),
+        }
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -258,6 +288,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "state": vars(self.state).copy(),
+            **self.extra,
         }
 
     def save(self, path: Path) -> None:

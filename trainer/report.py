@@ -35,27 +35,35 @@ def _smooth(values: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
-def loss_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
+def loss_curves(histories: list[list[dict[str, float]]], path: Path, title: str = "") -> Path:
+    """The paper's Fig. 1 for each stage-1 run (``histories``: one loss history per run; a second
+    run is drawn dashed, a third dotted, ...)."""
     plt = _pyplot()
-    steps = np.array([h["step"] for h in history])
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    smooth = max(1, len(history) // 100)
-    for key, label, target, color in (
-        ("cycle", r"$\mathcal{L}_{cycle}$", CYCLE_TARGET, "tab:blue"),
-        ("lfc", r"$\mathcal{L}_{lfc}$", LFC_TARGET, "tab:orange"),
-    ):
-        v = np.array([h[key] for h in history])
-        ax.plot(steps, v, color=color, alpha=0.25, lw=0.8)
-        ax.plot(steps, _smooth(v, smooth), color=color, label=label)
-        ax.axhline(target, color=color, ls="--", lw=0.8)
+    styles = ("-", "--", ":", "-.")
+    for i, history in enumerate(histories):
+        steps = np.array([h["step"] for h in history])
+        smooth = max(1, len(history) // 100)
+        run = f" (run {i + 1})" if len(histories) > 1 else ""
+        ls = styles[i % len(styles)]
+        for key, label, target, color in (
+            ("cycle", r"$\mathcal{L}_{cycle}$", CYCLE_TARGET, "tab:blue"),
+            ("lfc", r"$\mathcal{L}_{lfc}$", LFC_TARGET, "tab:orange"),
+        ):
+            v = np.array([h[key] for h in history])
+            if len(histories) == 1:
+                ax.plot(steps, v, color=color, alpha=0.25, lw=0.8)
+            ax.plot(steps, _smooth(v, smooth), color=color, ls=ls, label=label + run)
+            if i == 0:
+                ax.axhline(target, color=color, ls="--", lw=0.8)
+        w = np.array([h["wdist"] for h in history])
+        ax2.plot(steps, _smooth(w, smooth), color="tab:green", ls=ls, label="critic: E[D(c)] - E[D(Ms2c(s))]" + run)
     ax.set_yscale("log")
     ax.set_ylabel("loss")
-    ax.legend(title="dashed: paper's convergence thresholds")
+    ax.legend(title="thin dashed: paper's convergence thresholds", fontsize="small")
     ax.set_title(title or "Noise2Atom training")
-    w = np.array([h["wdist"] for h in history])
-    ax2.plot(steps, _smooth(w, smooth), color="tab:green", label="critic: E[D(c)] - E[D(Ms2c(s))]")
     ax2.set_xlabel("step (batch)")
-    ax2.legend()
+    ax2.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

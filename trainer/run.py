@@ -35,6 +35,7 @@ class TrainConfig:
     window: int | None = None  # frames in a multi-frame preset's causal window
     distil: int | None = None  # frames of the distillation teacher's centred window (0: off)
     distil_steps: int | None = None
+    teachers: int | None = None  # stage-1 runs; stage 2 learns from the most upright (default: the preset's)
     checkpoint_every: int = 100
     check_every: int = 100
     progress: bool = True
@@ -121,6 +122,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         raise LivedenoiseError(f"--distil {cfg.distil}: choose 0 (off) to 64 frames")
     if cfg.distil_steps is not None and cfg.distil_steps < 1:
         raise LivedenoiseError("--distil-steps must be at least 1")
+    if cfg.teachers is not None and not (1 <= cfg.teachers <= 16):
+        raise LivedenoiseError(f"--teachers {cfg.teachers}: choose 1 to 16 stage-1 runs")
     if cfg.peak_variance is not None:
         lo, hi = cfg.peak_variance
         if not 0 < lo <= hi:
@@ -161,13 +164,14 @@ def train(cfg: TrainConfig, log=_log) -> dict:
                 preset,
                 distil_window=ckpt["preset"].get("distil_window", 0),
                 distil_steps=ckpt["preset"].get("distil_steps", 1200),
+                teachers=ckpt["preset"].get("teachers", 1),
             )
         norm = Normalisation(**ckpt["normalisation"])
         idx = np.asarray(ckpt["frame_indices"])
         if idx.max() >= len(frames_all):
             raise LivedenoiseError(f"checkpoint {cfg.resume} was made from another movie (frame {idx.max()} missing)")
         frames = gather(frames_all, idx, preset.generator.input_frames)
-        seed = ckpt["seed"]
+        seed = ckpt.get("base_seed", ckpt["seed"])  # the training's seed (its stage-1 runs have their own)
         log(f"resuming from {cfg.resume} at step {ckpt['state']['step']}")
     else:
         preset: Preset = get_preset(cfg.preset or "tiny")
@@ -187,6 +191,12 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         preset = replace(preset, distil_window=cfg.distil)
     if cfg.distil_steps is not None:
         preset = replace(preset, distil_steps=cfg.distil_steps)
+    if cfg.teachers is not None:
+        preset = replace(preset, teachers=cfg.teachers)
+    elif not preset.distil_window:
+        preset = replace(preset, teachers=1)  # --distil 0: the paper's Ms2c of one run is exported
+    if preset.teachers > 1 and not preset.distil_window:
+        raise LivedenoiseError(f"--teachers {preset.teachers}: several stage-1 runs need the distillation (--distil 5)")
     k = preset.generator.input_frames
     latest = frames[:, -1] if k > 1 else frames  # the sampled frames themselves, without their history
     # What Ms2c is trained on: a multi-frame preset's Ms2c reads the mean of each causal window.
@@ -201,31 +211,57 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         + (f" flatten sigma {norm.flatten_sigma:g}" if norm.flatten_sigma else "")
         + f", Ms2b sigma {preset.lfc_sigma:g}, domain C peak variance {preset.clean_variance[0]:g}-{preset.clean_variance[1]:g}"
         + f", {steps} steps, seed {seed}"
+        + (f" ({preset.teachers} runs)" if preset.teachers > 1 else "")
         + (f", then distilled from a {preset.distil_window}-frame view ({preset.distil_steps} steps)" if preset.distil_window else "")
     )
-    trainer = Trainer(preset, inputs, norm, seed=seed, device=device, frame_indices=idx, check_every=cfg.check_every, log=log)
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
-    if state.polarity is not None and state.polarity < 0:
+    runs = _stage1(cfg, preset, inputs, norm, idx, seed, steps, device, ckpt, paths, log)
+    upright = [r for r in runs if r["upright"]]
+    if not upright:
+        last = runs[-1]["state"]
         raise LivedenoiseError(
-            f"Ms2c is still inverted (polarity {state.polarity:+.3f}) after {state.reinits} re-initialisations "
+            f"Ms2c is still inverted (polarity {last['polarity']:+.3f}) after {last['reinits']} re-initialisations "
             f"(paper failure case 1): not exported; try another --seed"
         )
-    model, net, distilled = trainer.generator, preset.generator, None
+    from .domains import NoisyDomain
+    from .loop import generator_from_state, mean_recent, polarity, probe_batch
+
+    # One probe batch for every run (the training seed's): their polarities are then comparable.
+    probe = probe_batch(NoisyDomain(inputs, norm, preset.crop), preset, seed).to(device)
+    for r in runs:
+        r["probe_polarity"] = polarity(generator_from_state(preset, r["ms2c"], device), probe) if r["upright"] else None
+    chosen = max(upright, key=lambda r: r["probe_polarity"])
+    if len(runs) > 1:
+        log("stage 1: polarity of each run's Ms2c on one probe batch: "
+            + ", ".join(f"run {r['index'] + 1} " + (f"{r['probe_polarity']:+.3f}" if r["upright"] else "inverted") for r in runs)
+            + f"; stage 2 learns from run {chosen['index'] + 1}, the most upright (it predicts the distilled "
+            "model's atom F1 across seeds, docs/training.md)")
+    teacher = generator_from_state(preset, chosen["ms2c"], device)
+    model, net, distilled = teacher, preset.generator, None
     if preset.distil_window:
-        model, distilled = _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, net.size_multiple, device, seed, paths, log)
+        model, distilled = _distil(
+            cfg, preset, teacher, probe, chosen["probe_polarity"], frames_all, idx, inputs, norm,
+            net.size_multiple, device, seed, paths, log,
+        )
         if distilled["used"]:
             net = preset.student_net
     m = net.size_multiple  # of the exported Ms2c
 
     from livedenoise import __version__
 
-    from .loop import mean_recent
+    def final(state: dict) -> dict[str, float]:
+        return {name: mean_recent(state["history"], key) for name, key in
+                (("L_cycle", "cycle"), ("L_lfc", "lfc"), ("adv", "adv"), ("wdist", "wdist"))}
 
-    final = {k: mean_recent(state.history, k) for k in ("cycle", "lfc", "adv", "wdist", "gp")}
+    per_run = [
+        {"seed": r["seed"], "steps": r["state"]["step"], "final_losses": final(r["state"]),
+         "converged_at": r["state"]["converged_at"], "polarity": r["state"]["polarity"],
+         "probe_polarity": r["probe_polarity"], "reinitialisations": r["state"]["reinits"],
+         "train_seconds": round(r["state"]["elapsed_s"], 1), "chosen": r is chosen}
+        for r in runs
+    ]
+    mine = per_run[runs.index(chosen)]
     training = {
-        "steps": state.step,
+        "steps": sum(r["steps"] for r in per_run),  # all stage-1 runs together
         "seed": seed,
         "norm": preset.generator.norm,
         "conv": preset.generator.conv,
@@ -242,13 +278,16 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             "p0.1": float(np.percentile(latest, 0.1)),
             "p99.9": float(np.percentile(latest, 99.9)),
         },
-        "final_losses": {"L_cycle": final["cycle"], "L_lfc": final["lfc"], "adv": final["adv"], "wdist": final["wdist"]},
-        "converged_at": state.converged_at,
-        "polarity": distilled["polarity"] if distilled and distilled["used"] else state.polarity,
+        # of the stage-1 run the exported model comes from (all runs: "teachers")
+        "final_losses": mine["final_losses"],
+        "converged_at": mine["converged_at"],
+        "polarity": distilled["polarity"] if distilled and distilled["used"] else mine["probe_polarity"],
         "distil": distilled,
-        "reinitialisations": state.reinits,
-        "events": state.events,
-        "train_seconds": round(state.elapsed_s, 1),
+        "teachers": per_run,
+        "reinitialisations": sum(r["reinitialisations"] for r in per_run),
+        "events": [(f"run {r['index'] + 1}: " if len(runs) > 1 else "") + e for r in runs for e in r["state"]["events"]]
+        + ([distilled["event"]] if distilled and "event" in distilled else []),
+        "train_seconds": round(sum(r["state"]["elapsed_s"] for r in runs), 1),
         "device": device,
         "version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -269,21 +308,56 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     if cfg.figures:
         from .report import loss_curves, preview
 
-        loss_curves(state.history, paths["losses"], title=f"Noise2Atom {preset.name}: {out.name}")
+        loss_curves([r["state"]["history"] for r in runs], paths["losses"], title=f"Noise2Atom {preset.name}: {out.name}")
         shown = np.asarray(frames_all[: min(4, len(frames_all))], np.float32)
         den = denoise(model, shown, norm, m, device, input_frames=k)
         scores = preview(shown, den, paths["preview"], title=f"{out.name}: noisy (top) | denoised (bottom)")
         summary["preview_css"] = scores
         log(f"figures: {paths['losses']}, {paths['preview']} (CSS noisy {scores['css_noisy']:.3f} -> denoised {scores['css_denoised']:.3f})")
+    losses_ = training["final_losses"]
     log(
-        f"done: {state.step} steps in {state.elapsed_s / 60:.1f} min, L_cycle {final['cycle']:.4f} "
-        f"(paper: < {0.05}), L_lfc {final['lfc']:.4f} (paper: < {0.1}), polarity {training['polarity']:+.3f}"
+        f"done: {training['steps']} steps in {training['train_seconds'] / 60:.1f} min"
+        + (f" ({len(runs)} stage-1 runs; losses of run {chosen['index'] + 1})" if len(runs) > 1 else "")
+        + f", L_cycle {losses_['L_cycle']:.4f} (paper: < {0.05}), L_lfc {losses_['L_lfc']:.4f} (paper: < {0.1}), "
+        f"polarity {training['polarity']:+.3f}"
         + (f"; distilled in {distilled['seconds'] / 60:.1f} min, L1 to teacher {distilled['l1']:.4f}" if distilled else "")
     )
     return summary
 
 
-def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, device, seed, paths, log):
+def _stage1(cfg, preset, inputs, norm, idx, seed, steps, device, ckpt, paths, log) -> list[dict]:
+    """Noise2Atom itself, ``preset.teachers`` times (seeds :func:`~trainer.loop.teacher_seed`).
+    Every checkpoint carries the runs already finished, so ``--resume`` continues the run in
+    progress (or the last one, to a larger ``--steps``) and then the ones after it. A run still inverted after its re-initialisations is kept
+    out of stage 2 (logged); the caller fails only if no run is upright. Returns each run's
+    :meth:`~trainer.loop.Trainer.finished` record and ``upright``."""
+    from .loop import Trainer, teacher_seed
+
+    # The checkpoint holds the state of one run (finished or not): it is restored and run to
+    # ``steps`` (a larger --steps continues it), the runs before it are taken as they are.
+    in_ckpt = ckpt.get("teacher", 0) if ckpt is not None else None
+    runs: list[dict] = list(ckpt.get("teachers", []))[:in_ckpt] if ckpt is not None else []
+    for index in range(len(runs), max(preset.teachers, len(runs) + (ckpt is not None))):
+        run_seed = teacher_seed(seed, index)
+        if preset.teachers > 1:
+            log(f"stage 1, run {index + 1} of {preset.teachers}: seed {run_seed}")
+        trainer = Trainer(preset, inputs, norm, seed=run_seed, device=device, frame_indices=idx,
+                          check_every=cfg.check_every, log=log)
+        trainer.extra = {"base_seed": seed, "teacher": index, "teachers": runs}
+        if in_ckpt == index:
+            trainer.restore(ckpt)
+        state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+        runs.append(trainer.finished(index))
+        trainer.save(paths["checkpoint"])  # with this run among the finished ones
+        if state.polarity is not None and state.polarity < 0 and preset.teachers > 1:
+            log(f"stage-1 run {index + 1} still inverted (polarity {state.polarity:+.3f}) after "
+                f"{state.reinits} re-initialisations: left out of stage 2")
+    for r in runs:
+        r["upright"] = not (r["state"]["polarity"] is not None and r["state"]["polarity"] < 0)
+    return runs[: preset.teachers]
+
+
+def _distil(cfg, preset, teacher, probe, teacher_polarity, frames_all, idx, inputs, norm, multiple, device, seed, paths, log):
     """Stage 2 (:mod:`trainer.distil`): the stage-1 Ms2c on centred window means -> targets -> a
     student reading what stage 1 read (``inputs``: the frames, or a multi-frame preset's causal
     window means). Returns ``(model to export, card entry)``; the teacher is exported if the
@@ -298,7 +372,6 @@ def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, devic
 
     k = preset.distil_window
     t0 = time.monotonic()
-    teacher = trainer.generator
     log(f"distillation: teacher = stage-1 Ms2c on the mean of {k} frames centred on each of {len(idx)} frames, averaged over 8 flips and rotations")
     dcfg = DistilConfig(window=k, steps=preset.distil_steps)
     try:
@@ -312,19 +385,19 @@ def _distil(cfg, preset, trainer, frames_all, idx, inputs, norm, multiple, devic
         raise LivedenoiseError(
             f"interrupted during distillation; stage 1 is saved: --resume {paths['checkpoint']} repeats the distillation"
         ) from None
-    corr = polarity(student, trainer.probe)
+    corr = polarity(student, probe)
     net = preset.student_net
     entry = {
         "window": k, "steps": dcfg.steps, "lr": dcfg.lr, "batch": dcfg.batch, "teacher_views": 8,
         "network": {"widths": list(net.widths), "xception": list(net.xception), "n_res": net.n_res, "shuffle": net.shuffle},
-        "l1": float(np.mean(losses[-20:])), "polarity": corr, "teacher_polarity": trainer.state.polarity,
+        "l1": float(np.mean(losses[-20:])), "polarity": corr, "teacher_polarity": teacher_polarity,
         "seconds": round(time.monotonic() - t0, 1),
     }
     if corr < 0:
         msg = f"WARNING distilled Ms2c inverted (polarity {corr:+.3f}); exporting the stage-1 Ms2c instead"
-        trainer.state.events.append(msg)
         log(msg)
         entry["used"] = False
+        entry["event"] = msg
         return teacher, entry
     entry["used"] = True
     if preset.generator.input_frames > 1:

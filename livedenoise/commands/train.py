@@ -34,6 +34,7 @@ def train(
     window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window Ms2c reads: the current one and K-1 before it (default 3 for temporal, 1 otherwise)."),
     distil: int = typer.Option(None, "--distil", metavar="K", help="Then distil Ms2c (same input: one frame, or the causal window) from the trained one applied to the mean of K frames centred on each frame (default 5 for tiny, 0 = off otherwise)."),
     distil_steps: int = typer.Option(None, "--distil-steps", help="Steps of the distillation (default from the preset: 600 for tiny and rt, else 1200)."),
+    teachers: int = typer.Option(None, "--teachers", metavar="N", help="Run stage 1 N times (seeds SEED, SEED+1000, ...) and distil the most upright run (highest polarity): a result that rides less on the seed (default from the preset; needs --distil)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
 ) -> None:
     """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
@@ -61,6 +62,7 @@ def train(
             window=window,
             distil=distil,
             distil_steps=distil_steps,
+            teachers=teachers,
             checkpoint_every=checkpoint_every,
         )
     )
