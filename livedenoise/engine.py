@@ -30,10 +30,11 @@ Memory and start-up (:class:`EngineConfig`; measured figures in ``docs/benchmark
 
 GPU (``provider="cuda"`` or ``"tensorrt"``): inputs and outputs go through an ``IOBinding`` with
 OrtValues kept on the device per run shape; every batch runs at the frame size's batch cap
-(``fixed_batch``: one device shape per frame size, whatever a live stream's batch sizes); ``cuda_graph`` captures one CUDA graph per warmed-up
-shape (partial batches are padded to the fixed batch); ``fp16`` converts the model and checks it
-against fp32 at load (:attr:`Engine.fp16_max_abs_diff`), keeping fp32 when it is off by more than
-``fp16_tolerance``; TensorRT builds its engines into ``trt_cache`` once. What the session really
+(``fixed_batch``: one device shape per frame size, whatever a live stream's batch sizes);
+``cuda_graph`` captures one CUDA graph per warmed-up shape (partial batches are padded to the
+fixed batch); ``fp16`` converts the model and checks it against fp32 at load
+(:attr:`Engine.fp16_max_abs_diff`), keeping fp32 when it is off by more than ``fp16_tolerance``;
+TensorRT builds its engines into ``trt_cache`` once. What the session really
 runs on is :attr:`Engine.providers` (``session.get_providers()``), logged and published.
 
 Examples

@@ -145,7 +145,7 @@ class Trainer:
         self.state = TrainState()
         self._build()
         self.probe = probe_batch(self.noisy, preset, seed).to(self.device)
-        # Saved with every checkpoint: the stage-1 runs already finished (``trainer.run``).
+        # Saved with every checkpoint: the stage-1 runs already finished (``trainer.run._stage1``).
         self.extra: dict[str, Any] = {}
 
     # -- construction -------------------------------------------------------------------
@@ -175,7 +175,7 @@ class Trainer:
         return torch.nn.Sequential(WindowMean(), ms2c) if self.preset.generator.input_frames > 1 else ms2c
 
     def finished(self, index: int) -> dict[str, Any]:
-        """This run as stage-1 run ``index`` of an ensemble: the exported Ms2c's weights (on the CPU)
+        """This run as stage-1 run ``index`` of a training: the exported Ms2c's weights (on the CPU)
         and the run's state, kept in later checkpoints and read by stage 2."""
         ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
         return {

@@ -88,7 +88,7 @@ class Preset:
     # Not in the paper: stage 1 is run this many times (seeds ``seed + 1000 k``) and stage 2 learns
     # from the run whose Ms2c is the most upright (polarity on one probe batch). Which run makes a
     # good teacher rides on the seed (tiny: distilled F1 0.54-0.78 over 12 seeds); the polarity
-    # predicts it (Spearman 0.71), so the pick takes most of the luck out (docs/training.md).
+    # predicts it (Spearman 0.71), so picking takes part of the luck out (docs/training.md).
     teachers: int = 1
     # The distilled Ms2c's network (stage 2 learns from outputs, not from the unpaired game, so it
     # need not be the generator's; its input_frames are the generator's). None: the generator's.
@@ -134,7 +134,7 @@ TINY = Preset(
     lfc_sigma=1.5,
     distil_window=5,
     distil_steps=600,  # chosen on a validation movie: 600 / 800 / 1200 / 1800 steps, F1 0.75 / 0.74 / 0.70 / 0.66
-    # Three stage-1 runs, the most upright teaches: about 17 min on 2 cores instead of 7.5, for a
+    # Three stage-1 runs, the most upright teaches: 17-23 min on 2 cores instead of 7.5, for a
     # result that rides less on the seed and survives a run refused as inverted (docs/training.md).
     teachers=3,
 )
