@@ -134,7 +134,7 @@ TINY = Preset(
     lfc_sigma=1.5,
     distil_window=5,
     distil_steps=600,  # chosen on a validation movie: 600 / 800 / 1200 / 1800 steps, F1 0.75 / 0.74 / 0.70 / 0.66
-    # Three stage-1 runs, the most upright teaches: 17-23 min on 2 cores instead of 7.5, for a
+    # Three stage-1 runs, the most upright teaches: 17-21 min on 2 cores instead of 7.5, for a
     # result that rides less on the seed and survives a run refused as inverted (docs/training.md).
     teachers=3,
 )

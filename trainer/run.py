@@ -227,15 +227,16 @@ def train(cfg: TrainConfig, log=_log) -> dict:
 
     # One probe batch for every run (the training seed's): their polarities are then comparable.
     probe = probe_batch(NoisyDomain(inputs, norm, preset.crop), preset, seed).to(device)
-    for r in runs:
-        r["probe_polarity"] = polarity(generator_from_state(preset, r["ms2c"], device), probe) if r["upright"] else None
+    ms2cs = [generator_from_state(preset, r["ms2c"], device) if r["upright"] else None for r in runs]
+    for r, ms2c in zip(runs, ms2cs):
+        r["probe_polarity"] = polarity(ms2c, probe) if ms2c is not None else None
     chosen = max(upright, key=lambda r: r["probe_polarity"])
     if len(runs) > 1:
         log("stage 1: polarity of each run's Ms2c on one probe batch: "
             + ", ".join(f"run {r['index'] + 1} " + (f"{r['probe_polarity']:+.3f}" if r["upright"] else "inverted") for r in runs)
             + f"; stage 2 learns from run {chosen['index'] + 1}, the most upright (it predicts the distilled "
             "model's atom F1 across seeds, docs/training.md)")
-    teacher = generator_from_state(preset, chosen["ms2c"], device)
+    teacher = ms2cs[runs.index(chosen)]
     model, net, distilled = teacher, preset.generator, None
     if preset.distil_window:
         model, distilled = _distil(
