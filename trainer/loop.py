@@ -171,17 +171,21 @@ class Trainer:
     def generator(self) -> torch.nn.Module:
         """The Ms2c that gets exported: the weight average where the preset asks for one, behind
         the fixed window mean for a multi-frame preset."""
-        ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
+        ms2c = self._exported_ms2c
         return torch.nn.Sequential(WindowMean(), ms2c) if self.preset.generator.input_frames > 1 else ms2c
+
+    @property
+    def _exported_ms2c(self) -> torch.nn.Module:
+        """The weight average where the preset asks for one, else Ms2c itself."""
+        return self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
 
     def finished(self, index: int) -> dict[str, Any]:
         """This run as stage-1 run ``index`` of a training: the exported Ms2c's weights (on the CPU)
         and the run's state, kept in later checkpoints and read by stage 2."""
-        ms2c = self.ms2c_ema if self.ms2c_ema is not None else self.ms2c
         return {
             "index": index,
             "seed": self.seed,
-            "ms2c": {k: v.detach().cpu().clone() for k, v in ms2c.state_dict().items()},
+            "ms2c": {k: v.detach().cpu().clone() for k, v in self._exported_ms2c.state_dict().items()},
             "state": vars(self.state).copy(),
         }
 

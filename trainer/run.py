@@ -329,9 +329,10 @@ def train(cfg: TrainConfig, log=_log) -> dict:
 def _stage1(cfg, preset, inputs, norm, idx, seed, steps, device, ckpt, paths, log) -> list[dict]:
     """Noise2Atom itself, ``preset.teachers`` times (seeds :func:`~trainer.loop.teacher_seed`).
     Every checkpoint carries the runs already finished, so ``--resume`` continues the run in
-    progress (or the last one, to a larger ``--steps``) and then the ones after it. A run still inverted after its re-initialisations is kept
-    out of stage 2 (logged); the caller fails only if no run is upright. Returns each run's
-    :meth:`~trainer.loop.Trainer.finished` record and ``upright``."""
+    progress (or the last one, to a larger ``--steps``) and then the ones after it. A run still
+    inverted after its re-initialisations is kept out of stage 2 (logged); the caller fails only
+    if no run is upright. Returns each run's :meth:`~trainer.loop.Trainer.finished` record and
+    ``upright``."""
     from .loop import Trainer, teacher_seed
 
     # The checkpoint holds the state of one run (finished or not): it is restored and run to
@@ -347,14 +348,15 @@ def _stage1(cfg, preset, inputs, norm, idx, seed, steps, device, ckpt, paths, lo
         trainer.extra = {"base_seed": seed, "teacher": index, "teachers": runs}
         if in_ckpt == index:
             trainer.restore(ckpt)
-        state = trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+        trainer.run(steps, checkpoint_path=paths["checkpoint"], checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
         runs.append(trainer.finished(index))
         trainer.save(paths["checkpoint"])  # with this run among the finished ones
-        if state.polarity is not None and state.polarity < 0 and preset.teachers > 1:
-            log(f"stage-1 run {index + 1} still inverted (polarity {state.polarity:+.3f}) after "
-                f"{state.reinits} re-initialisations: left out of stage 2")
     for r in runs:
-        r["upright"] = not (r["state"]["polarity"] is not None and r["state"]["polarity"] < 0)
+        pol = r["state"]["polarity"]
+        r["upright"] = pol is None or pol >= 0
+        if not r["upright"] and preset.teachers > 1:
+            log(f"stage-1 run {r['index'] + 1} still inverted (polarity {pol:+.3f}) after "
+                f"{r['state']['reinits']} re-initialisations: left out of stage 2")
     return runs[: preset.teachers]
 
 
