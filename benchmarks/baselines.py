@@ -3,7 +3,7 @@
     python benchmarks/baselines.py [--dose 300] [--gradient 0] [--seed 100] [--frames 48]
                                    [--hop-prob 0.02] [--dev-d ../shared/data/dev-D] [--json out.json]
 
-Two movies: (a) one from the project's simulator (``livedenoise.simulate``, 128 x 128) and
+Two movies: (a) one from the project's simulator (``livedenoise.sim``, 128 x 128) and
 (b) dev-D, the abTEM (multislice) movie, when its folder exists. Each method is a function
 ``frames (T, H, W) -> denoised (T, H, W)``:
 
@@ -20,7 +20,7 @@ Parameters are chosen on ``--calib`` frames spread over the movie (default 4) by
 the affine fit (the Gaussian also by atom F1 on the whole movie, like the detection threshold:
 ``gaussian-f1``, shown when its sigma differs), then applied to the whole movie: every method
 gets its best setting, with the truth (an oracle no live user has; the same for all methods).
-Every movie is scored by :func:`livedenoise.evaluate.evaluate`: PSNR and SSIM after the
+Every movie is scored by :func:`livedenoise.analysis.evaluate.evaluate`: PSNR and SSIM after the
 per-frame affine fit, atom F1 (3 x 3 peaks, 1.5 px matching radius, per-method threshold
 maximising F1 over the movie), mean localisation error, recall of atoms in the frame where they landed after a hop (their
 number in brackets), CSS. Time per frame: wall time of the method on the whole movie / T,
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from livedenoise.evaluate import affine_fit, evaluate, load_positions, load_stack, psnr
+from livedenoise.analysis.evaluate import affine_fit, evaluate, load_positions, psnr
+from livedenoise.io import read_movie
 
 Method = Callable[[np.ndarray], np.ndarray]
 
@@ -169,7 +170,7 @@ def methods_for(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, calib: in
 # ---------------------------------------------------------------------------- the table
 
 
-#: The :class:`~livedenoise.evaluate.EvalReport` scores a benchmark row reports (here and in quality.py).
+#: The :class:`~livedenoise.analysis.evaluate.EvalReport` scores a benchmark row reports (here and in quality.py).
 REPORT_FIELDS = (
     "psnr", "ssim", "f1", "precision", "recall", "loc_error_px",
     "recall_single", "recall_cluster", "n_hops", "hop_recall", "hop_loc_error_px",
@@ -235,7 +236,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     t_start = time.perf_counter()
     cfg = SimConfig(
@@ -249,8 +250,8 @@ def main() -> None:
     if (dev / "D_noisy.tif").is_file():
         rows += run_movie(
             "dev-D (abTEM) dose 300",
-            load_stack(dev / "D_noisy.tif"),
-            load_stack(dev / "D_truth.tif"),
+            read_movie(dev / "D_noisy.tif").astype("float32"),
+            read_movie(dev / "D_truth.tif").astype("float32"),
             *load_positions(dev / "D_positions.json"),
             args.calib,
         )

@@ -3,13 +3,13 @@
 The acceptance check of the trainer issue: on a movie it was *not* trained on, the model must give
 a higher PSNR (after the best affine fit to the truth) and a higher atom-detection F1 than a
 Gaussian filter with its best sigma (searched on a grid, separately for each metric). Metrics come
-from :mod:`livedenoise.evaluate` (the rules are documented there); the model runs through the
+from :mod:`livedenoise.analysis.evaluate` (the rules are documented there); the model runs through the
 serving :class:`~livedenoise.engine.Engine` (same normalisation, padding and output mapping as
 ``serve``).
 
     python benchmarks/default_model_check.py --model livedenoise/models/default.onnx --seed 2
 
-It simulates the test movie itself (``livedenoise.simulate``; default 48 frames of 128 x 128 at
+It simulates the test movie itself (``livedenoise.sim``; default 48 frames of 128 x 128 at
 dose 300, seed 2: the default model was trained on seed 1).
 """
 
@@ -25,10 +25,10 @@ SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 def gaussian_reference(noisy: np.ndarray, truth: np.ndarray, positions) -> dict:
-    """The Gaussian filter's scores (:func:`livedenoise.evaluate.evaluate`) for each sigma of ``SIGMAS``."""
+    """The Gaussian filter's scores (:func:`livedenoise.analysis.evaluate.evaluate`) for each sigma of ``SIGMAS``."""
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.evaluate import evaluate
+    from livedenoise.analysis.evaluate import evaluate
 
     out = {}
     for s in SIGMAS:
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     from scipy.ndimage import gaussian_filter
 
     from livedenoise.engine import Engine, default_model_path
-    from livedenoise.evaluate import evaluate
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.sim import SimConfig, simulate_movie
 
     cfg = SimConfig(frames=args.frames, size=args.size, dose=args.dose, gradient=args.gradient, seed=args.seed)
     movie = simulate_movie(cfg)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     if k > 1:
         # A k-frame model sees k frames: compare it also with the classical filter on the same
         # causal window (mean of the current and k - 1 previous frames, then a Gaussian).
-        from livedenoise.modelcard import causal_windows
+        from livedenoise.engine import causal_windows
 
         window_mean = causal_windows(noisy.astype(np.float64), k).mean(axis=1)
         for s in SIGMAS:

@@ -65,7 +65,7 @@ def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from livedenoise.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
+    from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 
     rng = np.random.default_rng(0)
     chans = [1] + [width] * (depth - 1) + [1]
@@ -141,7 +141,7 @@ def make_stack(size: int, directory: Path) -> Path:
     """A simulated noisy TIFF stack for replay (frames made before the clock starts)."""
     import tifffile
 
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     path = directory / f"stack{size}.tif"
     if not path.is_file():

@@ -34,7 +34,7 @@ def export_preset(name: str, out: Path, seed: int = 0) -> Path:
     import onnxruntime as ort
     import torch
 
-    from livedenoise.modelcard import ModelCard
+    from livedenoise.engine import ModelCard
     from trainer.export import export_model
     from trainer.networks import UNet
     from trainer.presets import get_preset

@@ -28,11 +28,11 @@ What it does:
    atom F1 on the test movie, as ``benchmarks/default_model_check.py``), the same Gaussian after the
    model's flattening (``modelcard.gaussian_lowpass``: the classical filter given the same remedy),
    the plain model and each flatten model (through :class:`livedenoise.engine.Engine`, as
-   ``serve`` runs them). Each method's detection threshold is ``livedenoise.evaluate``'s own
+   ``serve`` runs them). Each method's detection threshold is ``livedenoise.analysis.evaluate``'s own
    ``auto`` rule (the one height above the frame median that maximises pooled F1 over the whole
-   movie and frame, :func:`~livedenoise.evaluate.detection_scores`); peaks are then found with
-   :func:`livedenoise.atoms.find_atoms` at that threshold and matched to the true atoms with
-   :func:`livedenoise.evaluate.match_points` (1.5 px), which is exactly the loop of
+   movie and frame, :func:`~livedenoise.analysis.evaluate.detection_scores`); peaks are then found with
+   :func:`livedenoise.analysis.find_atoms` at that threshold and matched to the true atoms with
+   :func:`livedenoise.analysis.evaluate.match_points` (1.5 px), which is exactly the loop of
    ``detection_scores`` (the totals are checked against it).
 4. **Regions**: each frame is cut into ``--regions`` vertical bands along the gradient (default 3:
    left third = thin, right third = thick). A false positive (a detection matched to no true atom)
@@ -119,8 +119,8 @@ def regional_scores(frames: np.ndarray, positions: np.ndarray, regions: int) -> 
     The threshold is ``detection_scores``'s ``auto`` threshold for the whole movie; detections and
     matches come from ``find_atoms`` and ``match_points`` exactly as in ``detection_scores``.
     """
-    from livedenoise.atoms import find_atoms
-    from livedenoise.evaluate import MATCH_RADIUS, detection_scores, match_points
+    from livedenoise.analysis import find_atoms
+    from livedenoise.analysis.evaluate import MATCH_RADIUS, detection_scores, match_points
 
     t_count, h, w = frames.shape
     det = detection_scores(frames, positions)
@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.evaluate import load_positions, load_stack
-    from livedenoise.modelcard import gaussian_lowpass
+    from livedenoise.analysis.evaluate import load_positions
+    from livedenoise.io import read_movie
+    from livedenoise.engine import gaussian_lowpass
 
     t_start = time.monotonic()
     load_start = os.getloadavg()
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         raise SystemExit(f"training failed for {', '.join(failed)}: see " + ", ".join(trainings[n]["log"] for n in failed))
 
-    noisy = load_stack(test["noisy"], "test movie")
+    noisy = read_movie(test["noisy"], "test movie").astype("float32")
     pos, _ = load_positions(test["positions"])
     rows: list[dict] = []
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     add("raw", noisy)
     gauss = {s: np.stack([gaussian_filter(f.astype(np.float64), s) for f in noisy]).astype(np.float32) for s in SIGMAS}
-    from livedenoise.evaluate import detection_scores
+    from livedenoise.analysis.evaluate import detection_scores
 
     f1s = {s: detection_scores(g, pos)["f1"] for s, g in gauss.items()}
     best = max(f1s, key=f1s.get)

@@ -1,7 +1,7 @@
 """Fuzz a real daemon: >= 10,000 malformed messages with valid frames interleaved.
 
 Starts ``python -m livedenoise serve --lossless`` (its own process, so its resident memory can be
-read from /proc), pushes a seeded mix of every kind in :data:`livedenoise.fuzz.KINDS` with one
+read from /proc), pushes a seeded mix of every kind in :data:`livedenoise.sim.KINDS` with one
 valid frame every ``--every`` messages, and checks: every valid frame is denoised (in order, with
 the right ids), every malformed message is counted, the daemon is still alive, and its RSS.
 
@@ -32,7 +32,7 @@ from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmar
 def main() -> int:
     from e2e import build_bench_model
 
-    from livedenoise.fuzz import KINDS, malformed_message
+    from livedenoise.sim import KINDS, malformed_message
     from livedenoise.protocol import encode_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

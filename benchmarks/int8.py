@@ -6,7 +6,7 @@ frames normalised by the model card, as ``serve`` would feed them) and dynamic q
 interleaved in one process (``--sizes``, batch 8 at 128², the engine's batch cap above), and the
 published output against fp32 (max and mean abs difference on [0, 1]) and against the truth of a
 simulated movie the model was not trained on (PSNR after the affine fit, atom-detection F1;
-``livedenoise.evaluate``, needs the ``eval`` extra).
+``livedenoise.analysis.evaluate``, needs the ``eval`` extra).
 
     python benchmarks/int8.py                                 # the shipped model
     python benchmarks/int8.py --model m.onnx --sizes 128 512
@@ -29,8 +29,8 @@ import numpy as np
 
 
 def calibration_inputs(card, size: int, frames: int, seed: int) -> list[np.ndarray]:
-    from livedenoise.modelcard import causal_windows, normalise
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.engine import causal_windows, normalise
+    from livedenoise.sim import SimConfig, simulate_movie
 
     movie = simulate_movie(SimConfig(size=size, frames=frames, seed=seed))
     x = normalise(movie.noisy_as("<u2"), card.normalisation)
@@ -48,7 +48,7 @@ def quantise(model: Path, out_dir: Path, card, calib: list[np.ndarray]) -> dict[
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from livedenoise.modelcard import INPUT_NAME
+    from livedenoise.engine import INPUT_NAME
 
     pre = out_dir / "pre.onnx"
     quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
@@ -82,7 +82,7 @@ def quantise(model: Path, out_dir: Path, card, calib: list[np.ndarray]) -> dict[
 def with_card(path: Path, card) -> None:
     import onnx
 
-    from livedenoise.modelcard import METADATA_KEY
+    from livedenoise.engine import METADATA_KEY
 
     m = onnx.load(str(path))
     props = {p.key: p.value for p in m.metadata_props}
@@ -93,7 +93,7 @@ def with_card(path: Path, card) -> None:
 
 def speed(sessions: dict, size: int, batch: int, rounds: int, k: int) -> dict[str, float]:
     """Median ms per frame of ``session.run`` for each session, interleaved round by round."""
-    from livedenoise.modelcard import INPUT_NAME, OUTPUT_NAME
+    from livedenoise.engine import INPUT_NAME, OUTPUT_NAME
 
     x = np.random.default_rng(0).normal(0, 0.3, (batch, k, size, size)).astype(np.float32)
     for s in sessions.values():
@@ -111,7 +111,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from livedenoise.engine import Engine, EngineConfig, default_model_path
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None)
@@ -139,7 +139,7 @@ def main() -> None:
             res = e.infer(list(movie.noisy_as("<u2")))
             outs[name] = np.stack(res.outputs)
         try:
-            from livedenoise.evaluate import evaluate
+            from livedenoise.analysis.evaluate import evaluate
         except ImportError:
             evaluate = None
         print(f"\nquality on a simulated movie not trained on ({args.eval_frames} frames 128², seed 2):")

@@ -7,7 +7,7 @@
 Writes ``docs/quality.md`` (machine, versions, the exact command, one table per condition, the
 targets met or missed, computed) and ``docs/quality_frames.png`` (example frames side by side).
 
-**Conditions** (48 frames of 128 x 128 each; simulated ones by :mod:`livedenoise.simulate`, with
+**Conditions** (48 frames of 128 x 128 each; simulated ones by :mod:`livedenoise.sim`, with
 seeds the shipped model was not trained on (it was trained on seed 1; seed 3 was its validation
 movie):
 
@@ -60,7 +60,7 @@ through :class:`livedenoise.engine.Engine` as ``serve`` runs them: the model car
 normalisation, padding, batches of ``--max-batch``, and for multi-frame models the causal history
 of one series, frames fed in order.
 
-**Scoring**: :func:`livedenoise.evaluate.evaluate`, the same rules for every method: PSNR and SSIM
+**Scoring**: :func:`livedenoise.analysis.evaluate.evaluate`, the same rules for every method: PSNR and SSIM
 after the per-frame affine fit (the sign of the fit's slope shown: "-" is inverted contrast),
 atom precision / recall / F1 at each method's best threshold, localisation error, recall and
 localisation error of hopping atoms in the frame they landed, CSS (min-max normalised for
@@ -144,12 +144,13 @@ class Data:
 
 
 def load_condition(c: Condition, frames: int, size: int, dev_d: Path) -> Data:
-    from livedenoise.evaluate import load_positions, load_stack
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.analysis.evaluate import load_positions
+    from livedenoise.io import read_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     if c.dev_d:
-        noisy = load_stack(dev_d / "D_noisy.tif")[:frames]
-        truth = load_stack(dev_d / "D_truth.tif")[:frames]
+        noisy = read_movie(dev_d / "D_noisy.tif").astype("float32")[:frames]
+        truth = read_movie(dev_d / "D_truth.tif").astype("float32")[:frames]
         pos, groups = load_positions(dev_d / "D_positions.json")
         # dev-D's README: read noise 0.25, row offset 0.15 counts, the same model as the simulator
         return Data(noisy, truth, pos[:frames], groups, 0.25**2, 0.15**2, f"{dev_d}/D_*.tif, first {len(noisy)} frames")
@@ -296,7 +297,7 @@ def baseline_methods(d: Data, calib: int, bm3d_sigmas: list[float], skip: set[st
 def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data, ms: float | None,
           served: bool = False, extra: dict | None = None) -> dict:
     import baselines as bl
-    from livedenoise.evaluate import evaluate
+    from livedenoise.analysis.evaluate import evaluate
 
     rep = evaluate(den, d.truth, d.positions, groups=d.groups)
     row = {

@@ -64,8 +64,8 @@ def train_job(args, work: Path, seed: int) -> list[str]:
 
 def score(args, work: Path) -> tuple[list[dict], dict]:
     from livedenoise.engine import Engine
-    from livedenoise.evaluate import evaluate
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.sim import SimConfig, simulate_movie
 
     rows, refs = [], {}
     movies = {s: simulate_movie(SimConfig(frames=48, size=128, dose=args.dose, seed=s)) for s in args.test_seeds}

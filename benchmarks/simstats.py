@@ -72,11 +72,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     movie = simulate_movie(SimConfig(seed=args.seed))
     ours = stats(movie.noisy, movie.truth, movie.positions.astype(float), movie.groups, 300.0)
-    rows = [("quantity", "livedenoise.simulate", "dev-D (abTEM)")]
+    rows = [("quantity", "livedenoise.sim", "dev-D (abTEM)")]
     dev = None
     dpath = Path(args.dev_d)
     if (dpath / "D_noisy.tif").is_file():

@@ -39,7 +39,7 @@ def main() -> int:
     import tifffile
     from e2e import build_bench_model
 
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1_000_000)
@@ -137,7 +137,7 @@ def main() -> int:
     print(f"exit codes: serve {serve.returncode}, replay {replay.returncode}")
     recorded_ok = True
     if args.record:
-        from livedenoise.recorder import summarize
+        from livedenoise.recording import summarize
 
         rows = summarize(tmp / "rec")
         n_den = sum(r.frames for r in rows if r.kind == "denoised")

@@ -3,7 +3,7 @@
 One step is the paper's schedule on one batch (5 critic steps with the gradient penalty, one
 adversarial step of Ms2c, one low-frequency cycle step, one clean cycle step; batch 6 of 128 x 128
 crops), exactly :meth:`trainer.loop.Trainer.train_step`. The frames are a simulated movie
-(:mod:`livedenoise.simulate`), so the figures need no data; the losses are printed only to show the
+(:mod:`livedenoise.sim`), so the figures need no data; the losses are printed only to show the
 steps did train. A few warm-up steps (cuDNN's algorithm search, the allocator) are left out::
 
     python benchmarks/train_speed.py --device cuda                 # paper, lite, tiny
@@ -24,7 +24,7 @@ import numpy as np
 def measure(preset_name: str, device: str, seconds: float, min_steps: int, warmup: int) -> dict:
     import torch
 
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
     from trainer.domains import frame_statistics
     from trainer.loop import Trainer
     from trainer.presets import get_preset

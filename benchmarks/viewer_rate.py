@@ -102,7 +102,7 @@ def main() -> int:
         import pyqtgraph as pg
         from pyqtgraph.Qt import QtCore
 
-        from livedenoise.viewer.window import MonitorWindow
+        from livedenoise.viewer import MonitorWindow
 
         app = pg.mkQApp("viewer-rate")
 

@@ -1,3 +1,6 @@
-from .cli import main
+"""``python -m livedenoise``: the command line."""
 
-main()
+if __name__ == "__main__":
+    from .cli import main
+
+    main()

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
+from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 
 DEFAULT_NORM = Normalisation(offset=2.0, scale=0.25)
 
@@ -161,7 +161,7 @@ def write_tiff(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def frames_u2() -> np.ndarray:
-    from livedenoise.simulate import SimConfig, simulate_movie
+    from livedenoise.sim import SimConfig, simulate_movie
 
     movie = simulate_movie(SimConfig(size=72, frames=12, n_single=4, seed=3))
     return movie.noisy_as("<u2")
@@ -266,7 +266,7 @@ def reference_denoise(model_path: Path, frame: np.ndarray) -> np.ndarray:
     crop, and the [-1, 1] -> [0, 1] display mapping."""
     import onnxruntime as ort
 
-    from livedenoise.modelcard import normalise, to_display
+    from livedenoise.engine import normalise, to_display
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)

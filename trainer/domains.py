@@ -6,7 +6,7 @@
   background at -1 and the brightest peak of the crop at +1.
 * Domain S, the user's noisy frames: a multi-page TIFF (or ``.npy``) of frames of any size
   >= 128 x 128, a random sample of about 120 of them, random 128 x 128 crops, normalised with
-  :func:`livedenoise.modelcard.normalise`, the very function ``serve`` applies.
+  :func:`livedenoise.engine.normalise`, the very function ``serve`` applies.
 
 Normalisation statistics (fixed at training time, stored in the model card):
 ``offset`` = median of the sampled frames (the background level; after the optional background
@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import Normalisation, causal_windows, normalise
+from livedenoise.io import read_movie
+from livedenoise.engine import Normalisation, causal_windows, normalise
 
 from .networks import gaussian_kernel
 
@@ -65,34 +66,9 @@ class CleanDomain:
 
 
 def load_frames(path: str | Path) -> np.ndarray:
-    """Read a ``(T, H, W)`` stack of grey frames from a multi-page TIFF or ``.npy``, checked.
-
-    Raises :class:`LivedenoiseError` with one clear line for anything unusable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LivedenoiseError(f"frames file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".npy":
-            frames = np.load(path, allow_pickle=False, mmap_mode="r")
-        else:
-            import tifffile
-
-            frames = tifffile.imread(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a corrupt/unsupported file
-        kind = "a .npy array" if path.suffix.lower() == ".npy" else "a TIFF"
-        raise LivedenoiseError(f"cannot read {path} as {kind}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    frames = np.asarray(frames)
-    if frames.size == 0:
-        raise LivedenoiseError(f"cannot read {path}: no image data in it")
-    if frames.dtype.kind not in "uif":
-        raise LivedenoiseError(f"{path}: unsupported pixel type {frames.dtype} (need integer or float grey frames)")
-    if frames.ndim == 2:
-        raise LivedenoiseError(f"{path} holds a single frame; training needs a movie of at least 2 frames (about 120)")
-    if frames.ndim == 4 and frames.shape[-1] in (3, 4) or frames.ndim == 3 and frames.shape[-1] in (3, 4):
-        raise LivedenoiseError(f"{path} looks like RGB/RGBA frames {frames.shape}; give grey (T, H, W) frames")
-    if frames.ndim != 3:
-        raise LivedenoiseError(f"{path} has shape {frames.shape}; expected a stack of grey frames (T, H, W)")
+    """The training movie (:func:`livedenoise.io.read_movie`), checked for what training needs:
+    at least 2 frames of at least ``MIN_SIZE`` pixels, all finite."""
+    frames = read_movie(path, "frames")
     t, h, w = frames.shape
     if t < 2:
         raise LivedenoiseError(f"{path} holds a single frame; training needs a movie of at least 2 frames (about 120)")
@@ -124,7 +100,7 @@ class NoisyDomain:
     """Domain S: random crops of the (sampled, normalised) training frames.
 
     ``frames`` is ``(T, H, W)``, or ``(T, k, H, W)`` causal windows for a ``k``-frame preset
-    (:func:`livedenoise.modelcard.causal_windows`); a sample is ``(n, k, crop, crop)``, every
+    (:func:`livedenoise.engine.causal_windows`); a sample is ``(n, k, crop, crop)``, every
     frame of a window cropped at the same place.
     """
 

@@ -1,11 +1,11 @@
-"""Export Ms2c to ONNX with its model card (the contract of :mod:`livedenoise.modelcard`).
+"""Export Ms2c to ONNX with its model card (the contract of :mod:`livedenoise.engine`).
 
 * input ``"noisy"`` ``[N, input_frames, H, W]`` and output ``"clean"`` ``[N, 1, H, W]``, with
   dynamic N, H and W;
 * the TorchScript exporter (``dynamo=False``): it keeps ``InstanceNorm2d`` and the per-sample
   layer norm (:class:`trainer.networks.LayerNorm1`) as single ``InstanceNormalization`` ops,
   where the dynamo exporter decomposes each into a chain of elementwise ops;
-* the :class:`~livedenoise.modelcard.ModelCard` JSON under metadata key ``"livedenoise"``;
+* the :class:`~livedenoise.engine.ModelCard` JSON under metadata key ``"livedenoise"``;
 * checked against torch at export time on the given frames (max abs difference printed).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
+from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
 
 OPSET = 17
 TOLERANCE = 1e-3

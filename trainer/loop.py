@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import Normalisation
+from livedenoise.engine import Normalisation
 
 from . import losses
 from .domains import CleanDomain, NoisyDomain

@@ -4,7 +4,7 @@
   thresholds (as the paper's Fig. 1), and the critic's Wasserstein estimate below;
 * ``<out>.preview.png`` -- noisy | denoised for a few consecutive frames, with the CSS of each
   consecutive pair (the paper's metric; raw frames scaled to [0, 1] by their 0.1/99.9 percentiles,
-  denoised ones through :func:`livedenoise.modelcard.to_display`).
+  denoised ones through :func:`livedenoise.engine.to_display`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livedenoise.metrics import css
+from livedenoise.analysis import css
 
 from .loop import CYCLE_TARGET, LFC_TARGET
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import LivedenoiseError
-from livedenoise.modelcard import ModelCard, Normalisation, causal_windows, normalise, to_display
+from livedenoise.engine import ModelCard, Normalisation, causal_windows, normalise, to_display
 
 from .domains import frame_statistics, gather, load_frames, sample_frames
 from .presets import Preset, get_preset

@@ -11,12 +11,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "run": ".app",
-    "check_display": ".app",
-    "FramePair": ".receiver",
-    "Receiver": ".receiver",
-    "StreamBuffer": ".receiver",
-    "MonitorWindow": ".window",
+    "run": "._app",
+    "check_display": "._app",
+    "FramePair": "._receiver",
+    "Receiver": "._receiver",
+    "StreamBuffer": "._receiver",
+    "MonitorWindow": "._window",
+    "FIXED_LEVEL_FRAMES": "._window",
 }
 
 __all__ = sorted(_EXPORTS)

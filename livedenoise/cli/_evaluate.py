@@ -1,0 +1,164 @@
+"""CLI commands of the evaluation work: ``simulate movie`` and ``evaluate``.
+
+``livedenoise simulate movie --out noisy.tif --truth truth.tif --positions atoms.json`` writes a
+simulated movie with its ground truth (see ``docs/simulation.md``); ``livedenoise evaluate
+--denoised out.tif [--truth truth.tif] [--positions atoms.json] [--json report.json]`` scores a
+denoised stack (rules in :mod:`livedenoise.analysis.evaluate`). Heavy imports stay inside the bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import LivedenoiseError
+
+simulate_app = typer.Typer(
+    name="simulate",
+    help="Simulated low-dose HAADF-STEM movies with ground truth.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _write_tiff(path: Path, stack, what: str, compress: bool = False) -> None:
+    import tifffile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, stack, compression="zlib" if compress else None, photometric="minisblack")
+    except OSError as exc:
+        raise LivedenoiseError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+
+
+@simulate_app.command("movie")
+def simulate_movie_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Noisy movie, multi-page float32 TIFF (counts).")],
+    truth: Annotated[
+        Optional[Path], typer.Option("--truth", help="Noise-free movie, float32 TIFF (fraction of the beam).")
+    ] = None,
+    positions: Annotated[
+        Optional[Path], typer.Option("--positions", help="Atom positions JSON ([x, y] pixels per frame).")
+    ] = None,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Number of frames.")] = 48,
+    size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Frame size in pixels (square).")] = 128,
+    dose: Annotated[float, typer.Option("--dose", min=0.0, help="Incident electrons per pixel per frame.")] = 300.0,
+    gradient: Annotated[
+        float, typer.Option("--gradient", help="Relative background thickness increase left -> right (1 = doubles).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (the same seed gives the same movie).")] = 0,
+    hop_prob: Annotated[
+        float, typer.Option("--hop-prob", min=0.0, max=1.0, help="Probability per frame that a single atom hops 3-6 px.")
+    ] = 0.02,
+) -> None:
+    """Write a simulated noisy movie, and optionally its truth and atom positions."""
+    import numpy as np
+
+    from ..sim import SimConfig, movie_metadata, simulate_movie
+
+    if gradient <= -1.0:
+        raise LivedenoiseError("--gradient must be greater than -1 (the background cannot vanish)")
+    cfg = SimConfig(size=size, frames=frames, dose=dose, gradient=gradient, seed=seed, hop_prob=hop_prob)
+    movie = simulate_movie(cfg)
+    _write_tiff(out, movie.noisy.astype(np.float32), "noisy movie")
+    if truth is not None:
+        _write_tiff(truth, movie.truth.astype(np.float32), "truth movie", compress=True)
+    if positions is not None:
+        meta = movie_metadata(movie, cfg, name=out.stem)
+        try:
+            positions.parent.mkdir(parents=True, exist_ok=True)
+            positions.write_text(json.dumps(meta))
+        except OSError as exc:
+            raise LivedenoiseError(f"cannot write positions {positions}: {exc.strerror or exc}") from None
+    n_atoms = movie.positions.shape[1]
+    typer.echo(
+        f"wrote {out} ({frames} frames of {size}x{size}, dose {dose:g} e-/px, {n_atoms} atoms"
+        f", mean {float(movie.noisy.mean()):.3f} counts)"
+    )
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{digits}f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)
+
+
+def evaluate_cmd(
+    denoised: Annotated[Path, typer.Option("--denoised", help="Denoised stack (multi-page TIFF or .npy).")],
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="Noise-free stack of the same shape.")] = None,
+    positions: Annotated[
+        Optional[Path], typer.Option("--positions", help="True atom positions JSON (simulate movie / dev-D schema).")
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    radius: Annotated[float, typer.Option("--radius", min=0.1, help="Matching radius in pixels.")] = 1.5,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Fixed peak height above the frame median (default: auto).")
+    ] = None,
+    calib_frames: Annotated[
+        Optional[int],
+        typer.Option("--calib-frames", min=1, help="Frames used to choose the auto threshold (default: all)."),
+    ] = None,
+) -> None:
+    """Score a denoised stack: CSS; with --truth PSNR/SSIM after an affine fit; with --positions atom F1."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..analysis.evaluate import evaluate, load_positions
+    from ..io import read_movie
+
+    den = read_movie(denoised, "denoised")
+    tru = read_movie(truth, "truth") if truth is not None else None
+    pos, groups = load_positions(positions) if positions is not None else (None, None)
+    rep = evaluate(
+        den, tru, pos, threshold="auto" if threshold is None else threshold,
+        match_radius=radius, calib_frames=calib_frames, groups=groups,
+    )
+    table = Table(title=f"evaluate {denoised.name} ({rep.frames} frames)", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    table.add_row("CSS mean", _fmt(rep.css_mean), "consecutive frames, stack mapped to [0, 1]")
+    table.add_row("CSS min", _fmt(rep.css_min), "")
+    if tru is not None:
+        table.add_row("PSNR (dB)", _fmt(rep.psnr, 2), "after per-frame best affine fit to truth")
+        table.add_row("SSIM", _fmt(rep.ssim), "after the same fit")
+        sign = "INVERTED contrast" if rep.inverted else "positive (atoms bright)"
+        table.add_row("fit slope", _fmt(rep.slope), f"{sign}; {rep.inverted_frames} frame(s) negative")
+    if pos is not None:
+        table.add_row("precision", _fmt(rep.precision), f"match radius {rep.match_radius:g} px")
+        table.add_row("recall", _fmt(rep.recall), f"{rep.n_matched} of {rep.n_true} true atoms")
+        table.add_row("F1", _fmt(rep.f1), f"{rep.n_found} peaks found")
+        table.add_row("loc. error (px)", _fmt(rep.loc_error_px), "mean distance of matched pairs")
+        if rep.recall_single is not None or rep.recall_cluster is not None:
+            table.add_row("recall single / cluster", f"{_fmt(rep.recall_single)} / {_fmt(rep.recall_cluster)}", "")
+        if rep.n_hops:
+            table.add_row(
+                "hops: recall / loc. err",
+                f"{_fmt(rep.hop_recall)} / {_fmt(rep.hop_loc_error_px)}",
+                f"{rep.n_hops} atom(s) moved > 2.5 px between frames",
+            )
+        table.add_row("threshold", _fmt(rep.threshold), rep.threshold_rule or "")
+    Console().print(table)
+    if json_out is not None:
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(rep.to_json())
+        except OSError as exc:
+            raise LivedenoiseError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.add_typer(simulate_app, name="simulate")
+    app.command("evaluate")(evaluate_cmd)

@@ -1,0 +1,37 @@
+"""``serve``: the live pipeline, one thread per stage along the physical path of a frame.
+
+::
+
+    detector --ZMQ--> receive --FrameQueue--> infer (engine) --> publish --ZMQ PUB--> viewer, subscribers
+                      _receive   _queue                           _publish, _stats
+                                                                  hooks: recording, atoms (_atoms)
+
+The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports torch, Qt, scipy,
+:mod:`livedenoise.sim` or :mod:`livedenoise.testing` (checked by import-linter).
+"""
+
+from ._atoms import AtomFinder
+from ._config import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
+from ._daemon import Daemon
+from ._publish import Delivered, Publisher
+from ._queue import FrameQueue, QueueClosed
+from ._receive import Received, Source, max_part_bytes
+from ._stats import Stats
+from ._threads import LogThrottle
+
+__all__ = [
+    "DEFAULT_PUBLISH",
+    "DEFAULT_SOURCE",
+    "AtomFinder",
+    "Daemon",
+    "Delivered",
+    "FrameQueue",
+    "LogThrottle",
+    "Publisher",
+    "QueueClosed",
+    "Received",
+    "ServeConfig",
+    "Source",
+    "Stats",
+    "max_part_bytes",
+]

@@ -1,0 +1,259 @@
+"""``serve``: source -> batcher -> engine -> sink, each stage in its own thread.
+
+::
+
+    detector --ZMQ--> [receiver thread] --FrameQueue--> [inference thread] --batches--> [publisher thread] --ZMQ PUB-->
+                       source.Source     batcher         engine.Engine                   sink.Publisher
+
+Receiving, inference and publishing never wait for each other except through the two bounded
+queues: live mode drops the oldest queued frames when inference falls behind (counted as
+``dropped``); lossless mode blocks the receiver instead, and the PULL socket's high-water mark
+then holds the detector back.
+
+Shutdown (:meth:`Daemon.stop`, or SIGINT/SIGTERM under :meth:`Daemon.run`): receiving stops, what
+is queued is denoised and published, the recording (``record``) is written and closed, the sockets
+close, exit code 0. A second signal exits at once.
+
+Recording (``record``, see :mod:`livedenoise.recording`) hangs off the publisher as a hook and
+writes in its own thread; so does atom finding (``atoms``, :class:`~livedenoise.daemon.AtomFinder`),
+which skips frames rather than fall behind and publishes on the ``atoms`` topic.
+CURVE (``curve_secret``, ``curve_allow``, ``source_curve_server_key``, see
+:mod:`livedenoise.security`): the PUB output is a CURVE server, the input a CURVE client.
+
+Examples
+--------
+>>> daemon = Daemon(ServeConfig(model=Path("m.onnx"), source="tcp://127.0.0.1:5555"))  # doctest: +SKIP
+>>> daemon.start(); ...; daemon.stop()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from ..engine import Engine, EngineConfig
+from ..errors import LivedenoiseError
+from ._config import ServeConfig
+from ..protocol import DEFAULT_LIMITS, Limits
+from ._atoms import AtomFinder
+from ._publish import Publisher
+from ._queue import FrameQueue
+from ._receive import Received, Source
+from ._stats import Stats
+from ._threads import LogThrottle
+
+log = logging.getLogger("livedenoise.daemon")
+
+class Daemon:
+    """The live pipeline. Construction loads the model and binds/connects the sockets, so a bad
+    model or a port in use fails here (as :class:`~livedenoise.errors.LivedenoiseError`)."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.engine = Engine(
+            config.model,
+            EngineConfig(
+                provider=config.provider, max_batch=config.max_batch, max_batch_pixels=config.max_batch_pixels,
+                threads=config.threads, spin=config.spin, fp16=config.fp16, cuda_graph=config.cuda_graph,
+                trt_cache=config.trt_cache, shapes=(config.warmup_shape,) if config.warmup_shape else (),
+            ),
+        )
+        max_age = None if config.max_age_ms is None else config.max_age_ms / 1e3
+        self.queue: FrameQueue[Received] = FrameQueue(config.queue_size, lossless=config.lossless, max_age=max_age)
+        self.ctx = zmq.Context()
+        self.curve = None
+        self.recorder = None
+        self.atoms: AtomFinder | None = None
+        try:
+            from .. import security
+
+            if config.curve_secret is not None:
+                self.curve = security.CurveServer(self.ctx, config.curve_secret, config.curve_allow)
+            configure_source = None
+            if config.source_curve_server_key is not None:
+                key, secret = config.source_curve_server_key, config.curve_secret
+
+                def configure_source(sock):
+                    security.curve_client(sock, key, secret)
+
+            # lossless: a small receive HWM, so back-pressure reaches the detector quickly
+            rcvhwm = max(2, config.max_batch) if config.lossless else 1000
+            self.source = Source(
+                self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
+                configure=configure_source,
+            )
+            self.stats = Stats(
+                model=self.engine.name, provider=self.engine.provider, source=self.source, frame_queue=self.queue
+            )
+            try:
+                self.publisher = Publisher(
+                    self.ctx, config.publish, self.stats, interval=config.stats_interval,
+                    configure=self.curve.apply if self.curve else None,
+                )
+            except Exception:
+                self.source.socket.close(linger=0)
+                raise
+            if config.record is not None:
+                from ..recording import Recorder
+
+                try:
+                    self.recorder = Recorder(
+                        config.record, raw=config.record_raw, lossless=config.lossless,
+                        chunk_frames=config.record_chunk_frames, chunk_seconds=config.record_chunk_seconds,
+                    )
+                except Exception:
+                    self.source.socket.close(linger=0)
+                    self.publisher.socket.close(linger=0)
+                    raise
+                self.publisher.hooks.append(self.recorder.submit)
+                self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
+                self.stats.extras.append(self.recorder.counters)
+            if config.atoms:
+                self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
+                    self.publisher, threshold=config.atoms_threshold, relative=config.atoms_relative,
+                    backlog=2 * config.max_batch,
+                )
+                self.publisher.hooks.append(self.atoms.submit)
+                self.publisher.finishers.append(self.atoms.close)  # its last atoms before the last stats
+                self.stats.extras.append(self.atoms.counters)
+        except Exception:
+            if self.curve is not None:
+                self.curve.stop()
+            self.ctx.term()
+            raise
+        self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
+        self._failures = LogThrottle(log)
+        self._signals = 0
+
+    @property
+    def publish_address(self) -> str:
+        """The bound publish endpoint (with the real port if ``:*`` or ``:0`` was asked)."""
+        return self.publisher.last_endpoint
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg.warmup_shape:
+            self.engine.warm_up(cfg.warmup_shape)
+        log.info(
+            "serving %s: %s %s -> PUB %s; provider %s; max batch %d, max wait %.1f ms, queue %d%s",
+            self.engine.name,
+            "PULL" if cfg.pull else "SUB",
+            cfg.source,
+            self.publish_address,
+            self.engine.provider,
+            cfg.max_batch,
+            cfg.max_wait_ms,
+            cfg.queue_size,
+            ", lossless" if cfg.lossless else "",
+        )
+        if self.recorder is not None:
+            self.recorder.start()
+            log.info("recording %s frames to %s", "denoised and raw" if cfg.record_raw else "denoised", cfg.record)
+        if self.atoms is not None:
+            self.atoms.start()
+            thr = f"{cfg.atoms_threshold:.0%} of the highest" if cfg.atoms_relative else f"{cfg.atoms_threshold:g}"
+            log.info("finding atoms: peaks higher than %s above the background, published on 'atoms'", thr)
+        for name, target in (
+            ("ld-publish", self.publisher.run),
+            ("ld-infer", self._infer_loop),
+            ("ld-receive", self.source.run),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop receiving, drain the queue through inference and publishing, close. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self.source.stop()
+        if not self._threads:  # never started: nothing to drain
+            self.source.socket.close(linger=0)
+            self.publisher.socket.close(linger=0)
+        for thread in self._threads:
+            thread.join(timeout)
+        if self.recorder is not None:
+            self.recorder.close(timeout)  # after the publisher: every published frame is written
+        if self.atoms is not None:
+            self.atoms.close(timeout)  # normally done already, by the publisher
+        if all(not t.is_alive() for t in self._threads):
+            if self.curve is not None:
+                self.curve.stop()
+            self.ctx.term()  # every socket is closed by now
+        else:
+            log.error("pipeline threads did not finish within %s s", timeout)
+        self._threads.clear()
+        self._stopped.set()
+        log.info("stopped: %s", self.stats.snapshot())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stopped; True if it has."""
+        return self._stopped.wait(timeout)
+
+    def run(self) -> int:
+        """Start, serve until SIGINT/SIGTERM, drain, return exit code 0 (main thread only)."""
+        stop_requested = threading.Event()
+
+        def on_signal(signum, _frame):
+            self._signals += 1
+            if self._signals > 1:
+                os._exit(128 + signum)  # second signal: leave at once
+            log.info("signal %d: draining (send it again to exit at once)", signum)
+            stop_requested.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not stop_requested.wait(0.2):
+                if not all(t.is_alive() for t in self._threads):
+                    log.error("a pipeline thread ended unexpectedly; stopping")
+                    break
+            self.stop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return 0
+
+    # ------------------------------------------------------------------ inference thread
+
+    def _infer_loop(self) -> None:
+        cfg = self.config
+        max_wait = cfg.max_wait_ms / 1e3
+        engine, stats, publisher = self.engine, self.stats, self.publisher
+        try:
+            # the source closes the queue when it stops; get_batch returns None once drained
+            while True:
+                batch = self.queue.get_batch(cfg.max_batch, max_wait, timeout=0.1)
+                if batch is None:
+                    break
+                if not batch:
+                    continue
+                try:
+                    result = engine.infer([r.frame.data for r in batch], [r.frame.series_id for r in batch])
+                except Exception as exc:  # a bug or an unexpected onnxruntime state: count, go on
+                    stats.failed += len(batch)
+                    self._failures.warning("inference failed on %d frames: %s", len(batch), exc)
+                    continue
+                for _, kind, message in result.errors:
+                    if kind == "malformed":
+                        stats.malformed_pixels += 1
+                    else:
+                        stats.failed += 1
+                    self._failures.warning("frame %s: %s", kind, message)
+                if result.errors:
+                    done = [(r, o) for r, o in zip(batch, result.outputs, strict=True) if o is not None]
+                else:
+                    done = list(zip(batch, result.outputs, strict=True))
+                if done:
+                    publisher.submit(done)
+        finally:
+            publisher.finish()

@@ -1,0 +1,206 @@
+"""The receiving stage: the detector's ZMQ stream into the frame queue.
+
+One thread owns the input socket: SUB by default (the detector binds PUB), PULL with ``pull``
+(detectors that bind PUSH, and ``--lossless``). Messages are received without copying
+(``recv_multipart(copy=False)``) and decoded by :func:`~livedenoise.protocol.decode_detector_message`
+into read-only numpy views on the ZMQ buffers; nothing else touches the pixels here.
+
+Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going.
+Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
+(counted as ``gaps``), loudly rather than silently.
+
+Sizes are capped inside libzmq too: ``ZMQ_MAXMSGSIZE`` is set to the largest legal message part
+(:func:`max_part_bytes`: a full-size ``<f4`` frame), so an oversized part is never allocated.
+libzmq's answer to an oversized part is to drop that connection as a *protocol error* (the part
+and whatever else was in flight on it are lost; nothing reaches the application) and, unlike
+after a network error, it does not reconnect: one oversized part would silence the input for
+good. The receiver therefore watches the socket (a ZMQ socket monitor): a disconnection that is
+not followed by libzmq's own reconnection attempt within :data:`REARM_AFTER_S` is repaired by
+reconnecting the endpoint itself. Disconnections are counted (``disconnects`` in the stats).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import zmq
+
+from ._queue import FrameQueue, QueueClosed
+from ._threads import LogThrottle
+from ..errors import LivedenoiseError, MalformedMessage
+from ..protocol import (
+    DEFAULT_LIMITS,
+    SUPPORTED_DTYPES,
+    ImageFrame,
+    Limits,
+    SeriesEnd,
+    SeriesStart,
+    decode_detector_message,
+)
+
+log = logging.getLogger("livedenoise.daemon")
+
+
+def max_part_bytes(limits: Limits = DEFAULT_LIMITS) -> int:
+    """The largest legal message part: a header, or a ``max_pixels`` frame of the widest dtype."""
+    import numpy as np
+
+    widest = max(np.dtype(d).itemsize for d in SUPPORTED_DTYPES)
+    return max(limits.max_header_bytes, limits.max_pixels * widest)
+
+
+REARM_AFTER_S = 0.5  # a disconnection without libzmq reconnecting by then: reconnect ourselves
+
+
+class Received(NamedTuple):
+    """A decoded frame and when it was received (``time.perf_counter()`` seconds)."""
+
+    frame: ImageFrame
+    t_recv: float
+
+
+
+class Source:
+    """Receives detector messages and feeds a :class:`~livedenoise.daemon.FrameQueue`.
+
+    The socket is created and connected here, in the caller's thread, so a bad address fails at
+    once; afterwards only the receiver thread (:meth:`run`) uses it.
+
+    Counters (each written by the receiver thread only): ``received`` (valid image frames),
+    ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series).
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        address: str,
+        queue: FrameQueue[Received],
+        *,
+        pull: bool = False,
+        rcvhwm: int = 1000,
+        limits: Limits = DEFAULT_LIMITS,
+        configure: Callable[[zmq.Socket], None] | None = None,
+    ):
+        self.address = address
+        self.queue = queue
+        self.pull = pull
+        self.limits = limits
+        self.received = 0
+        self.malformed = 0
+        self.gaps = 0
+        self.disconnects = 0  # connections to the detector lost (it went away, or libzmq dropped it)
+        self.series_id: int | None = None
+        self._last_image_id: int | None = None
+        self._stop = threading.Event()
+        self._bad = LogThrottle(log)
+        self._gap_log = LogThrottle(log)
+        self._conn_log = LogThrottle(log)
+        self.socket = ctx.socket(zmq.PULL if pull else zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_part_bytes(limits))
+        if not pull:
+            self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            if configure is not None:
+                configure(self.socket)  # e.g. CURVE client keys (livedenoise.security)
+            self.socket.connect(address)
+        except LivedenoiseError:
+            self.socket.close()
+            raise
+        except zmq.ZMQError as exc:
+            self.socket.close()
+            raise LivedenoiseError(f"cannot connect to detector address {address!r}: {exc}") from None
+
+    def stop(self) -> None:
+        """Stop receiving (the thread finishes the message in hand, then closes the socket)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        sock = self.socket
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED
+        )
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        rearm_at: float | None = None
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(100))
+                if monitor in ready:
+                    event = recv_monitor_message(monitor)["event"]
+                    if event == zmq.EVENT_DISCONNECTED:
+                        self.disconnects += 1
+                        rearm_at = time.monotonic() + REARM_AFTER_S
+                        self._conn_log.warning("detector connection %s lost; waiting for it to come back", self.address)
+                    else:  # libzmq is (re)connecting by itself
+                        rearm_at = None
+                if rearm_at is not None and time.monotonic() >= rearm_at:
+                    rearm_at = None
+                    self._rearm()
+                if sock not in ready:
+                    continue
+                parts = sock.recv_multipart(copy=False)
+                t_recv = time.perf_counter()
+                try:
+                    msg = decode_detector_message(parts, self.limits)
+                except MalformedMessage as exc:
+                    self.malformed += 1
+                    self._bad.warning("malformed message rejected: %s", exc)
+                    continue
+                if type(msg) is ImageFrame:
+                    self._track(msg)
+                    self.received += 1
+                    self._enqueue(Received(msg, t_recv))
+                elif type(msg) is SeriesStart:
+                    log.info("series %d: start", msg.series_id)
+                    self.series_id, self._last_image_id = msg.series_id, None
+                elif type(msg) is SeriesEnd:
+                    log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+        except QueueClosed:
+            pass
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            self.queue.close()  # the inference thread drains what is queued, then ends
+
+    def _rearm(self) -> None:
+        """libzmq gave the endpoint up (a protocol error such as an oversized part): connect again."""
+        self._conn_log.warning(
+            "reconnecting to %s (libzmq gave it up: an oversized message, or authentication refused)", self.address
+        )
+        try:
+            self.socket.disconnect(self.address)
+        except zmq.ZMQError:
+            pass  # already gone
+        self.socket.connect(self.address)
+
+    def _enqueue(self, item: Received) -> None:
+        # Lossless: wait for room however long it takes (the inference thread drains the queue,
+        # also during shutdown); a frame taken off the socket is never dropped.
+        while not self.queue.put(item, timeout=0.1):
+            pass
+
+    def _track(self, frame: ImageFrame) -> None:
+        if frame.series_id != self.series_id:
+            if self.series_id is not None:
+                log.info("series %d -> %d (image %d)", self.series_id, frame.series_id, frame.image_id)
+            self.series_id = frame.series_id
+        elif self._last_image_id is not None and frame.image_id != self._last_image_id + 1:
+            self.gaps += 1
+            self._gap_log.warning(
+                "series %d: image id %d after %d (%d missing)",
+                frame.series_id,
+                frame.image_id,
+                self._last_image_id,
+                frame.image_id - self._last_image_id - 1,
+            )
+        self._last_image_id = frame.image_id

@@ -1,0 +1,50 @@
+"""The inference stage: an onnxruntime session with the model card's normalisation, padding and
+batching (:class:`Engine`), the model card itself, and the transforms applied at load.
+
+Numpy and onnxruntime only (onnxruntime is imported when an engine is built); no sockets.
+"""
+
+from ._config import EngineConfig
+from ._engine import Engine, InferResult, default_model_path
+from ._modelcard import (
+    FORMAT_VERSION,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    ModelCard,
+    Normalisation,
+    causal_windows,
+    gaussian_lowpass,
+    normalise,
+    to_display,
+)
+from ._providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, provider_list, resolve_provider, trt_profiles
+from ._transforms import max_display_diff, rewrite_transposed_convs, to_fp16, validation_batch
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "FORMAT_VERSION",
+    "GPU_PROVIDERS",
+    "INPUT_NAME",
+    "METADATA_KEY",
+    "OUTPUT_NAME",
+    "TENSORRT",
+    "Engine",
+    "EngineConfig",
+    "InferResult",
+    "ModelCard",
+    "Normalisation",
+    "causal_windows",
+    "default_model_path",
+    "gaussian_lowpass",
+    "max_display_diff",
+    "normalise",
+    "provider_list",
+    "resolve_provider",
+    "rewrite_transposed_convs",
+    "to_display",
+    "to_fp16",
+    "trt_profiles",
+    "validation_batch",
+]

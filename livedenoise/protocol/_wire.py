@@ -1,0 +1,358 @@
+"""The frame protocol: what detectors send to ``serve`` and what ``serve`` publishes.
+
+This module is the contract instrument programmers write against (``docs/protocol.md`` is its
+prose twin). It knows msgpack and numpy, nothing of sockets, so a test or a fuzzer can drive it
+with plain byte strings.
+
+Input (detector -> daemon):
+
+* image: ``[header, payload]``; ``header`` a msgpack map with ``htype="image"``, ``series_id``,
+  ``image_id``, ``shape=[height, width]``, ``dtype`` (one of :data:`SUPPORTED_DTYPES`), optional
+  ``start_time`` (ns) and ``user_data``; ``payload`` exactly ``height*width*itemsize`` C-order bytes.
+* series framing: one-part ``{htype: "start", series_id, ...}`` and ``{htype: "end", series_id}``.
+
+Output (daemon PUB socket, ``[topic, header(, payload)]``): topics :data:`TOPIC_DENOISED`,
+:data:`TOPIC_RAW`, :data:`TOPIC_STATS` and :data:`TOPIC_ATOMS`. ``atoms`` (``serve --atoms``) is
+header-only like ``stats``: ids, ``count``, ``threshold`` and the peaks' positions, intensities
+and heights as float32 ``bin`` fields (:func:`encode_atoms`, :func:`decode_atoms`), at most
+:data:`MAX_ATOMS` of them, so it fits the header cap.
+
+Everything is checked and capped *before* allocation: a header is at most
+:attr:`Limits.max_header_bytes`, and a claimed frame larger than :attr:`Limits.max_pixels` is
+rejected without touching the payload.
+
+Examples
+--------
+>>> import numpy as np
+>>> parts = encode_image(np.zeros((4, 6), "<u2"), series_id=1, image_id=0)
+>>> msg = decode_detector_message(parts)
+>>> msg.series_id, msg.image_id, msg.data.shape, msg.data.dtype.str
+(1, 0, (4, 6), '<u2')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..errors import MalformedMessage
+
+SUPPORTED_DTYPES: frozenset[str] = frozenset({"|u1", "<u2", "<i2", "<u4", "<f4"})
+
+TOPIC_DENOISED = b"denoised"
+TOPIC_RAW = b"raw"
+TOPIC_STATS = b"stats"
+TOPIC_ATOMS = b"atoms"
+TOPICS: tuple[bytes, ...] = (TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, TOPIC_ATOMS)
+
+Buffer = bytes | bytearray | memoryview  # anything with the buffer protocol (zmq.Frame too)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps applied before any allocation, so a hostile header cannot exhaust memory."""
+
+    max_header_bytes: int = 64 * 1024
+    max_side: int = 8192
+    max_pixels: int = 4096 * 4096
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFrame:
+    """One detector frame. ``data`` is a read-only view on the received payload (zero-copy)."""
+
+    series_id: int
+    image_id: int
+    data: np.ndarray
+    start_time: int | None = None
+    user_data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesStart:
+    series_id: int
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesEnd:
+    series_id: int
+
+
+DetectorMessage = ImageFrame | SeriesStart | SeriesEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A decoded message from the daemon's PUB socket (for subscribers, the viewer, tests)."""
+
+    topic: bytes
+    header: dict[str, Any]
+    data: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- msgpack helpers
+
+
+def _unpack_header(raw: Buffer, limits: Limits) -> dict[str, Any]:
+    view = memoryview(raw)
+    if view.nbytes > limits.max_header_bytes:
+        raise MalformedMessage(f"header of {view.nbytes} bytes exceeds {limits.max_header_bytes}")
+    cap = limits.max_header_bytes
+    try:
+        header = msgpack.unpackb(
+            view,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=cap,
+            max_bin_len=cap,
+            max_array_len=cap,
+            max_map_len=cap,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "not a valid header"
+        raise MalformedMessage(f"header is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise MalformedMessage(f"header is a {type(header).__name__}, not a map")
+    return header
+
+
+def _int_field(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if type(value) is not int:  # bool is an int subclass: reject it too
+        raise MalformedMessage(f"header field {key!r} must be an integer, got {value!r:.40}")
+    return value
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack without pickle: plain maps, lists, numbers and strings only."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+# --------------------------------------------------------------------------- detector side
+
+
+def encode_image(
+    data: np.ndarray,
+    *,
+    series_id: int,
+    image_id: int,
+    start_time: int | None = None,
+    user_data: Any = None,
+) -> list[Buffer]:
+    """Build the two-part image message a detector sends (payload is not copied)."""
+    arr = np.ascontiguousarray(data)
+    dtype = arr.dtype.str
+    if dtype not in SUPPORTED_DTYPES or arr.ndim != 2:
+        raise ValueError(f"cannot send a {arr.ndim}-D {dtype} frame; need 2-D {sorted(SUPPORTED_DTYPES)}")
+    header: dict[str, Any] = {
+        "htype": "image",
+        "series_id": int(series_id),
+        "image_id": int(image_id),
+        "shape": list(arr.shape),
+        "dtype": dtype,
+    }
+    if start_time is not None:
+        header["start_time"] = int(start_time)
+    if user_data is not None:
+        header["user_data"] = user_data
+    return [pack(header), memoryview(arr).cast("B")]
+
+
+def encode_start(series_id: int, **extra: Any) -> list[bytes]:
+    return [pack({"htype": "start", "series_id": int(series_id), **extra})]
+
+
+def encode_end(series_id: int) -> list[bytes]:
+    return [pack({"htype": "end", "series_id": int(series_id)})]
+
+
+def decode_detector_message(
+    parts: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS
+) -> DetectorMessage:
+    """Validate and decode one detector message; raise :class:`MalformedMessage` if it is bad.
+
+    The image payload becomes a read-only numpy view on the received buffer (no copy).
+    NaN/inf pixels are not checked here: that is a per-pixel cost the engine pays once, vectorised.
+    """
+    if not 1 <= len(parts) <= 2:
+        raise MalformedMessage(f"expected 1 or 2 message parts, got {len(parts)}")
+    header = _unpack_header(parts[0], limits)
+    htype = header.get("htype")
+    if htype in ("start", "end"):
+        if len(parts) != 1:
+            raise MalformedMessage(f"{htype!r} message must have one part, got {len(parts)}")
+        series_id = _int_field(header, "series_id")
+        return SeriesStart(series_id, header) if htype == "start" else SeriesEnd(series_id)
+    if htype != "image":
+        raise MalformedMessage(f"unknown htype {htype!r:.40}")
+    if len(parts) != 2:
+        raise MalformedMessage("image message must have two parts: header and payload")
+    series_id = _int_field(header, "series_id")
+    image_id = _int_field(header, "image_id")
+    shape = header.get("shape")
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) != 2
+        or not all(type(s) is int for s in shape)
+    ):
+        raise MalformedMessage(f"shape must be [height, width] integers, got {shape!r:.60}")
+    height, width = shape
+    if not (0 < height <= limits.max_side and 0 < width <= limits.max_side) or (
+        height * width > limits.max_pixels
+    ):
+        raise MalformedMessage(f"frame shape {height}x{width} outside the accepted range")
+    dtype = header.get("dtype")
+    if type(dtype) is not str or dtype not in SUPPORTED_DTYPES:  # a list/map would not even hash
+        raise MalformedMessage(f"unsupported dtype {dtype!r:.20}; use one of {sorted(SUPPORTED_DTYPES)}")
+    payload = memoryview(parts[1])
+    expected = height * width * np.dtype(dtype).itemsize
+    if payload.nbytes != expected:
+        raise MalformedMessage(
+            f"payload is {payload.nbytes} bytes, shape {height}x{width} {dtype} needs {expected}"
+        )
+    data = np.frombuffer(payload, dtype=dtype).reshape(height, width)
+    start_time = header.get("start_time")
+    if start_time is not None and type(start_time) is not int:
+        raise MalformedMessage("start_time must be an integer (ns)")
+    return ImageFrame(series_id, image_id, data, start_time, header.get("user_data"))
+
+
+# --------------------------------------------------------------------------- daemon output
+
+
+def encode_published(topic: bytes, header: dict[str, Any], data: np.ndarray | None = None) -> list[Buffer]:
+    """``[topic, header]`` or ``[topic, header, payload]``; header gets shape/dtype from ``data``."""
+    if data is None:
+        return [topic, pack(header)]
+    arr = np.ascontiguousarray(data)
+    header = {**header, "shape": list(arr.shape), "dtype": arr.dtype.str}
+    return [topic, pack(header), memoryview(arr).cast("B")]
+
+
+def decode_published(parts: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Published:
+    """Decode a message from the daemon's PUB socket (the inverse of :func:`encode_published`)."""
+    if len(parts) not in (2, 3):
+        raise MalformedMessage(f"expected 2 or 3 parts, got {len(parts)}")
+    topic = bytes(parts[0])
+    header = _unpack_header(parts[1], limits)
+    if len(parts) == 2:
+        return Published(topic, header)
+    shape = header.get("shape")
+    dtype = header.get("dtype")
+    shape_ok = isinstance(shape, list | tuple) and len(shape) == 2 and all(type(s) is int and s > 0 for s in shape)
+    if not shape_ok or type(dtype) is not str or dtype not in SUPPORTED_DTYPES:
+        raise MalformedMessage(f"published payload with bad shape/dtype {shape} {dtype!r:.20}")
+    payload = memoryview(parts[2])
+    if payload.nbytes != math.prod(shape) * np.dtype(dtype).itemsize:
+        raise MalformedMessage("published payload length does not match its shape")
+    return Published(topic, header, np.frombuffer(payload, dtype=dtype).reshape(shape))
+
+
+# --------------------------------------------------------------------------- atoms (serve --atoms)
+
+#: Most atoms listed in one ``atoms`` message (the brightest; ``count`` still says how many were
+#: found): 16 bytes each, so the header stays well under :attr:`Limits.max_header_bytes`.
+MAX_ATOMS = 3072
+_ATOM_ARRAYS: tuple[tuple[str, int], ...] = (("positions", 2), ("intensities", 1), ("heights", 1))
+
+
+@dataclass(frozen=True, slots=True)
+class AtomsMessage:
+    """A decoded ``atoms`` message: the peaks found in one denoised frame, brightest first.
+
+    The arrays are read-only float32 views on the received header (no copy).
+    """
+
+    series_id: int
+    image_id: int
+    count: int  # atoms found in the frame; ``len(positions)`` is less only beyond MAX_ATOMS
+    positions: np.ndarray  # (K, 2) float32, [x, y] = [column, row] in pixels, pixel centres at integers
+    intensities: np.ndarray  # (K,) float32, integrated (frame - background) over 5 x 5 px
+    heights: np.ndarray  # (K,) float32, peak value minus background
+    threshold: float  # the height threshold applied (above background, denoised units)
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def encode_atoms(
+    header: dict[str, Any],
+    positions: np.ndarray,
+    intensities: np.ndarray,
+    heights: np.ndarray,
+    *,
+    threshold: float,
+    count: int | None = None,
+) -> list[Buffer]:
+    """``[b"atoms", header]``: ``header`` (ids, timestamps) plus ``count``, ``threshold`` and the
+    three arrays as little-endian float32 msgpack ``bin`` fields.
+
+    The atoms must come brightest first (as :func:`livedenoise.analysis.find_atoms` sorts them):
+    beyond :data:`MAX_ATOMS` the rest are left out, and ``count`` (default: all given) still
+    counts them.
+
+    >>> parts = encode_atoms({"series_id": 1, "image_id": 7}, np.array([[3.25, 4.5]]), np.array([5.0]),
+    ...                      np.array([0.9]), threshold=0.3)
+    >>> msg = decode_atoms(parts)
+    >>> msg.image_id, msg.count, msg.positions.tolist(), msg.threshold
+    (7, 1, [[3.25, 4.5]], 0.3)
+    """
+    arrays = {}
+    k = None
+    for (name, cols), values in zip(_ATOM_ARRAYS, (positions, intensities, heights), strict=True):
+        arr = np.asarray(values, dtype="<f4")
+        if arr.ndim == 0 or arr.shape != ((len(arr), cols) if cols > 1 else (len(arr),)):
+            raise ValueError(f"atoms {name}: expected {cols} value(s) per atom, got shape {arr.shape}")
+        if k is not None and arr.shape[0] != k:
+            raise ValueError(f"atoms arrays differ in length: {name} has {arr.shape[0]}, expected {k}")
+        k = arr.shape[0]
+        arrays[name] = np.ascontiguousarray(arr[:MAX_ATOMS]).tobytes()
+    count = k if count is None else int(count)
+    if count < k:
+        raise ValueError(f"count {count} is less than the {k} atoms given")
+    return [TOPIC_ATOMS, pack({**header, "count": count, "threshold": float(threshold), **arrays})]
+
+
+def decode_atoms(message: Published | Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> AtomsMessage:
+    """Validate and decode an ``atoms`` message (raw parts, or a :class:`Published` already decoded).
+
+    Raises :class:`MalformedMessage` if anything is off: not the atoms topic, a payload part,
+    mistyped ids, count or threshold, arrays of the wrong type, of unequal lengths, more than
+    :data:`MAX_ATOMS` or more than ``count``.
+    """
+    msg = message if isinstance(message, Published) else decode_published(message, limits)
+    if msg.topic != TOPIC_ATOMS or msg.data is not None:
+        raise MalformedMessage(f"not an atoms message (topic {msg.topic!r:.20}, payload {msg.data is not None})")
+    header = msg.header
+    series_id = _int_field(header, "series_id")
+    image_id = _int_field(header, "image_id")
+    count = _int_field(header, "count")
+    threshold = header.get("threshold")
+    if type(threshold) not in (int, float):
+        raise MalformedMessage(f"atoms threshold must be a number, got {threshold!r:.40}")
+    arrays = []
+    k = None
+    for name, cols in _ATOM_ARRAYS:
+        raw = header.get(name)
+        if type(raw) is not bytes or len(raw) % (4 * cols):
+            raise MalformedMessage(f"atoms {name} must be bin of float32 x {cols} per atom")
+        n = len(raw) // (4 * cols)
+        if k is not None and n != k:
+            raise MalformedMessage(f"atoms {name} lists {n} atoms, positions {k}")
+        k = n
+        arr = np.frombuffer(raw, dtype="<f4")
+        arrays.append(arr.reshape(n, cols) if cols > 1 else arr)
+    assert k is not None
+    if k > min(count, MAX_ATOMS):
+        raise MalformedMessage(f"atoms message lists {k} atoms for a count of {count} (at most {MAX_ATOMS})")
+    return AtomsMessage(series_id, image_id, count, *arrays, threshold=float(threshold), header=header)

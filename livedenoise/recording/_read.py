@@ -1,0 +1,104 @@
+"""Reading a recording back: its index, its frames, and a summary per series (``livedenoise inspect``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LivedenoiseError
+from ._recorder import INDEX, KINDS, MARKER, read_marker
+
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEntry:
+    series_id: int
+    kind: str
+    path: Path
+    image_ids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class SeriesSummary:
+    series_id: int
+    kind: str
+    frames: int
+    first_id: int
+    last_id: int
+    missing: int  # ids absent between first and last
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing ranges [a, b]
+    files: int = 0
+
+
+def read_index(directory: str | Path) -> list[ChunkEntry]:
+    """The indexed (complete) chunks of a recording, in the order they were closed.
+
+    A truncated or unparsable line (a crash while appending) is skipped. Raises
+    :class:`LivedenoiseError` if ``directory`` is not a livedenoise recording.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LivedenoiseError(f"{directory} is not a directory")
+    if read_marker(directory) is None:
+        raise LivedenoiseError(f"{directory} is not a livedenoise recording (no valid {MARKER})")
+    entries: list[ChunkEntry] = []
+    try:
+        lines = (directory / INDEX).read_bytes().splitlines()
+    except FileNotFoundError:
+        return entries
+    for line in lines:
+        try:
+            e = json.loads(line)
+            entry = ChunkEntry(
+                int(e["series_id"]), str(e["kind"]), directory / e["file"], tuple(int(i) for i in e["image_ids"])
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        if entry.kind in KINDS and entry.path.resolve().is_relative_to(directory.resolve()):
+            entries.append(entry)
+    return entries
+
+
+def iter_frames(
+    directory: str | Path, *, kind: str = "denoised", series_id: int | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(series_id, image_id, frame)`` for every recorded frame of ``kind``, in recording order."""
+    import tifffile
+
+    for entry in read_index(directory):
+        if entry.kind != kind or (series_id is not None and entry.series_id != series_id):
+            continue
+        with tifffile.TiffFile(entry.path) as tif:
+            if len(tif.pages) != len(entry.image_ids):
+                raise LivedenoiseError(
+                    f"{entry.path}: {len(tif.pages)} pages but the index lists {len(entry.image_ids)} frames"
+                )
+            for image_id, page in zip(entry.image_ids, tif.pages, strict=True):
+                yield entry.series_id, image_id, page.asarray()
+
+
+def summarize(directory: str | Path) -> list[SeriesSummary]:
+    """Per series and kind: frame count, id range and the missing id ranges."""
+    ids: dict[tuple[int, str], list[int]] = {}
+    files: dict[tuple[int, str], int] = {}
+    for entry in read_index(directory):
+        ids.setdefault((entry.series_id, entry.kind), []).extend(entry.image_ids)
+        files[(entry.series_id, entry.kind)] = files.get((entry.series_id, entry.kind), 0) + 1
+    out = []
+    for (sid, kind), values in sorted(ids.items()):
+        unique = np.unique(np.asarray(values, np.int64))
+        gaps = []
+        if unique.size > 1:
+            jumps = np.flatnonzero(np.diff(unique) > 1)
+            gaps = [(int(unique[j] + 1), int(unique[j + 1] - 1)) for j in jumps]
+        missing = sum(b - a + 1 for a, b in gaps)
+        out.append(
+            SeriesSummary(
+                sid, kind, len(values), int(unique[0]), int(unique[-1]), missing, gaps, files[(sid, kind)]
+            )
+        )
+    return out

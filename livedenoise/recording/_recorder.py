@@ -1,0 +1,329 @@
+"""Recording: every published frame to disk, in chunks that survive ``kill -9`` at any moment.
+
+Layout of a recording directory (``serve --record DIR``)::
+
+    DIR/RECORDING.json                       marks the directory as a livedenoise recording
+    DIR/index.jsonl                          one JSON line per closed chunk (append-only, fsynced)
+    DIR/series_<sid>/<kind>_<run>_<seq>.tif  a chunk: consecutive frames of one series, one TIFF page each
+
+``kind`` is ``denoised`` (float32 in [0, 1]) or ``raw`` (the input's dtype, with ``--record-raw``).
+A chunk is written under a temporary name (``*.tif.part``), flushed and fsynced, renamed
+atomically (:func:`os.replace`) and the directory fsynced; only *then* is its index line appended
+and fsynced. So at any instant every chunk named in the index is complete on disk, and a crash
+leaves at most a ``.part`` file (ignored) and possibly a truncated last index line (ignored).
+The ``recorded`` counter in the daemon's stats counts only frames in indexed chunks: every frame
+reported as written is readable afterwards.
+
+A chunk closes after ``chunk_frames`` frames, ``chunk_bytes`` bytes, ``chunk_seconds`` seconds
+(so the last frames become durable at low frame rates too), when its series changes, and at
+shutdown.
+
+The recorder runs in its own thread behind a bounded queue, fed by a publisher hook
+(:meth:`Recorder.submit`): writing never slows inference. Live mode: a full queue drops the frame
+for the recording only (counted as ``record_overflow``; it was still published). Lossless mode:
+``submit`` blocks, which holds the publisher, then inference, then the receiver and finally the
+detector back (PULL high-water mark): no frame is lost from the recording either.
+
+Examples
+--------
+>>> rec = Recorder(tmp / "run", raw=True)        # doctest: +SKIP
+>>> rec.start(); publisher.hooks.append(rec.submit)  # doctest: +SKIP
+>>> for series_id, image_id, frame in iter_frames(tmp / "run"): ...  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LivedenoiseError
+
+log = logging.getLogger("livedenoise.recording")
+
+MARKER = "RECORDING.json"
+INDEX = "index.jsonl"
+FORMAT = "livedenoise-recording"
+VERSION = 1
+KINDS = ("denoised", "raw")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Chunk:
+    """One open chunk file: frames are written page by page, so memory stays bounded."""
+
+    def __init__(self, final: Path, series_id: int, kind: str):
+        import tifffile
+
+        self.final = final
+        self.part = final.with_name(final.name + ".part")
+        self.series_id, self.kind = series_id, kind
+        self.image_ids: list[int] = []
+        self.nbytes = 0
+        self.opened = time.monotonic()
+        self._fh = open(self.part, "wb")  # noqa: SIM115 (closed in close()/abort())
+        self._tw = tifffile.TiffWriter(self._fh)
+
+    def write(self, image_id: int, frame: np.ndarray) -> None:
+        self._tw.write(frame, contiguous=False, metadata=None)
+        self.image_ids.append(image_id)
+        self.nbytes += frame.nbytes
+
+    def close(self) -> None:
+        """Complete the file durably under its final name (the caller then indexes it)."""
+        self._tw.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.part, self.final)
+        _fsync_dir(self.final.parent)
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            self.part.unlink(missing_ok=True)
+
+
+class Recorder:
+    """Writes delivered frames to ``directory`` in its own thread (see the module docstring).
+
+    Parameters
+    ----------
+    directory : created if missing; an existing recording is appended to (a new run token).
+    raw : also record the raw input frames.
+    lossless : :meth:`submit` blocks when the queue is full instead of dropping.
+    chunk_frames, chunk_seconds, chunk_bytes : when a chunk closes.
+    queue_size, queue_bytes : frames (and their bytes, raw + denoised) waiting to be written, at
+        most; a single frame larger than ``queue_bytes`` is still taken, alone.
+
+    Counters (written by the recorder thread, or by :meth:`submit` for ``overflow``):
+    ``recorded`` / ``recorded_raw`` (frames in indexed chunks), ``overflow`` (frames not recorded
+    because the queue was full, live mode), ``errors`` (chunks lost to disk errors).
+    """
+
+    _STOP = object()
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        raw: bool = False,
+        lossless: bool = False,
+        chunk_frames: int = 100,
+        chunk_seconds: float = 1.0,
+        chunk_bytes: int = 256 << 20,
+        queue_size: int = 256,
+        queue_bytes: int = 128 << 20,
+    ):
+        self.directory = Path(directory)
+        self.raw = raw
+        self.lossless = lossless
+        self.chunk_frames = max(1, int(chunk_frames))
+        self.chunk_seconds = float(chunk_seconds)
+        self.chunk_bytes = int(chunk_bytes)
+        self.recorded = 0
+        self.recorded_raw = 0
+        self.overflow = 0
+        self.errors = 0
+        self.queue_size = max(1, int(queue_size))
+        self.queue_bytes = int(queue_bytes)
+        self._items: deque = deque()  # (series_id, image_id, raw, denoised, nbytes)
+        self._bytes = 0
+        self._stopping = False
+        self._cv = threading.Condition()
+        self._open: dict[tuple[int, str], _Chunk] = {}
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            marker = self.directory / MARKER
+            if not marker.exists():
+                tmp = marker.with_name(MARKER + ".part")
+                tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
+                os.replace(tmp, marker)
+                _fsync_dir(self.directory)
+            elif read_marker(self.directory) is None:
+                raise LivedenoiseError(f"{marker} exists but is not a livedenoise recording marker")
+            self._index_fd = os.open(self.directory / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LivedenoiseError(f"cannot record into {self.directory}: {exc.strerror or exc}") from None
+        self.run_token = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+    # ------------------------------------------------------------------ producer side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="ld-record", daemon=True)
+        self._thread.start()
+
+    def submit(self, delivered) -> None:
+        """Publisher hook: queue one :class:`~livedenoise.daemon.Delivered` frame for writing."""
+        nbytes = delivered.denoised.nbytes + (delivered.raw.nbytes if self.raw else 0)
+        item = (delivered.series_id, delivered.image_id, delivered.raw, delivered.denoised, nbytes)
+        with self._cv:
+            while self._items and self._full(nbytes):
+                if not self.lossless or self._stopping:
+                    self.overflow += 1
+                    return
+                self._cv.wait()  # back-pressure: blocks the publisher, and so the detector
+            self._items.append(item)
+            self._bytes += nbytes
+            self._cv.notify_all()
+
+    def _full(self, nbytes: int) -> bool:
+        return len(self._items) >= self.queue_size or self._bytes + nbytes > self.queue_bytes
+
+    def _get(self, timeout: float | None):
+        """The next queued frame; None on timeout; ``_STOP`` once stopping and drained."""
+        with self._cv:
+            if not self._items and not self._stopping:
+                self._cv.wait(timeout)
+            if not self._items:
+                return self._STOP if self._stopping else None
+            item = self._items.popleft()
+            self._bytes -= item[4]
+            self._cv.notify_all()
+            return item[:4]
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write what is queued, close every open chunk, stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            with self._cv:
+                self._stopping = True
+                self._cv.notify_all()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("recorder did not finish within %s s", timeout)
+                return
+        else:
+            self._close_all()
+        os.close(self._index_fd)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "recorded": self.recorded,
+            "recorded_raw": self.recorded_raw,
+            "record_overflow": self.overflow,
+            "record_errors": self.errors,
+            "record_queue": len(self._items),
+        }
+
+    # ------------------------------------------------------------------ recorder thread
+
+    def run(self) -> None:
+        try:
+            while True:
+                timeout = self._next_deadline()
+                item = self._get(timeout)
+                if item is self._STOP:
+                    break
+                try:
+                    if item is not None:
+                        self._write(*item)
+                    self._close_expired()
+                except Exception:  # a bug must not stop recording (lossless would then block)
+                    self.errors += 1
+                    log.exception("recording a frame failed")
+        finally:
+            self._close_all()
+
+    def _next_deadline(self) -> float | None:
+        if not self._open:
+            return None
+        oldest = min(c.opened for c in self._open.values())
+        return max(0.0, oldest + self.chunk_seconds - time.monotonic())
+
+    def _write(self, series_id: int, image_id: int, raw: np.ndarray, denoised: np.ndarray) -> None:
+        # a new series ends the others: close their chunks so they become durable now
+        for key in [k for k in self._open if k[0] != series_id]:
+            self._finish(key)
+        self._append(series_id, "denoised", image_id, denoised)
+        if self.raw:
+            self._append(series_id, "raw", image_id, raw)
+
+    def _append(self, series_id: int, kind: str, image_id: int, frame: np.ndarray) -> None:
+        key = (series_id, kind)
+        chunk = self._open.get(key)
+        try:
+            if chunk is None:
+                folder = self.directory / f"series_{series_id}"
+                folder.mkdir(exist_ok=True)
+                self._seq += 1
+                chunk = _Chunk(folder / f"{kind}_{self.run_token}_{self._seq:06d}.tif", series_id, kind)
+                self._open[key] = chunk
+            chunk.write(image_id, frame)
+        except (OSError, ValueError) as exc:
+            self._fail(key, exc)
+            return
+        if len(chunk.image_ids) >= self.chunk_frames or chunk.nbytes >= self.chunk_bytes:
+            self._finish(key)
+
+    def _close_expired(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, c in self._open.items() if now - c.opened >= self.chunk_seconds]:
+            self._finish(key)
+
+    def _close_all(self) -> None:
+        for key in list(self._open):
+            self._finish(key)
+
+    def _finish(self, key: tuple[int, str]) -> None:
+        chunk = self._open.pop(key)
+        try:
+            chunk.close()
+            entry = {
+                "series_id": chunk.series_id,
+                "kind": chunk.kind,
+                "file": chunk.final.relative_to(self.directory).as_posix(),
+                "frames": len(chunk.image_ids),
+                "image_ids": chunk.image_ids,
+                "closed": time.time(),
+            }
+            os.write(self._index_fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+            os.fsync(self._index_fd)
+        except (OSError, ValueError) as exc:
+            self._open[key] = chunk
+            self._fail(key, exc)
+            return
+        if chunk.kind == "denoised":
+            self.recorded += len(chunk.image_ids)
+        else:
+            self.recorded_raw += len(chunk.image_ids)
+
+    def _fail(self, key: tuple[int, str], exc: Exception) -> None:
+        """A disk error (full, removed): lose this chunk, log, count, keep serving."""
+        self.errors += 1
+        chunk = self._open.pop(key, None)
+        log.error("recording %s of series %d failed: %s", key[1], key[0], exc)
+        if chunk is not None:
+            try:
+                chunk.abort()
+            except OSError:
+                pass
+
+
+def read_marker(directory: Path) -> dict | None:
+    try:
+        marker = json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT else None

@@ -1,0 +1,529 @@
+"""The live monitor window: raw and denoised side by side, CSS, atom count, throughput and latency over time.
+
+Drawing follows pyqtgraph's fast path: only the newest frame is drawn, on a timer (60 Hz), as a
+C-contiguous float32 array with explicit levels and a 256-entry lookup table (none for grey);
+histograms, counters and the status line refresh at 5 Hz, the rolling plots at 2 Hz. The image
+titles stay fixed (a changing title re-lays out the whole scene); per-frame figures go to the
+counters line. Frames that arrive faster than that are dropped in
+:class:`~livedenoise.viewer.StreamBuffer`, so the window never lags.
+
+With ``serve --atoms``, the atoms of the frame on screen are drawn over the denoised image (a
+:class:`pyqtgraph.ScatterPlotItem` of fixed-size rings; key O or the *atoms* box toggles it). Each
+draw tick only compares the shown frame's ids and the buffer's atoms counter with the last ones;
+the points are replaced only when the atoms to show change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+import tifffile
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
+
+from ._receiver import FramePair, Receiver, StreamBuffer
+
+COLORMAPS: tuple[str, ...] = ("grey", "viridis", "inferno", "magma", "cividis")
+DRAW_HZ = 60
+INFO_HZ = 5  # histograms, counters, status line, waiting banner
+PLOT_HZ = 2  # the rolling plots (each refresh repaints six axes: the costliest thing drawn)
+WAITING_AFTER_S = 1.5  # nothing received for this long: "waiting for stream…"
+FIXED_LEVEL_FRAMES = 5  # fixed levels: the range of the first frames of each series
+PLOT_SPAN_S = 30.0  # the rolling plots show the last this many seconds
+CSS_SMOOTH = 25  # frames in the CSS moving mean (and the atom count's)
+ATOM_PEN = (255, 70, 70)  # the overlay's rings: red reads on every colour map offered
+ATOM_SIZE = 11  # ring diameter in screen pixels, whatever the zoom
+
+_BANNER_STYLE = "QLabel {{ background: {bg}; color: white; font-size: 15pt; padding: 4px; }}"
+
+
+def colormap(name: str) -> pg.ColorMap:
+    """A colour map by name; ``grey`` is linear black to white."""
+    if name == "grey":
+        return pg.ColorMap([0.0, 1.0], [(0, 0, 0), (255, 255, 255)], name="grey")
+    return pg.colormap.get(name)
+
+
+def robust_levels(image: np.ndarray, low: float = 0.1, high: float = 99.9) -> tuple[float, float]:
+    """Display levels from percentiles of a subsample (at most ~64k pixels, so cheap on 1024² frames)."""
+    step = max(1, int(np.sqrt(image.size / 65536)))
+    sample = image[::step, ::step]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(sample, (low, high)))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Causal moving mean (the first points average what there is so far)."""
+    if values.size == 0:
+        return values
+    csum = np.cumsum(values)
+    out = csum.copy()
+    out[window:] = csum[window:] - csum[:-window]
+    return out / np.minimum(np.arange(1, values.size + 1), window)
+
+
+def fit_y(plot: pg.PlotItem, *series: np.ndarray, zero: bool = False) -> None:
+    """Set a plot's y range to its finite data (from 0 with ``zero``); keep it when there is none."""
+    values = np.concatenate([np.ravel(s) for s in series])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    if zero:
+        lo = min(lo, 0.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - max(abs(lo) * 0.05, 1e-3), hi + max(abs(hi) * 0.05, 1e-3)
+    plot.setYRange(lo, hi, padding=0.08)
+
+
+class _Histogram(pg.HistogramLUTItem):
+    """Levels control with a 256-entry lookup table, whose histogram is refreshed on demand.
+
+    pyqtgraph recomputes the histogram on every ``setImage``; here :meth:`refresh` does it at the
+    plot rate instead, so drawing a frame costs only the image itself.
+    """
+
+    def getLookupTable(self, img=None, n=None, alpha=None):  # noqa: N802 (pyqtgraph's name)
+        return super().getLookupTable(img, 256, alpha)
+
+    def imageChanged(self, autoLevel=False, autoRange=False):  # noqa: N802
+        pass  # connected to ImageItem.sigImageChanged by pyqtgraph: skipped per frame
+
+    def refresh(self) -> None:
+        super().imageChanged()
+
+
+class ImagePanel:
+    """One image (raw or denoised) in the window: view, image item, levels control, level state."""
+
+    def __init__(self, layout: pg.GraphicsLayout, title: str, col: int) -> None:
+        self.title = title
+        self.label = layout.addLabel(title, row=0, col=col, colspan=2)
+        self.view: pg.ViewBox = layout.addViewBox(row=1, col=col, lockAspect=True, invertY=True)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.view.addItem(self.image)
+        self.hist = _Histogram(image=self.image)
+        layout.addItem(self.hist, row=1, col=col + 1)
+        self.shown: np.ndarray | None = None  # the frame on screen, as received (original dtype)
+        self._first_levels: list[tuple[float, float]] = []
+
+    def reset_levels(self) -> None:
+        """Fixed levels are taken again from the next frames."""
+        self._first_levels.clear()
+
+    def levels(self) -> tuple[float, float]:
+        lo, hi = self.hist.getLevels()
+        return float(lo), float(hi)
+
+    def show(self, data: np.ndarray, auto_levels: bool) -> None:
+        image = np.ascontiguousarray(data, dtype=np.float32)
+        if auto_levels or len(self._first_levels) < FIXED_LEVEL_FRAMES:
+            lo, hi = robust_levels(image)
+            if not auto_levels:
+                self._first_levels.append((lo, hi))
+                lo = min(level[0] for level in self._first_levels)
+                hi = max(level[1] for level in self._first_levels)
+            self.hist.setLevels(lo, hi)
+        new_shape = self.shown is None or self.shown.shape != data.shape
+        self.image.setImage(image, autoLevels=False)
+        self.shown = data
+        if new_shape:
+            self.view.autoRange(padding=0)
+
+
+class MonitorWindow(QtWidgets.QMainWindow):
+    """The live monitor for one daemon (``livedenoise view --connect ADDRESS``).
+
+    Parameters
+    ----------
+    address:
+        The daemon's publish address.
+    snapshot_dir:
+        Where snapshots (raw and denoised TIFF, window PNG) are written.
+    """
+
+    _frames_waiting = QtCore.Signal()  # emitted by the receiver thread; queued to the GUI thread
+
+    def __init__(self, address: str, snapshot_dir: str | Path = ".") -> None:
+        super().__init__()
+        self.address = address
+        self.snapshot_dir = Path(snapshot_dir)
+        self.setWindowTitle(f"livedenoise view · {address}")
+        self.resize(1280, 860)
+
+        self.buffer = StreamBuffer()
+        self.frame: FramePair | None = None  # on screen
+        self.frames_drawn = 0
+        self.paused = False
+        self.auto_levels = False
+        self._dirty = False
+        self._draws: deque[float] = deque(maxlen=4 * DRAW_HZ)
+        self._display_fps: deque[tuple[float, float]] = deque(maxlen=int(PLOT_SPAN_S) * 4)
+        self._histograms_at = 0
+        self.show_atoms = True
+        self.atoms_shown = None  # the AtomsMessage drawn over the denoised frame, if any
+        self._overlay_key: tuple | None = None
+
+        self._frames_waiting.connect(self._on_frames_waiting)
+        self.receiver = Receiver(address, self.buffer, notify=self._frames_waiting.emit)
+        self.receiver.start()
+        self.receiver.wait_ready()  # a bad address fails here, before any widget is built
+
+        self._build_images()
+        self._build_plots()
+        self._build_controls()
+
+        self._draw_timer = QtCore.QTimer(self, timerType=QtCore.Qt.TimerType.PreciseTimer)
+        self._draw_timer.timeout.connect(self._draw)
+        self._draw_timer.start(1000 // DRAW_HZ)
+        self._info_timer = QtCore.QTimer(self)
+        self._info_timer.timeout.connect(self._refresh_info)
+        self._info_timer.start(1000 // INFO_HZ)
+        self._plot_timer = QtCore.QTimer(self)
+        self._plot_timer.timeout.connect(self._refresh_plots)
+        self._plot_timer.start(1000 // PLOT_HZ)
+        self._refresh_info()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_images(self) -> None:
+        self.banner = QtWidgets.QLabel()
+        self.banner.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.images = pg.GraphicsLayoutWidget()
+        layout = self.images.ci
+        self.raw_panel = ImagePanel(layout, "raw", col=0)
+        self.denoised_panel = ImagePanel(layout, "denoised", col=2)
+        self.denoised_panel.view.setXLink(self.raw_panel.view)
+        self.denoised_panel.view.setYLink(self.raw_panel.view)
+        self.panels = (self.raw_panel, self.denoised_panel)
+        self.atoms_overlay = pg.ScatterPlotItem(
+            pxMode=True, symbol="o", size=ATOM_SIZE, pen=pg.mkPen(ATOM_PEN, width=1.5), brush=pg.mkBrush(None)
+        )
+        self.atoms_overlay.setZValue(10)
+        self.denoised_panel.view.addItem(self.atoms_overlay)
+        self.set_colormap("grey")
+
+    def _build_plots(self) -> None:
+        self.plots = pg.GraphicsLayoutWidget()
+        legend = {"offset": (5, 5), "brush": (0, 0, 0, 160)}  # top left: the newest data is on the right
+        self.css_plot = self.plots.addPlot(row=0, col=0, title="CSS (consecutive frames)")
+        self.css_plot.addLegend(**legend)
+        self.css_points = self.css_plot.plot(
+            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(120, 170, 255, 110), name="per frame"
+        )
+        self.css_line = self.css_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
+        self.atoms_plot = self.plots.addPlot(row=0, col=1, title="atoms per frame")
+        self.atoms_plot.addLegend(**legend)
+        self.atoms_points = self.atoms_plot.plot(
+            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(255, 110, 110, 110), name="per frame"
+        )
+        self.atoms_line = self.atoms_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
+        self.fps_plot = self.plots.addPlot(row=0, col=2, title="throughput (frames/s)")
+        self.fps_plot.addLegend(**legend)
+        self.fps_in = self.fps_plot.plot(pen=pg.mkPen((150, 150, 150), width=2), name="in")
+        self.fps_out = self.fps_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="denoised")
+        self.fps_shown = self.fps_plot.plot(pen=pg.mkPen((120, 170, 255), width=1), name="displayed")
+        self.latency_plot = self.plots.addPlot(row=0, col=3, title="latency (ms)")
+        self.latency_plot.addLegend(**legend)
+        self.latency_p50 = self.latency_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="p50")
+        self.latency_p99 = self.latency_plot.plot(pen=pg.mkPen((240, 110, 90), width=2), name="p99")
+        for plot in (self.css_plot, self.atoms_plot, self.fps_plot, self.latency_plot):
+            plot.setLabel("bottom", "time", units="s")
+            plot.showGrid(x=True, y=True, alpha=0.25)
+        for plot in (self.atoms_plot, self.fps_plot, self.latency_plot):
+            plot.setXLink(self.css_plot)
+
+    def _build_controls(self) -> None:
+        bar = self.addToolBar("monitor")
+        bar.setMovable(False)
+        self.pause_action = self._action(bar, "Pause", "Space", self.set_paused, checkable=True)
+        self.snapshot_action = self._action(bar, "Snapshot", "S", lambda: self.snapshot())
+        bar.addSeparator()
+        self.auto_levels_action = self._action(bar, "Auto levels", "A", self.set_auto_levels, checkable=True)
+        self.reset_levels_action = self._action(bar, "Reset levels", "R", lambda: self.reset_levels())
+        bar.addSeparator()
+        self.atoms_box = QtWidgets.QCheckBox("atoms [O]")
+        self.atoms_box.setToolTip("Ring the atoms found by serve --atoms on the denoised frame")
+        self.atoms_box.setChecked(self.show_atoms)
+        self.atoms_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)  # keep Space for pause
+        self.atoms_box.toggled.connect(self.set_show_atoms)
+        bar.addWidget(self.atoms_box)
+        toggle_atoms = QtGui.QAction("Atoms overlay", self)
+        toggle_atoms.setShortcut(QtGui.QKeySequence("O"))
+        toggle_atoms.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+        toggle_atoms.triggered.connect(self.atoms_box.toggle)
+        self.addAction(toggle_atoms)  # a shortcut of the window; the box is its button
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" colour map "))
+        self.colormap_box = QtWidgets.QComboBox()
+        self.colormap_box.addItems(COLORMAPS)
+        self.colormap_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)  # keep Space for pause
+        self.colormap_box.currentTextChanged.connect(self.set_colormap)
+        bar.addWidget(self.colormap_box)
+
+        self.counters = QtWidgets.QLabel()
+        self.counters.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
+        self.counters.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = QtWidgets.QLabel()
+        self.statusBar().addPermanentWidget(self.status, 1)
+
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        splitter.addWidget(self.images)
+        splitter.addWidget(self.plots)
+        splitter.setSizes([560, 240])
+        central = QtWidgets.QWidget()
+        box = QtWidgets.QVBoxLayout(central)
+        box.setContentsMargins(2, 2, 2, 2)
+        box.addWidget(self.banner)
+        box.addWidget(splitter, 1)
+        box.addWidget(self.counters)
+        self.setCentralWidget(central)
+
+    def _action(self, bar: QtWidgets.QToolBar, text: str, key: str, slot, checkable: bool = False) -> QtGui.QAction:
+        action = QtGui.QAction(f"{text} [{key}]", self)
+        action.setShortcut(QtGui.QKeySequence(key))
+        action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+        action.setCheckable(checkable)
+        (action.toggled if checkable else action.triggered).connect(slot)
+        bar.addAction(action)
+        return action
+
+    # ------------------------------------------------------------------ operator controls
+
+    def set_paused(self, paused: bool) -> None:
+        """Freeze the images (the stream, counters and plots go on); unpausing jumps to the newest frame."""
+        self.paused = bool(paused)
+        if self.pause_action.isChecked() != self.paused:
+            self.pause_action.setChecked(self.paused)
+        self._refresh_banner()
+
+    def set_auto_levels(self, auto: bool) -> None:
+        """Levels from every frame (auto) or fixed from the first frames of the series."""
+        self.auto_levels = bool(auto)
+        if self.auto_levels_action.isChecked() != self.auto_levels:
+            self.auto_levels_action.setChecked(self.auto_levels)
+
+    def reset_levels(self) -> None:
+        for panel in self.panels:
+            panel.reset_levels()
+            if panel.shown is not None:
+                panel.show(panel.shown, self.auto_levels)
+
+    def set_show_atoms(self, show: bool) -> None:
+        """Draw the atoms (``serve --atoms``) over the denoised frame, or not."""
+        self.show_atoms = bool(show)
+        if self.atoms_box.isChecked() != self.show_atoms:
+            self.atoms_box.setChecked(self.show_atoms)
+        self.atoms_overlay.setVisible(self.show_atoms)
+        self._update_overlay()
+
+    def set_colormap(self, name: str) -> None:
+        cmap = colormap(name)
+        for panel in self.panels:
+            panel.hist.gradient.setColorMap(cmap)
+
+    def snapshot(self) -> list[Path]:
+        """Save the frames on screen as TIFF (as received: raw dtype, float32 denoised) and a PNG of the window.
+
+        Returns the files written; a failure (disk full, no permission) is shown in the status bar.
+        """
+        frame = self.frame
+        now = time.time()
+        stem = time.strftime("livedenoise-%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        paths: list[Path] = []
+        try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            if frame is not None:
+                stem += f"-s{frame.series_id}-i{frame.image_id}"
+                for panel, header in ((self.raw_panel, frame.raw_header), (self.denoised_panel, frame.denoised_header)):
+                    if panel.shown is not None:
+                        path = self.snapshot_dir / f"{stem}-{panel.title}.tif"
+                        meta = {k: v for k, v in header.items() if isinstance(v, int | float | str)}
+                        tifffile.imwrite(path, panel.shown, metadata=meta)
+                        paths.append(path)
+            png = self.snapshot_dir / f"{stem}-window.png"
+            if not self.grab().save(str(png)):
+                raise OSError(f"cannot write {png}")
+            paths.append(png)
+        except OSError as exc:
+            self.statusBar().showMessage(f"snapshot failed: {exc}", 10000)
+            return paths
+        self.statusBar().showMessage(f"snapshot saved: {self.snapshot_dir / stem}-*", 5000)
+        return paths
+
+    # ------------------------------------------------------------------ drawing
+
+    @QtCore.Slot()
+    def _on_frames_waiting(self) -> None:
+        self._dirty = True
+
+    def _draw(self) -> None:
+        """Timer tick: draw the newest frame pair, if one arrived (skipped while paused), and the
+        atoms of the frame on screen (also while paused: they may arrive after their frame)."""
+        if not self.paused and self._dirty:
+            self._dirty = False
+            self._draw_frames()
+        self._update_overlay()
+
+    def _draw_frames(self) -> None:
+        frame = self.buffer.take_frames()
+        if frame is None:
+            return
+        if self.frame is not None and frame.series_id != self.frame.series_id:
+            for panel in self.panels:
+                panel.reset_levels()
+        for panel, data in ((self.raw_panel, frame.raw), (self.denoised_panel, frame.denoised)):
+            if data is not None:
+                panel.show(data, self.auto_levels)
+        self.frame = frame
+        self.frames_drawn += 1
+        self._draws.append(time.monotonic())
+
+    def _update_overlay(self) -> None:
+        """Show the atoms of the frame on screen (or of the frame just before, until they arrive).
+
+        O(1) when neither the frame on screen nor the atoms received changed since the last call.
+        """
+        frame = self.frame
+        ids = None if frame is None or frame.denoised is None else (frame.series_id, frame.image_id)
+        key = (ids, self.buffer.atoms_version, self.show_atoms)
+        if key == self._overlay_key:
+            return
+        self._overlay_key = key
+        atoms = self.buffer.atoms_for(*ids) if ids is not None and self.show_atoms else None
+        if atoms is self.atoms_shown:
+            return
+        self.atoms_shown = atoms
+        if atoms is None or len(atoms) == 0:
+            self.atoms_overlay.clear()
+        else:
+            # [x, y] has pixel centres at integers; the image item puts pixel (i, j) on [j, j+1] x [i, i+1]
+            self.atoms_overlay.setData(pos=atoms.positions + np.float32(0.5))
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing received for WAITING_AFTER_S seconds (or ever)."""
+        return self.buffer.idle_for() > WAITING_AFTER_S
+
+    def display_fps(self, now: float | None = None) -> float:
+        """Frames drawn during the last second."""
+        now = time.monotonic() if now is None else now
+        return float(sum(1 for t in self._draws if t > now - 1.0))
+
+    def _refresh_info(self) -> None:
+        """INFO_HZ: waiting state, histograms, counters, status line."""
+        now = time.monotonic()
+        self._refresh_banner()
+        if self._histograms_at != self.frames_drawn:  # only when a new frame was drawn
+            self._histograms_at = self.frames_drawn
+            for panel in self.panels:
+                if panel.shown is not None:
+                    panel.hist.refresh()
+        self._refresh_text(now)
+
+    def _refresh_banner(self) -> None:
+        error = self.receiver.error
+        if error is not None:
+            text, bg = f"receiver stopped: {error}", "#a03030"
+        elif self.waiting:
+            idle = self.buffer.idle_for()
+            since = "nothing received yet" if idle == float("inf") else f"nothing for {idle:.0f} s"
+            text, bg = f"waiting for stream… ({self.address}, {since})", "#b86e00"
+        elif self.paused:
+            text, bg = "paused: the stream goes on; Space resumes", "#2f5fa0"
+        else:
+            self.banner.hide()
+            return
+        self.banner.setText(text)
+        self.banner.setStyleSheet(_BANNER_STYLE.format(bg=bg))
+        self.banner.show()
+
+    def _refresh_plots(self) -> None:
+        """PLOT_HZ: data and explicit ranges (the window scrolls; y fits the visible data)."""
+        now = time.monotonic()
+        elapsed = self.buffer.elapsed(now)
+        self._display_fps.append((elapsed, self.display_fps(now)))
+        hist = self.buffer.history()
+        start = max(0.0, elapsed - PLOT_SPAN_S)
+        shown = np.array(self._display_fps, dtype=np.float64).reshape(-1, 2)
+        self.css_points.setData(hist.css_t, hist.css)
+        self.css_line.setData(hist.css_t, moving_mean(hist.css, CSS_SMOOTH))
+        self.atoms_points.setData(hist.atoms_t, hist.atoms)
+        self.atoms_line.setData(hist.atoms_t, moving_mean(hist.atoms, CSS_SMOOTH))
+        self.fps_in.setData(hist.stats_t, hist.stats["fps_in"], connect="finite")
+        self.fps_out.setData(hist.stats_t, hist.stats["fps_out"], connect="finite")
+        self.fps_shown.setData(shown[:, 0], shown[:, 1])
+        self.latency_p50.setData(hist.stats_t, hist.stats["latency_ms_p50"], connect="finite")
+        self.latency_p99.setData(hist.stats_t, hist.stats["latency_ms_p99"], connect="finite")
+        self.css_plot.setXRange(start, max(elapsed, 1.0), padding=0.02)  # the other two are linked
+        recent = hist.stats_t >= start
+        fit_y(self.css_plot, hist.css[hist.css_t >= start])
+        fit_y(self.atoms_plot, hist.atoms[hist.atoms_t >= start], zero=True)
+        fit_y(self.fps_plot, hist.stats["fps_in"][recent], hist.stats["fps_out"][recent], shown[shown[:, 0] >= start, 1], zero=True)
+        fit_y(self.latency_plot, hist.stats["latency_ms_p50"][recent], hist.stats["latency_ms_p99"][recent], zero=True)
+
+    def _refresh_text(self, now: float) -> None:
+        stats = self.buffer.last_stats
+        counts = self.buffer.counts
+
+        def stat(key: str, fmt: str = "{}") -> str:
+            value = stats.get(key)
+            try:
+                return "–" if value is None else fmt.format(value)
+            except (TypeError, ValueError):  # a daemon of another version: show it as it came
+                return str(value)
+
+        lines = [
+            f"daemon  received {stat('received')}  denoised {stat('denoised')}  dropped {stat('dropped')}"
+            f"  malformed {stat('malformed')}  failed {stat('failed')}  queue {stat('queue_depth')}"
+            f"  | in {stat('fps_in', '{:.1f}')} fps  out {stat('fps_out', '{:.1f}')} fps"
+            f"  p50 {stat('latency_ms_p50', '{:.1f}')} ms  p99 {stat('latency_ms_p99', '{:.1f}')} ms",
+            f"viewer  raw {counts['raw']}  denoised {counts['denoised']}  stats {counts['stats']}"
+            f"  atoms {counts['atoms']}  bad {counts['malformed']}  drawn {self.frames_drawn}"
+            f"  display {self.display_fps(now):.0f} fps",
+        ]
+        if "atoms_frames" in stats:
+            lines[0] += f"  | atoms {stat('atoms_last')}  finder p50 {stat('atoms_ms_p50', '{:.2f}')} ms"
+            lines[0] += f"  skipped {stat('atoms_skipped')}  failed {stat('atoms_failed')}"
+        frame = self.frame
+        if frame is not None:
+            css, latency = frame.denoised_header.get("css"), frame.denoised_header.get("latency_ms")
+            lines.append(
+                f"shown   series {frame.series_id}  image {frame.image_id}"
+                + (f"  CSS {css:.3f}" if isinstance(css, float) else "")
+                + (f"  latency {latency:.1f} ms" if isinstance(latency, int | float) else "")
+                + self._atoms_text(frame)
+                + ("  (paused)" if self.paused else "")
+            )
+        self.counters.setText("\n".join(lines))
+        self.status.setText(
+            f"model {stats.get('model', '–')} · provider {stats.get('provider', '–')}"
+            f" · stream {self.address} · series {'–' if frame is None else frame.series_id}"
+        )
+
+    def _atoms_text(self, frame: FramePair) -> str:
+        atoms = self.atoms_shown
+        if atoms is None:
+            return ""
+        if atoms.image_id == frame.image_id:
+            return f"  atoms {atoms.count}"
+        return f"  atoms {atoms.count} (of image {atoms.image_id})"
+
+    # ------------------------------------------------------------------ lifetime
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop the timers and the receiver thread (idempotent; called on close)."""
+        self._draw_timer.stop()
+        self._info_timer.stop()
+        self._plot_timer.stop()
+        self.receiver.stop()

@@ -1,0 +1,447 @@
+"""``serve --atoms`` end to end: the ``atoms`` topic on real sockets, from a real onnxruntime session.
+
+The detector side is a PUSH socket (``serve --pull``), so no frame is lost to PUB/SUB's slow
+joiner. The clean-frame tests use a near-identity model (``clean = tanh(3 x)`` with the input
+normalised by the model card), so the published atoms can be held to the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt loads (the viewer test)
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import livedenoise.daemon._atoms
+from conftest import bind_detector
+from livedenoise.errors import LivedenoiseError, MalformedMessage
+from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
+from livedenoise.protocol import (
+    MAX_ATOMS,
+    TOPIC_ATOMS,
+    decode_atoms,
+    encode_atoms,
+    encode_end,
+    encode_image,
+    encode_published,
+    encode_start,
+    pack,
+)
+from livedenoise.sim import SimConfig, render_atoms, simulate_movie
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tanh_model(path: Path, scale: float = 3.0) -> Path:
+    """A real ONNX "denoiser" close to identity: ``clean = tanh(scale * frame)``, no convolution.
+
+    Atoms keep their positions and stay Gaussian-like (tanh only compresses the peaks a little):
+    published at ``(clean + 1) / 2``, a frame in [0, 1] has background 0.5 and an atom ~0.95
+    (0.45 above the background: over the default threshold, 0.4).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", [INPUT_NAME], [OUTPUT_NAME])],
+        "tanh",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    card = ModelCard(preset="tanh-identity", normalisation=Normalisation(offset=0.0, scale=scale))
+    helper.set_model_props(model, {METADATA_KEY: card.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def identity_model(tmp_path) -> Path:
+    return tanh_model(tmp_path / "tanh.onnx")
+
+
+def start_atoms_daemon(daemon_factory, subscriber, free_addr, model, **fields):
+    """A started daemon with ``atoms=True`` (PULL input), a PUSH detector and a ready subscriber."""
+    source = free_addr()
+    daemon = daemon_factory(model=model, source=source, pull=True, atoms=True, **fields)
+    sub = subscriber(daemon.publish_address)
+    sub.wait_ready()
+    return daemon, bind_detector(source), sub
+
+
+def collect_atoms(sub, n: int, timeout: float = 20.0) -> tuple[dict, dict]:
+    """Read until ``n`` atoms messages came; returns ``({ids: AtomsMessage}, {ids: denoised})``."""
+    atoms, denoised = {}, {}
+    deadline = time.monotonic() + timeout
+    while len(atoms) < n and time.monotonic() < deadline:
+        msg = sub.recv(0.2)
+        if msg is None:
+            continue
+        ids = (msg.header.get("series_id"), msg.header.get("image_id"))
+        if msg.topic == TOPIC_ATOMS:
+            atoms[ids] = decode_atoms(msg)
+        elif msg.topic == b"denoised":
+            denoised[ids] = msg
+    return atoms, denoised
+
+
+def nearest_distance(true_xy: np.ndarray, found_xy: np.ndarray) -> np.ndarray:
+    """For each true atom, the distance to the closest found one (inf if none was found)."""
+    if len(found_xy) == 0:
+        return np.full(len(true_xy), np.inf)
+    diff = np.asarray(true_xy, np.float64)[:, None, :] - np.asarray(found_xy, np.float64)[None, :, :]
+    return np.hypot(diff[..., 0], diff[..., 1]).min(axis=1)
+
+
+# --------------------------------------------------------------------------- against the truth
+
+
+def test_atoms_of_clean_simulated_frames_match_the_truth_within_half_a_pixel(
+    identity_model, free_addr, daemon_factory, subscriber
+):
+    movie = simulate_movie(SimConfig(frames=4, seed=11))  # 128², single atoms and clusters
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    push.send_multipart(encode_start(3))
+    for t, truth in enumerate(movie.truth):
+        clean = (truth / truth.max()).astype("<f4")
+        push.send_multipart(encode_image(clean, series_id=3, image_id=t, start_time=1000 + t))
+    atoms, denoised = collect_atoms(sub, len(movie.truth))
+    push.close()
+
+    assert sorted(atoms) == [(3, t) for t in range(len(movie.truth))]
+    for t, true_xy in enumerate(movie.positions):
+        msg = atoms[3, t]
+        assert msg.count == len(msg) == len(true_xy)  # nothing missed, nothing extra (27 atoms)
+        assert msg.positions.dtype == np.float32 and msg.positions.shape == (len(true_xy), 2)
+        dist = nearest_distance(true_xy, msg.positions)
+        assert dist.max() < 0.5, f"frame {t}: an atom published {dist.max():.2f} px from the truth"
+        assert np.median(dist) < 0.1
+        # heights and intensities are those of the published denoised frame, brightest first
+        frame = denoised[3, t].data
+        assert np.all(np.diff(msg.heights) <= 0) and np.all(msg.heights > msg.threshold)
+        assert msg.threshold == pytest.approx(0.4)  # serve's default
+        assert msg.header["background"] == pytest.approx(float(np.median(frame)))
+        assert np.all(msg.intensities > msg.heights)  # summed over 5x5 px of a 2 px wide peak
+        assert msg.header["start_time"] == 1000 + t and msg.header["finder_ms"] >= 0
+        assert abs(msg.header["time_ns"] - time.time_ns()) < 60e9
+    stats = sub.stats_until(lambda s: s.get("atoms_frames") == len(movie.truth))
+    assert stats["atoms_last"] == len(movie.positions[-1])
+    assert stats["atoms_skipped"] == stats["atoms_failed"] == 0
+    assert stats["atoms_ms_p50"] > 0 and stats["atoms_ms_p99"] >= stats["atoms_ms_p50"]
+
+
+def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, free_addr, daemon_factory, subscriber):
+    # 72 x 100 (rows x columns) is not a multiple of the model's 8 on one side: padded and cropped back
+    true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [80.45, 50.9], [60.1, 60.55], [25.8, 55.3]])
+    frame = render_atoms(true_xy, (72, 100), peak=1.0)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
+    atoms, _ = collect_atoms(sub, 1)
+    push.close()
+    (msg,) = atoms.values()
+    assert msg.count == 5
+    assert nearest_distance(true_xy, msg.positions).max() < 0.1  # x is the column, y the row
+    assert np.all(msg.positions[:, 0] < 100) and np.all(msg.positions[:, 1] < 72)
+
+
+def test_relative_threshold_counts_against_the_frame_s_highest_peak(
+    identity_model, free_addr, daemon_factory, subscriber
+):
+    true_xy = np.array([[20.0, 20.0], [44.0, 20.0], [20.0, 44.0]])
+    frame = render_atoms(true_xy[:1], 64, peak=1.0) + render_atoms(true_xy[1:], 64, peak=0.25)
+    # the faint two are ~0.32 above the background: under the default 0.4, over 10 % of the brightest
+    daemon, push, sub = start_atoms_daemon(
+        daemon_factory, subscriber, free_addr, identity_model, atoms_threshold=0.1, atoms_relative=True
+    )
+    push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
+    atoms, _ = collect_atoms(sub, 1)
+    push.close()
+    (msg,) = atoms.values()
+    assert msg.count == 3 and nearest_distance(true_xy, msg.positions).max() < 0.1
+    assert nearest_distance(true_xy[:1], msg.positions[:1])[0] < 0.1  # the brightest first
+    assert msg.heights[1] < 0.4 and msg.threshold == pytest.approx(0.1 * msg.heights[0])  # the absolute one applied
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_finder_failures_and_odd_frames_are_counted_and_serving_goes_on(
+    identity_model, free_addr, daemon_factory, subscriber, monkeypatch
+):
+    real = livedenoise.daemon._atoms.find_atoms
+
+    def flaky(frame, **kw):
+        if frame.shape == (40, 40):  # the finder hits a bug on this frame
+            raise RuntimeError("injected finder failure")
+        return real(frame, **kw)
+
+    monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", flaky)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    one_atom = render_atoms(np.array([[10.4, 12.6]]), 24, peak=1.0).astype("<f4")
+    nan = one_atom.copy()
+    nan[3, 3] = np.nan
+    frames = [
+        (0, np.zeros((32, 32), "<f4")),  # blank: a flat frame has no atoms
+        (1, np.zeros((40, 40), "<f4")),  # the finder fails on it
+        (2, nan),  # NaN pixels: malformed, never denoised, so no atoms either
+        (3, np.ones((5, 3), "<f4")),  # tiny
+        (4, one_atom),
+    ]
+    for image_id, frame in frames:
+        push.send_multipart(encode_image(frame, series_id=1, image_id=image_id))
+    push.send_multipart([pack({"htype": "image", "series_id": 1})])  # malformed input message
+    atoms, denoised = collect_atoms(sub, 3)
+    push.close()
+
+    assert sorted(atoms) == [(1, 0), (1, 3), (1, 4)]
+    assert (1, 1) in denoised and (1, 2) not in denoised  # 1 was denoised, only its atoms failed
+    assert atoms[1, 0].count == atoms[1, 3].count == 0 and len(atoms[1, 0].positions) == 0
+    assert atoms[1, 4].count == 1 and nearest_distance([[10.4, 12.6]], atoms[1, 4].positions)[0] < 0.1
+    stats = sub.stats_until(lambda s: s["atoms_failed"] == 1 and s["atoms_frames"] == 3)
+    assert stats["denoised"] == 4 and stats["malformed"] == 2 and stats["atoms_skipped"] == 0
+    assert all(t.is_alive() for t in daemon._threads) and daemon.atoms._thread.is_alive()
+
+
+def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
+    identity_model, free_addr, daemon_factory, subscriber, monkeypatch
+):
+    real = livedenoise.daemon._atoms.find_atoms
+
+    def slow(frame, **kw):
+        time.sleep(0.2)
+        return real(frame, **kw)
+
+    monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", slow)
+    n = 40
+    # lossless: frames are never dropped, so a finder that held back publishing would hold back everything
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model, lossless=True)
+    frame = render_atoms(np.array([[10.0, 10.0]]), 24, peak=1.0).astype("<f4")
+    t0 = time.monotonic()
+    for i in range(n):
+        push.send_multipart(encode_image(frame, series_id=1, image_id=i))
+    denoised, _ = sub.collect(n, timeout=20)
+    elapsed = time.monotonic() - t0
+    push.close()
+    assert len(denoised) == n
+    assert elapsed < n * 0.2 / 2, f"{n} frames took {elapsed:.1f} s: publishing waited for the finder"
+    stats = sub.stats_until(lambda s: s["atoms_frames"] + s["atoms_skipped"] == n, timeout=20)
+    assert stats["atoms_skipped"] > 0 and stats["atoms_failed"] == 0 and stats["dropped"] == 0
+
+
+def test_daemon_without_atoms_publishes_none(conv_model, free_addr, daemon_factory, subscriber):
+    source = free_addr()
+    daemon = daemon_factory(model=conv_model, source=source, pull=True)
+    sub = subscriber(daemon.publish_address)
+    sub.wait_ready()
+    push = bind_detector(source)
+    for i in range(3):
+        push.send_multipart(encode_image(np.full((16, 16), 5, "<u2"), series_id=1, image_id=i))
+    atoms, denoised = collect_atoms(sub, 1, timeout=2)
+    push.close()
+    assert not atoms and len(denoised) == 3
+    assert "atoms_frames" not in sub.last_stats
+
+
+# --------------------------------------------------------------------------- the wire format
+
+
+def test_atoms_message_round_trip_and_cap():
+    rng = np.random.default_rng(0)
+    k = MAX_ATOMS + 10
+    pos, inten, heights = rng.random((k, 2)) * 100, rng.random(k), np.sort(rng.random(k))[::-1]
+    parts = encode_atoms({"series_id": 2, "image_id": 9, "start_time": 5}, pos, inten, heights, threshold=0.25)
+    assert len(parts) == 2 and parts[0] == TOPIC_ATOMS and len(parts[1]) < 64 * 1024
+    msg = decode_atoms(parts)
+    assert (msg.series_id, msg.image_id, msg.count, len(msg), msg.threshold) == (2, 9, k, MAX_ATOMS, 0.25)
+    np.testing.assert_array_equal(msg.positions, pos[:MAX_ATOMS].astype(np.float32))
+    np.testing.assert_array_equal(msg.intensities, inten[:MAX_ATOMS].astype(np.float32))
+    np.testing.assert_array_equal(msg.heights, heights[:MAX_ATOMS].astype(np.float32))
+    assert msg.header["start_time"] == 5
+    empty = decode_atoms(encode_atoms({"series_id": 1, "image_id": 0}, np.zeros((0, 2)), [], [], threshold=0.3))
+    assert empty.count == 0 and empty.positions.shape == (0, 2)
+    with pytest.raises(ValueError):
+        encode_atoms({}, np.zeros(4), np.zeros(4), np.zeros(4), threshold=0.3)  # positions not (K, 2)
+
+
+def _atoms_header(**changes) -> dict:
+    f4 = np.zeros(3, "<f4").tobytes()
+    header = {"series_id": 1, "image_id": 4, "count": 3, "threshold": 0.3, "positions": f4 * 2,
+              "intensities": f4, "heights": f4}  # fmt: skip
+    return {k: v for k, v in {**header, **changes}.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"denoised", pack(_atoms_header())],
+        [TOPIC_ATOMS, pack(_atoms_header()), b"\x00" * 4],
+        [TOPIC_ATOMS, b"\xc1 not msgpack"],
+        [TOPIC_ATOMS, pack(_atoms_header(image_id=True))],
+        [TOPIC_ATOMS, pack(_atoms_header(count=None))],
+        [TOPIC_ATOMS, pack(_atoms_header(count=2))],
+        [TOPIC_ATOMS, pack(_atoms_header(threshold="high"))],
+        [TOPIC_ATOMS, pack(_atoms_header(positions=[1.0, 2.0]))],
+        [TOPIC_ATOMS, pack(_atoms_header(positions=b"\x00" * 20))],
+        [TOPIC_ATOMS, pack(_atoms_header(heights=b"\x00" * 8))],
+        [TOPIC_ATOMS, pack(_atoms_header(count=MAX_ATOMS + 1, positions=b"\x00" * 8 * (MAX_ATOMS + 1),
+                                         intensities=b"\x00" * 4 * (MAX_ATOMS + 1), heights=b"\x00" * 4 * (MAX_ATOMS + 1)))],
+    ],
+    ids=["topic", "payload", "not-msgpack", "bool-id", "no-count", "count-too-small", "threshold-str",
+         "positions-list", "positions-odd", "lengths-differ", "too-many"],
+)  # fmt: skip
+def test_bad_atoms_messages_are_rejected(parts):
+    with pytest.raises(MalformedMessage):
+        decode_atoms(parts)
+
+
+def test_viewer_buffer_counts_bad_atoms_and_finds_those_of_the_shown_frame():
+    from livedenoise.viewer import StreamBuffer
+
+    buf = StreamBuffer()
+
+    def atoms(image_id, k, series_id=1):
+        xy = np.full((k, 2), float(image_id))
+        return encode_atoms({"series_id": series_id, "image_id": image_id}, xy, np.ones(k), np.ones(k), threshold=0.3)
+
+    buf.ingest_parts([TOPIC_ATOMS, pack(_atoms_header(count=1))])
+    buf.ingest_parts(encode_published(TOPIC_ATOMS, {"series_id": 1}, np.zeros((2, 2), "<f4")))
+    assert buf.counts["malformed"] == 2 and buf.last_atoms is None and buf.atoms_version == 0
+    for i, k in ((3, 2), (5, 4), (6, 1)):
+        buf.ingest_parts(atoms(i, k))
+    buf.ingest_parts(atoms(7, 9, series_id=2))
+    assert buf.counts["atoms"] == 4 and buf.atoms_version == 4
+    assert buf.atoms_for(1, 5).image_id == 5  # its own
+    assert buf.atoms_for(1, 4).image_id == 3  # not here yet: the newest of an earlier frame
+    assert buf.atoms_for(1, 2) is None  # nothing earlier
+    assert buf.atoms_for(1, 40) is None  # too far behind to stand in
+    assert buf.atoms_for(2, 7).count == 9 and buf.atoms_for(3, 7) is None
+    hist = buf.history()
+    np.testing.assert_array_equal(hist.atoms, [2, 4, 1, 9])
+    assert hist.atoms_t.shape == (4,) and np.all(np.diff(hist.atoms_t) >= 0)
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_atoms_threshold_option():
+    from livedenoise.cli._pipeline import format_stats, parse_atoms_threshold
+    from livedenoise.daemon import ServeConfig
+
+    assert parse_atoms_threshold(None, atoms=False) == {}  # ServeConfig's defaults
+    assert parse_atoms_threshold("0.15", atoms=True) == {"atoms_threshold": 0.15, "atoms_relative": False}
+    assert parse_atoms_threshold(" 25% ", atoms=True) == {"atoms_threshold": 0.25, "atoms_relative": True}
+    for text, atoms in (("0.2", False), ("lots", True), ("%", True)):
+        with pytest.raises(LivedenoiseError):
+            parse_atoms_threshold(text, atoms)
+    for thr, rel in ((-0.1, False), (1.5, True), (float("nan"), False)):
+        with pytest.raises(LivedenoiseError, match="atoms-threshold"):
+            ServeConfig(model=Path("m.onnx"), atoms=True, atoms_threshold=thr, atoms_relative=rel)
+    line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61})
+    assert line.endswith("| atoms 27 (0.6 ms)")
+    assert "atoms" not in format_stats({"fps_in": 150.0})
+
+
+def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model, free_addr):
+    """The import boundary with atom finding on and frames flowing through it."""
+    source = free_addr()
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        import numpy as np, zmq
+        from livedenoise.daemon import Daemon, ServeConfig
+        from livedenoise.protocol import encode_image
+        daemon = Daemon(ServeConfig(model=Path({str(identity_model)!r}), source={source!r}, pull=True,
+                                    publish={free_addr()!r}, provider="cpu", warmup_shape=None, atoms=True))
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.bind({source!r})
+        daemon.start()
+        for i in range(5):
+            push.send_multipart(encode_image(np.zeros((32, 32), "<f4"), series_id=1, image_id=i))
+        deadline = time.monotonic() + 20
+        while daemon.atoms.frames < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        daemon.stop()
+        push.close(0)
+        print("FRAMES:", daemon.atoms.frames)
+        print("LOADED:", ",".join(sorted(m for m in sys.modules if m.split(".")[0] in
+              ("torch", "PySide6", "PyQt6", "PyQt5", "pyqtgraph", "scipy", "skimage", "matplotlib"))))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FRAMES: 5\n" in proc.stdout and "LOADED: \n" in proc.stdout, proc.stdout
+
+
+def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, free_addr, daemon_factory):
+    """The subscriber lines of docs/protocol.md's atoms section, run as written."""
+    text = (REPO / "docs" / "protocol.md").read_text()
+    section = text[text.index("### Atoms subscriber") :]
+    start = section.index("```python") + len("```python")
+    example = section[start : section.index("```", start)]
+    source = free_addr()
+    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", example, daemon.publish_address, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    push = bind_detector(source)
+    frame = render_atoms(np.array([[10.4, 12.6], [20.0, 8.0]]), 32, peak=1.0).astype("<f4")
+    try:
+        deadline = time.monotonic() + 60
+        i = 0
+        while proc.poll() is None and time.monotonic() < deadline:  # until the example has 3 (slow joiner)
+            push.send_multipart(encode_image(frame, series_id=1, image_id=i))
+            i += 1
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        push.close()
+    assert proc.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all("2 atoms" in line for line in lines), out
+    assert "[10.4, 12.6]" in lines[0] or "[20.0, 8.0]" in lines[0], out
+
+
+def test_viewer_draws_the_atoms_of_a_live_daemon(qtbot, identity_model, free_addr, daemon_factory, tmp_path):
+    """serve --atoms -> view: rings on the denoised frame at the published positions, and a count plot."""
+    pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
+    from livedenoise.viewer import MonitorWindow
+
+    true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [30.45, 50.9]])
+    frame = render_atoms(true_xy, 64, peak=1.0).astype("<f4")
+    source = free_addr()
+    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=True)
+    win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
+    qtbot.addWidget(win)
+    push = bind_detector(source)
+    try:
+        win.show()
+        qtbot.waitExposed(win)
+        sent = iter(range(10**6))
+
+        def drawn() -> bool:  # keep sending until the subscription is in effect and atoms are drawn
+            push.send_multipart(encode_image(frame, series_id=1, image_id=next(sent)))
+            qtbot.wait(30)
+            return win.atoms_shown is not None and win.atoms_shown.image_id == win.frame.image_id
+
+        qtbot.waitUntil(drawn, timeout=15000)
+        spots = np.array(win.atoms_overlay.getData()).T
+        assert spots.shape == (3, 2) and win.atoms_overlay.isVisible()
+        assert nearest_distance(true_xy + 0.5, spots).max() < 0.1  # pixel centres at +0.5 on the image item
+        qtbot.waitUntil(lambda: win.atoms_points.getData()[1] is not None, timeout=3000)  # the 2 Hz plots
+        assert set(win.atoms_points.getData()[1]) == {3}
+    finally:
+        push.close()
+        win.close()

@@ -1,0 +1,159 @@
+"""The pipeline's CLI commands as a user runs them (subprocesses): results, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+import tifffile
+import zmq
+
+from livedenoise.analysis import css_series
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "livedenoise", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in last, last
+
+
+def test_denoise_writes_stack_and_prints_css(conv_model, write_tiff, frames_u2, tmp_path):
+    tiff = write_tiff(frames_u2)
+    out = tmp_path / "out.tif"
+    proc = run_cli("denoise", tiff, "-o", out, "--model", conv_model, "--max-batch", "5")
+    assert proc.returncode == 0, proc.stderr
+    result = tifffile.imread(out)
+    assert result.shape == frames_u2.shape and result.dtype == np.float32
+    assert 0 <= result.min() and result.max() <= 1
+    scaled = (frames_u2 - frames_u2.min()) / float(frames_u2.max() - frames_u2.min())
+    assert f"mean CSS input (scaled to [0,1] by its min/max): {css_series(scaled).mean():.4f}" in proc.stdout
+    assert f"mean CSS output: {css_series(result).mean():.4f}" in proc.stdout
+
+
+@pytest.mark.parametrize("name, frames_in", [("temporal", 3), ("lowdose", 5)])
+def test_denoise_with_a_shipped_multi_frame_model_by_name(name, frames_in, write_tiff, tmp_path):
+    from livedenoise.engine import Engine, default_model_path
+    from livedenoise.sim import SimConfig, simulate_movie
+
+    frames = simulate_movie(SimConfig(size=64, frames=6, seed=4)).noisy
+    out = tmp_path / "out.tif"
+    proc = run_cli("denoise", write_tiff(frames), "-o", out, "--model", name)
+    assert proc.returncode == 0, proc.stderr
+    path = default_model_path().with_name(f"{name}.onnx")
+    engine = Engine(path, provider="cpu")
+    assert engine.card.input_frames == frames_in
+    expected = np.stack(engine.infer(list(frames)).outputs)  # one series, in order: causal history
+    np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-5)
+    assert not np.allclose(expected[4], np.stack(Engine(path).infer([frames[4]]).outputs)[0])
+
+
+def test_denoise_with_the_shipped_cpu_model_by_name(write_tiff, tmp_path):
+    from livedenoise.engine import Engine, default_model_path
+    from livedenoise.sim import SimConfig, simulate_movie
+
+    frames = simulate_movie(SimConfig(size=128, frames=5, seed=4)).noisy[:, :100, :72]  # not multiples of 16
+    out = tmp_path / "out.tif"
+    proc = run_cli("denoise", write_tiff(frames), "-o", out, "--model", "rt")
+    assert proc.returncode == 0, proc.stderr
+    engine = Engine(default_model_path().with_name("rt.onnx"), provider="cpu")
+    assert engine.card.preset == "rt" and engine.card.size_multiple == 16 and engine.card.training["distil"]["used"]
+    result = tifffile.imread(out)
+    assert result.shape == frames.shape
+    np.testing.assert_allclose(result, np.stack(engine.infer(list(frames)).outputs), atol=1e-5)
+    assert result.std() > 0.01  # a denoised frame, not a constant
+
+
+def test_css_prints_the_series(write_tiff, frames_u2):
+    proc = run_cli("css", write_tiff(frames_u2))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(frames_u2)  # T - 1 pairs and the mean
+    assert lines[-1].startswith("mean")
+    assert lines[0].split("\t")[:2] == ["0", "1"]
+
+
+def test_replay_cli_streams_a_tiff(write_tiff, frames_u2, free_addr):
+    addr = free_addr()
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(addr)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "replay", str(write_tiff(frames_u2)), "--push", "--bind", addr,
+         "--fps", "200"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    headers = []
+    try:
+        while len(headers) < len(frames_u2) + 2 and pull.poll(10_000):
+            headers.append(msgpack.unpackb(pull.recv_multipart()[0]))
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pull.close()
+    assert proc.returncode == 0
+    assert [h["htype"] for h in headers] == ["start"] + ["image"] * len(frames_u2) + ["end"]
+    assert [h["image_id"] for h in headers[1:-1]] == list(range(len(frames_u2)))
+
+
+def test_demo_prints_status_lines(conv_model):
+    proc = run_cli("demo", "--model", conv_model, "--duration", "3.5", "--no-view", "--fps", "60", "--size", "64")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("fps in")]
+    assert len(lines) >= 2, proc.stdout
+    assert "CSS" in lines[-1] and "latency" in lines[-1] and "dropped" in lines[-1]
+
+
+@pytest.fixture
+def busy_addr():
+    """An address whose port is held by another socket."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+
+
+def test_errors_are_one_line_with_exit_code_2(conv_model, build_model, write_tiff, frames_u2, tmp_path, busy_addr):
+    not_tiff = tmp_path / "notes.tif"
+    not_tiff.write_text("not an image")
+    rgb = write_tiff(np.zeros((2, 8, 8, 3), np.uint8), "rgb.tif")
+    junk_model = tmp_path / "junk.onnx"
+    junk_model.write_bytes(b"\x00\x01garbage")
+    bare = build_model("bare.onnx", with_card=False)
+    out = tmp_path / "o.tif"
+    tiff = write_tiff(frames_u2)
+
+    assert_one_line_error(run_cli("denoise", not_tiff, "-o", out, "--model", conv_model), "as TIFF")
+    assert_one_line_error(run_cli("css", not_tiff), "as TIFF")
+    assert_one_line_error(run_cli("css", tmp_path / "absent.tif"), "not found")
+    assert_one_line_error(run_cli("css", rgb), "grey frames")
+    assert_one_line_error(run_cli("css", write_tiff(frames_u2[:1], "one.tif")), "at least two frames")
+    assert_one_line_error(run_cli("denoise", tiff, "-o", out, "--model", junk_model), "cannot load model")
+    assert_one_line_error(run_cli("denoise", tiff, "-o", out, "--model", bare), "no 'livedenoise' metadata")
+    assert_one_line_error(run_cli("denoise", tiff, "-o", out, "--model", tmp_path / "none.onnx"), "not found")
+    assert_one_line_error(
+        run_cli("denoise", tiff, "-o", tmp_path / "no" / "dir" / "o.tif", "--model", conv_model), "cannot write"
+    )
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--publish", busy_addr), "cannot publish")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--source", "nonsense://x"), "cannot connect")
+    assert_one_line_error(run_cli("replay", "--synthetic", "--bind", busy_addr), "cannot bind")
+    assert_one_line_error(run_cli("replay", not_tiff), "as TIFF")
+    assert_one_line_error(run_cli("serve", "--model", junk_model), "cannot load model")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--provider", "nope"), "not available")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--max-batch-pixels", "0"), "at least 1")

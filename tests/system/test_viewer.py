@@ -1,0 +1,526 @@
+"""The live monitor, headless: a real ZMQ publisher feeds known frames and stats to a real window.
+
+Qt runs offscreen (set here, before any Qt import). Every wait is bounded (``qtbot.waitUntil``
+with a timeout), every window is closed and its receiver thread stopped at the end of its test.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt loads: pixel tests need the same platform everywhere
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zmq
+
+from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_atoms, encode_published
+from livedenoise.viewer import StreamBuffer
+
+pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
+
+from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = 64
+
+
+class FakeDaemon:
+    """The daemon's PUB side, driven by the test: known frames and stats, on a given port."""
+
+    def __init__(self, port: int):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # the tests decide what is sent; nothing dropped here
+        deadline = time.monotonic() + 5
+        while True:  # rebinding a port just released may need a moment
+            try:
+                self.sock.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def frame(self, raw, denoised, *, series_id=1, image_id=0, css=None, latency_ms=2.5) -> None:
+        ids = {"series_id": series_id, "image_id": image_id}
+        self.sock.send_multipart(encode_published(TOPIC_DENOISED, {**ids, "css": css, "latency_ms": latency_ms}, denoised))
+        self.sock.send_multipart(encode_published(TOPIC_RAW, ids, raw))
+
+    def atoms(self, positions, *, series_id=1, image_id=0) -> None:
+        k = len(positions)
+        ids = {"series_id": series_id, "image_id": image_id}
+        self.sock.send_multipart(
+            encode_atoms(ids, np.reshape(positions, (k, 2)), np.ones(k), np.ones(k), threshold=0.3)
+        )
+
+    def stats(self, **fields) -> None:
+        header = {
+            "received": 0, "denoised": 0, "dropped": 0, "malformed": 0, "failed": 0,
+            "fps_in": 150.0, "fps_out": 149.5, "latency_ms_p50": 3.0, "latency_ms_p99": 7.5,
+            "queue_depth": 0, "css": 0.8, "model": "tiny-test", "provider": "CPUExecutionProvider",
+        }  # fmt: skip
+        self.sock.send_multipart(encode_published(TOPIC_STATS, {**header, **fields}))
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def blocks(values, dtype) -> np.ndarray:
+    """A SIZE² frame of four uniform 32² quadrants: [[a, b], [c, d]]."""
+    a, b, c, d = values
+    half = SIZE // 2
+    frame = np.empty((SIZE, SIZE), dtype)
+    frame[:half, :half], frame[:half, half:], frame[half:, :half], frame[half:, half:] = a, b, c, d
+    return frame
+
+
+RAW = blocks((100, 400, 700, 1000), "<u2")
+DENOISED = blocks((0.1, 0.4, 0.7, 0.9), "<f4")
+
+
+@pytest.fixture
+def port(free_port) -> int:
+    return free_port()
+
+
+@pytest.fixture
+def daemon(port):
+    pubs = [FakeDaemon(port)]
+    yield pubs  # a list: the restart test appends the second life of the daemon
+    for pub in pubs:
+        pub.close()
+
+
+@pytest.fixture
+def window(qtbot, port, tmp_path):
+    win = MonitorWindow(f"tcp://127.0.0.1:{port}", snapshot_dir=tmp_path / "snapshots")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+    assert not win.receiver.is_alive(), "the receiver thread outlived its window"
+    QtWidgets.QApplication.processEvents()
+    assert not [w for w in QtWidgets.QApplication.topLevelWidgets() if w.isVisible()], "leaked widgets"
+
+
+def connect(qtbot, pub: FakeDaemon, win: MonitorWindow) -> None:
+    """Send stats until the viewer hears them: the subscription is then in effect (slow joiner)."""
+    start = win.buffer.counts["stats"]
+
+    def heard() -> bool:
+        pub.stats()
+        QtCore.QThread.msleep(10)
+        return win.buffer.counts["stats"] > start
+
+    qtbot.waitUntil(heard, timeout=5000)
+
+
+def shown_id(win: MonitorWindow):
+    return None if win.frame is None else (win.frame.series_id, win.frame.image_id)
+
+
+def screen_grey(win: MonitorWindow, panel, row: int, col: int) -> tuple[int, int, int]:
+    """The colour on screen at image pixel (row, col) of a panel, from a grab of the image widget."""
+    scene = panel.image.mapToScene(QtCore.QPointF(col + 0.5, row + 0.5))
+    at = win.images.mapFromScene(scene)
+    color = win.images.grab().toImage().pixelColor(at)
+    return color.red(), color.green(), color.blue()
+
+
+def expected_grey(value: float, levels: tuple[float, float]) -> float:
+    lo, hi = levels
+    return float(np.clip((value - lo) / (hi - lo) * 255, 0, 255))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_displays_the_frames_sent_through_the_levels(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    for i in range(FIXED_LEVEL_FRAMES + 1):
+        pub.frame(RAW, DENOISED, series_id=7, image_id=i, css=0.9)
+    qtbot.waitUntil(lambda: shown_id(window) == (7, FIXED_LEVEL_FRAMES), timeout=3000)
+
+    for panel, sent in ((window.raw_panel, RAW), (window.denoised_panel, DENOISED)):
+        on_screen = panel.image.image
+        assert on_screen.dtype == np.float32 and on_screen.flags.c_contiguous
+        np.testing.assert_array_equal(on_screen, sent.astype(np.float32))
+        levels = panel.levels()  # fixed from the first frames: their 0.1 and 99.9 percentiles
+        assert levels == pytest.approx((float(sent.min()), float(sent.max())))
+        for row, col in ((16, 16), (16, 48), (48, 16), (48, 48)):
+            red, green, blue = screen_grey(window, panel, row, col)
+            assert red == green == blue, "grey colour map"
+            assert abs(red - expected_grey(float(sent[row, col]), levels)) <= 2, (panel.title, row, col, red, levels)
+
+    # brighter quadrants look brighter, as sent
+    greys = [screen_grey(window, window.denoised_panel, r, c)[0] for r, c in ((16, 16), (16, 48), (48, 16), (48, 48))]
+    assert greys == sorted(greys) and greys[0] < greys[-1]
+
+    # pan and zoom are linked: zooming into the raw frame zooms the denoised one alike
+    window.raw_panel.view.setRange(xRange=(8, 24), yRange=(40, 56), padding=0)
+    np.testing.assert_allclose(window.denoised_panel.view.viewRange(), window.raw_panel.view.viewRange())
+
+
+def test_css_plot_counters_and_status_update(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    css_values = [None, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for i, css in enumerate(css_values):
+        pub.frame(RAW, DENOISED, series_id=3, image_id=i, css=css)
+    pub.stats(received=6, denoised=6, dropped=2, malformed=1, failed=0)
+    qtbot.waitUntil(lambda: window.buffer.counts["denoised"] == 6 and window.buffer.last_stats.get("dropped") == 2, timeout=3000)
+
+    def updated() -> bool:
+        _, ys = window.css_points.getData()
+        return ys is not None and len(ys) == 5 and "dropped 2" in window.counters.text()
+
+    qtbot.waitUntil(updated, timeout=3000)
+    np.testing.assert_allclose(window.css_points.getData()[1], [0.5, 0.6, 0.7, 0.8, 0.9])
+    _, smooth = window.css_line.getData()
+    assert smooth[-1] == pytest.approx(0.7)  # mean of the five so far
+    text = window.counters.text()
+    for part in ("received 6", "denoised 6", "dropped 2", "malformed 1", "raw 6"):
+        assert part in text, (part, text)
+    status = window.status.text()
+    for part in ("tiny-test", "CPUExecutionProvider", window.address, "series 3"):
+        assert part in status, (part, status)
+    assert window.fps_out.getData()[1][-1] == pytest.approx(149.5)
+    assert window.latency_p99.getData()[1][-1] == pytest.approx(7.5)
+
+
+def test_pause_freezes_the_picture_while_frames_keep_arriving(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    pub.frame(RAW, DENOISED, image_id=0)
+    qtbot.waitUntil(lambda: shown_id(window) == (1, 0), timeout=3000)
+    before = screen_grey(window, window.raw_panel, 16, 16)
+
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
+    assert window.paused and window.banner.isVisible() and "paused" in window.banner.text()
+    received = window.buffer.counts["denoised"]
+    inverted = (RAW.max() + RAW.min() - RAW).astype("<u2")
+    for i in range(1, 21):
+        pub.frame(inverted, 1.0 - DENOISED, image_id=i)
+    qtbot.waitUntil(lambda: window.buffer.counts["denoised"] == received + 20, timeout=3000)
+    qtbot.wait(200)  # several draw ticks
+    assert shown_id(window) == (1, 0)
+    np.testing.assert_array_equal(window.raw_panel.image.image, RAW.astype(np.float32))
+    assert screen_grey(window, window.raw_panel, 16, 16) == before
+
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Space)
+    assert not window.paused
+    qtbot.waitUntil(lambda: shown_id(window) == (1, 20), timeout=3000)
+    np.testing.assert_array_equal(window.raw_panel.image.image, inverted.astype(np.float32))
+
+
+def test_burst_of_1000_frames_ends_on_the_newest_within_a_few_hundred_ms(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    rng = np.random.default_rng(0)
+    raws = rng.integers(0, 1000, (8, SIZE, SIZE), dtype=np.uint16)
+    drawn_before = window.frames_drawn
+    finished = []
+
+    def burst() -> None:  # from another thread, so the window keeps drawing while frames pour in
+        for i in range(1000):
+            pub.frame(raws[i % 8], DENOISED, series_id=2, image_id=i)
+        finished.append(time.monotonic())
+
+    sender = threading.Thread(target=burst)
+    sender.start()
+    qtbot.waitUntil(lambda: not sender.is_alive(), timeout=10000)
+    qtbot.waitUntil(lambda: shown_id(window) == (2, 999), timeout=3000)
+    lag = time.monotonic() - finished[0]
+    assert lag < 0.5, f"display reached the newest frame {lag * 1e3:.0f} ms after the burst"
+    np.testing.assert_array_equal(window.raw_panel.image.image, raws[999 % 8].astype(np.float32))
+    assert window.frames_drawn - drawn_before < 1000  # older frames were dropped, not queued
+
+
+def test_waiting_state_appears_and_clears_when_the_daemon_restarts(qtbot, daemon, window, port):
+    assert window.waiting and "waiting for stream" in window.banner.text()  # nothing yet
+    connect(qtbot, daemon[0], window)
+    daemon[0].frame(RAW, DENOISED, series_id=1, image_id=0)
+    qtbot.waitUntil(lambda: not window.waiting and not window.banner.isVisible(), timeout=3000)
+
+    daemon.pop().close()  # the daemon goes away
+    qtbot.waitUntil(lambda: window.waiting and window.banner.isVisible(), timeout=5000)
+    assert "waiting for stream" in window.banner.text() and window.address in window.banner.text()
+    assert window.receiver.is_alive()
+
+    restarted = FakeDaemon(port)  # same port: the SUB socket reconnects by itself
+    daemon.append(restarted)
+
+    def back() -> bool:
+        restarted.frame(RAW, DENOISED, series_id=2, image_id=0)
+        QtCore.QThread.msleep(20)
+        return shown_id(window) == (2, 0)
+
+    qtbot.waitUntil(back, timeout=5000)
+    qtbot.waitUntil(lambda: not window.waiting and not window.banner.isVisible(), timeout=3000)
+
+
+def test_snapshot_saves_the_frames_on_screen_and_the_window(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    pub.frame(RAW, DENOISED, series_id=4, image_id=11)
+    qtbot.waitUntil(lambda: shown_id(window) == (4, 11), timeout=3000)
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_S)
+    qtbot.waitUntil(lambda: len(list(window.snapshot_dir.glob("*"))) == 3, timeout=3000)
+    raw_tif, = window.snapshot_dir.glob("*-s4-i11-raw.tif")
+    den_tif, = window.snapshot_dir.glob("*-s4-i11-denoised.tif")
+    png, = window.snapshot_dir.glob("*-s4-i11-window.png")
+    np.testing.assert_array_equal(tifffile.imread(raw_tif), RAW)
+    assert tifffile.imread(raw_tif).dtype == RAW.dtype
+    np.testing.assert_array_equal(tifffile.imread(den_tif), DENOISED)
+    image = QtGui.QImage(str(png))
+    assert image.width() == window.width() and image.height() == window.height()
+
+
+def test_levels_toggle_and_colour_map(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    for i in range(FIXED_LEVEL_FRAMES):  # one at a time: fixed levels come from the first frames drawn
+        pub.frame(RAW, DENOISED, image_id=i)
+        qtbot.waitUntil(lambda: shown_id(window) == (1, i), timeout=3000)
+    fixed = window.raw_panel.levels()
+    pub.frame(RAW * 3, DENOISED, image_id=FIXED_LEVEL_FRAMES)  # brighter: fixed levels stay
+    qtbot.waitUntil(lambda: shown_id(window) == (1, FIXED_LEVEL_FRAMES), timeout=3000)
+    assert window.raw_panel.levels() == fixed
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_A)
+    assert window.auto_levels
+    pub.frame(RAW * 3, DENOISED, image_id=FIXED_LEVEL_FRAMES + 1)
+    qtbot.waitUntil(lambda: shown_id(window) == (1, FIXED_LEVEL_FRAMES + 1), timeout=3000)
+    assert window.raw_panel.levels()[1] > fixed[1] * 2
+
+    window.colormap_box.setCurrentText("viridis")
+    lut = window.raw_panel.image.lut
+    lut = lut(window.raw_panel.image.image) if callable(lut) else lut
+    assert lut is not None and len(lut) == 256
+    red, green, blue = screen_grey(window, window.raw_panel, 48, 48)
+    assert not red == green == blue
+
+
+def red_rings_near(win: MonitorWindow, xy, box: int = 12) -> int:
+    """Overlay-coloured screen pixels within ``box`` px of atom position ``[x, y]`` on the denoised image."""
+    scene = win.denoised_panel.image.mapToScene(QtCore.QPointF(xy[0] + 0.5, xy[1] + 0.5))
+    at = win.images.mapFromScene(scene)
+    image = win.images.grab().toImage()
+    count = 0
+    for dx in range(-box, box + 1):
+        for dy in range(-box, box + 1):
+            c = image.pixelColor(at.x() + dx, at.y() + dy)
+            count += c.red() > 180 and c.green() < 140 and c.blue() < 140
+    return count
+
+
+def test_atoms_overlay_follows_the_frame_on_screen_and_toggles(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    first = np.array([[10.0, 12.0], [40.0, 20.0], [50.0, 50.0]], np.float32)
+    pub.frame(RAW, DENOISED, image_id=0)
+    pub.atoms(first, image_id=0)
+    pub.atoms([[5.0, 5.0]], series_id=9, image_id=0)  # another series: never drawn here
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == 0, timeout=3000)
+    np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, first + 0.5)  # on pixel centres
+    assert window.atoms_overlay.isVisible() and window.atoms_box.isChecked()
+    shown_line = lambda: window.counters.text().splitlines()[-1]  # noqa: E731
+    qtbot.waitUntil(lambda: shown_line().startswith("shown") and "atoms 3" in shown_line(), timeout=3000)
+    for xy in first:  # the rings are on screen, over the atoms (grey image: red is only the overlay)
+        assert red_rings_near(window, xy) > 5, xy
+    assert red_rings_near(window, (25.0, 40.0)) == 0  # and nowhere else
+
+    # the next frame: until its atoms arrive, those of the frame before stand in
+    pub.frame(RAW, DENOISED, image_id=1)
+    qtbot.waitUntil(lambda: shown_id(window) == (1, 1), timeout=3000)
+    assert window.atoms_shown.image_id == 0
+    qtbot.waitUntil(lambda: "image 1" in shown_line() and "atoms 3 (of image 0)" in shown_line(), timeout=3000)
+    second = np.array([[30.0, 30.0]], np.float32)
+    pub.atoms(second, image_id=1)
+    qtbot.waitUntil(lambda: window.atoms_shown.image_id == 1, timeout=3000)
+    np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, second + 0.5)
+
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_O)  # off: the checkbox follows the key
+    assert not window.show_atoms and not window.atoms_box.isChecked() and not window.atoms_overlay.isVisible()
+    qtbot.wait(50)
+    assert red_rings_near(window, second[0]) == 0
+    window.atoms_box.setChecked(True)  # on again, from the checkbox
+    assert window.show_atoms and window.atoms_overlay.isVisible()
+    qtbot.waitUntil(lambda: red_rings_near(window, second[0]) > 5, timeout=3000)
+
+    # a frame with no atoms found clears the overlay
+    pub.frame(RAW, DENOISED, image_id=2)
+    pub.atoms(np.zeros((0, 2)), image_id=2)
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == 2, timeout=3000)
+    assert len(window.atoms_overlay.getData()[0]) == 0
+
+
+def test_atom_count_plot_gets_one_point_per_frame(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    counts = [3, 5, 4, 0, 6]
+    for i, k in enumerate(counts):
+        pub.atoms(np.full((k, 2), 8.0), series_id=2, image_id=i)
+    pub.stats(atoms_frames=5, atoms_skipped=0, atoms_failed=0, atoms_last=6, atoms_ms_p50=0.61, atoms_ms_p99=1.2)
+
+    def plotted() -> bool:
+        _, ys = window.atoms_points.getData()
+        return ys is not None and len(ys) == len(counts) and "finder p50 0.61 ms" in window.counters.text()
+
+    qtbot.waitUntil(plotted, timeout=3000)
+    np.testing.assert_array_equal(window.atoms_points.getData()[1], counts)
+    assert window.atoms_line.getData()[1][-1] == pytest.approx(np.mean(counts))
+    assert "atoms 5" in window.counters.text()  # messages received by the viewer
+
+
+def test_stream_buffer_pairs_raw_and_denoised_of_one_frame():
+    buf = StreamBuffer()
+    frame = np.zeros((4, 4), np.float32)
+
+    def send(topic, image_id):
+        buf.ingest_parts(encode_published(topic, {"series_id": 1, "image_id": image_id, "css": 0.5}, frame + image_id))
+
+    send(TOPIC_DENOISED, 0)
+    send(TOPIC_RAW, 0)
+    send(TOPIC_DENOISED, 1)  # its raw is not here yet: the newest complete pair is 0
+    pair = buf.take_frames()
+    assert (pair.image_id, pair.raw[0, 0], pair.denoised[0, 0]) == (0, 0, 0)
+    send(TOPIC_RAW, 1)
+    pair = buf.take_frames()
+    assert (pair.image_id, pair.raw[0, 0], pair.denoised[0, 0]) == (1, 1, 1)
+    buf.ingest_parts([b"denoised", b"\xc1not msgpack", b"x"])
+    assert buf.counts["malformed"] == 1 and buf.take_frames() is None
+
+
+def run_view(address: str, **env_changes) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    return subprocess.run(
+        [sys.executable, "-m", "livedenoise", "view", "--connect", address],
+        env={**env, **env_changes}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "message"),
+    [
+        ("tcp://127.0.0.1:9", {}, "error: no display"),
+        ("nonsense", {"QT_QPA_PLATFORM": "offscreen"}, "error: cannot connect to 'nonsense'"),
+    ],
+    ids=["no-display", "bad-address"],
+)
+def test_view_fails_with_one_clear_line(address, env, message):
+    proc = run_view(address, **env)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- the README's screenshot
+
+DEFAULT_MODEL = REPO / "livedenoise" / "models" / "default.onnx"
+
+
+def gaussian_model(path: Path) -> Path:
+    """A real ONNX denoiser for the screenshot until the default model ships: a 9x9 Gaussian
+    (sigma 1.5 px) convolution + tanh, with a model card mapping background to dark and atoms to bright."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
+
+    grid = np.arange(-4, 5, dtype=np.float32)
+    kernel = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * 1.5**2))
+    kernel = (kernel / kernel.sum())[None, None].astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", [INPUT_NAME, "k"], ["blur"], pads=[4, 4, 4, 4]),
+            helper.make_node("Tanh", ["blur"], [OUTPUT_NAME]),
+        ],
+        "gaussian",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [numpy_helper.from_array(kernel, "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    card = ModelCard(preset="gaussian-sigma1.5", normalisation=Normalisation(offset=0.9, scale=1.5))
+    helper.set_model_props(model, {METADATA_KEY: card.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_screenshot_of_a_replayed_synthetic_stream(qtbot, tmp_path, free_addr, daemon_factory):
+    """Writes docs/monitor.png: replay --synthetic -> serve -> view, as an operator sees it."""
+    from livedenoise.sim import Replayer, ReplayConfig
+
+    model = DEFAULT_MODEL if DEFAULT_MODEL.exists() else gaussian_model(tmp_path / "gaussian.onnx")
+    replayer = Replayer(ReplayConfig(synthetic=True, fps=100, bind=free_addr(), size=128))
+    feeder = threading.Thread(target=replayer.run, daemon=True)
+    daemon = daemon_factory(model=model, source=replayer.endpoint, publish=free_addr(), stats_interval=0.5, threads=1)
+    feeder.start()
+    win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
+    qtbot.addWidget(win)
+    try:
+        win.resize(1280, 860)
+        win.show()
+        qtbot.waitExposed(win)
+        # a few seconds of steady streaming, so the plots show more than the start-up
+        qtbot.waitUntil(lambda: win.buffer.elapsed() > 8 and len(win.buffer.history().css) >= 250, timeout=30000)
+        qtbot.wait(300)  # a last plot refresh
+        assert not win.waiting and win.frame is not None
+        assert win.frame.raw is not None and win.frame.denoised is not None
+        assert "provider" in win.status.text() and daemon.publish_address in win.status.text()
+        out = REPO / "docs" / "monitor.png"
+        out.parent.mkdir(exist_ok=True)
+        assert win.grab().save(str(out))
+    finally:
+        replayer.stop()
+        feeder.join(5)
+        win.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_view_command_shows_the_stream_and_quits_cleanly_on_a_signal(free_port, sig):
+    """The real `livedenoise view` process: it subscribes, and Ctrl-C / SIGTERM end it with status 0."""
+    port = free_port()
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)  # sees the viewer's subscriptions: then the window is being built
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.bind(f"tcp://127.0.0.1:{port}")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "view", "--connect", f"tcp://127.0.0.1:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert xpub.poll(30000), "the viewer never subscribed"
+        subscription = xpub.recv()
+        assert subscription[0] == 1 and subscription[1:] in (TOPIC_RAW, TOPIC_DENOISED, TOPIC_STATS, b"atoms")
+        for i in range(20):  # a few frames while the window comes up
+            xpub.send_multipart(encode_published(TOPIC_RAW, {"series_id": 1, "image_id": i}, RAW))
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        xpub.close()
+        ctx.term()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr

@@ -1,0 +1,33 @@
+"""The daemon's import boundary: importing livedenoise and running serve loads no torch, Qt,
+pyqtgraph, scipy, scikit-image or matplotlib (a serve-only install needs none of them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+FORBIDDEN = ("torch", "PySide6", "PyQt6", "PyQt5", "pyqtgraph", "scipy", "skimage", "matplotlib")
+
+
+def test_serve_imports_neither_torch_nor_qt(conv_model, free_addr):
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        import livedenoise, livedenoise.cli
+        from livedenoise.daemon import Daemon, ServeConfig
+        from livedenoise.sim import Replayer, ReplayConfig
+        import threading
+        daemon = Daemon(ServeConfig(model=Path({str(conv_model)!r}), source={free_addr()!r},
+                                    publish={free_addr()!r}, provider="cpu", warmup_shape=(64, 64)))
+        daemon.start()
+        time.sleep(0.3)
+        daemon.stop()
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
+        print("LOADED:", ",".join(bad))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED: \n" in proc.stdout, proc.stdout
