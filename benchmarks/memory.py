@@ -65,26 +65,22 @@ def hwm_mib(pid: int) -> float:
 
 def child(argv: list[str]) -> None:
     """``serve`` with an EngineConfig from JSON: ``--child JSON MODEL SOURCE PUBLISH WARMUP MAX_BATCH THREADS``."""
-    import dataclasses
     import logging
 
-    from livedenoise import daemon as daemon_mod
-    from livedenoise.engine import Engine
+    from livedenoise.daemon import Daemon, QueueConfig, ServeConfig
+    from livedenoise.engine import EngineConfig
 
     fields, model, source, publish, warmup, max_batch, threads = argv
     size, max_batch = int(warmup), int(max_batch)
-    setting = json.loads(fields)
-
-    def engine(path, config):  # the Daemon's own EngineConfig, with the setting's fields on top
-        return Engine(path, dataclasses.replace(config, **setting))
-
-    daemon_mod.Engine = engine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = daemon_mod.ServeConfig(
-        model=Path(model), source=source, publish=publish, lossless=True, provider="cpu", max_batch=max_batch,
-        threads=int(threads), warmup_shape=(size, size), queue_size=max(2, max_batch),
+    engine = EngineConfig(
+        provider="cpu", max_batch=max_batch, threads=int(threads), shapes=((size, size),), **json.loads(fields)
     )
-    raise SystemExit(daemon_mod.Daemon(cfg).run())
+    cfg = ServeConfig(
+        model=Path(model), source=source, publish=publish,
+        queue=QueueConfig(lossless=True, capacity=max(2, max_batch)), engine=engine,
+    )
+    raise SystemExit(Daemon(cfg).run())
 
 
 def measure(model: Path, setting: str, opts) -> dict:

@@ -296,16 +296,17 @@ def subscriber():
 @pytest.fixture
 def daemon_factory():
     """Factory: ``daemon_factory(model=..., source=..., **ServeConfig fields)`` -> a started
-    :class:`livedenoise.daemon.Daemon` publishing on a free port; stopped after the test."""
+    :class:`livedenoise.daemon.Daemon` publishing on a free port; stopped after the test. Without
+    an ``engine`` group: the CPU and no warm-up."""
     from livedenoise.daemon import Daemon, ServeConfig
+    from livedenoise.engine import EngineConfig
 
     daemons = []
 
     def make(**fields) -> Daemon:
         fields.setdefault("publish", "tcp://127.0.0.1:*")
-        fields.setdefault("warmup_shape", None)
         fields.setdefault("stats_interval", 0.1)
-        fields.setdefault("provider", "cpu")
+        fields.setdefault("engine", EngineConfig(provider="cpu", shapes=()))
         d = Daemon(ServeConfig(**fields))
         daemons.append(d)
         d.start()

@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .._signals import stop_on_signals
 from ..errors import LivedenoiseError
 
 log = logging.getLogger("livedenoise")
@@ -90,24 +91,6 @@ def stop_child(proc: subprocess.Popen | None, timeout: float = 3.0) -> None:
         proc.wait()
 
 
-def _install_stop_handlers(stop: threading.Event) -> dict:
-    """SIGINT/SIGTERM set ``stop``; a second one exits at once."""
-    count = [0]
-
-    def handler(signum, _frame):
-        count[0] += 1
-        if count[0] > 1:
-            os._exit(128 + signum)
-        stop.set()
-
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore_handlers(previous: dict) -> None:
-    for s, h in previous.items():
-        signal.signal(s, h)
-
-
 def _parse_shape(text: str) -> tuple[int, int] | None:
     if not text:
         return None
@@ -118,18 +101,23 @@ def _parse_shape(text: str) -> tuple[int, int] | None:
     return h, w
 
 
-def parse_atoms_threshold(text: str | None, atoms: bool) -> dict:
-    """``--atoms-threshold`` as ServeConfig fields: ``"0.4"`` absolute, ``"30%"`` relative; None: the defaults."""
-    if text is None:
-        return {}
+def atoms_config(atoms: bool, threshold: str | None):
+    """``--atoms`` and ``--atoms-threshold`` as an :class:`~livedenoise.daemon.AtomsConfig` (None: off).
+
+    ``"0.4"`` is an absolute height, ``"30%"`` a share of each frame's highest peak.
+    """
+    from ..daemon import AtomsConfig
+
+    if threshold is None:
+        return AtomsConfig() if atoms else None
     if not atoms:
         raise LivedenoiseError("--atoms-threshold needs --atoms")
-    relative = text.strip().endswith("%")
+    relative = threshold.strip().endswith("%")
     try:
-        value = float(text.strip().removesuffix("%"))
+        value = float(threshold.strip().removesuffix("%"))
     except ValueError:
-        raise LivedenoiseError(f"--atoms-threshold {text!r}: expected a number (0.4) or a percentage (30%)") from None
-    return {"atoms_threshold": value / 100 if relative else value, "atoms_relative": relative}
+        raise LivedenoiseError(f"--atoms-threshold {threshold!r}: expected a number (0.4) or a percentage (30%)") from None
+    return AtomsConfig(threshold=value / 100 if relative else value, relative=relative)
 
 
 def _model_path(model: Path | None) -> Path:
@@ -192,20 +180,13 @@ def register(app: typer.Typer) -> None:
             curve_allow=curve_allow,
         )
         replayer = Replayer(cfg)
-        stop = threading.Event()
-        previous = _install_stop_handlers(stop)
-        try:
+        with stop_on_signals(lambda _signum: replayer.stop()):
             log.info("replaying %s at %.1f fps on %s (%s)", tiff or "synthetic frames", fps, replayer.endpoint,
                      "PUSH" if push else "PUB")
-            watcher = threading.Thread(target=lambda: (stop.wait(), replayer.stop()), daemon=True)
-            watcher.start()
             t0 = time.perf_counter()
             sent = replayer.run()
             dt = time.perf_counter() - t0
             log.info("sent %d frames in %.2f s (%.1f fps)", sent, dt, sent / dt if dt > 0 else 0.0)
-        finally:
-            stop.set()
-            _restore_handlers(previous)
 
     @app.command()
     def serve(
@@ -258,18 +239,25 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
     ) -> None:
         """Denoise a detector stream live and publish denoised frames, raw frames and stats."""
-        from ..daemon import Daemon, ServeConfig
+        from ..daemon import Daemon, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+        from ..engine import EngineConfig
 
         _setup_logging(log_level)
-        atoms_fields = parse_atoms_threshold(atoms_threshold, atoms)
+        if record_raw and record is None:
+            raise LivedenoiseError("--record-raw needs --record DIR")
+        if max_batch < 1:
+            raise LivedenoiseError("--max-batch must be at least 1")
+        shape = _parse_shape(warmup_size)
         cfg = ServeConfig(
-            model=_model_path(model), source=source, publish=publish, pull=pull, lossless=lossless,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue, provider=provider, threads=threads,
-            spin=spin, max_batch_pixels=max_batch_pixels, fp16=fp16, cuda_graph=cuda_graph, trt_cache=trt_cache,
-            max_age_ms=max_age_ms or None, warmup_shape=_parse_shape(warmup_size),
-            record=record, record_raw=record_raw, record_chunk_frames=record_chunk, curve_secret=curve_secret,
-            curve_allow=curve_allow, source_curve_server_key=source_curve_server_key,
-            atoms=atoms, **atoms_fields,
+            model=_model_path(model), source=source, publish=publish, pull=pull,
+            queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
+            engine=EngineConfig(
+                provider=provider, max_batch=max_batch, max_batch_pixels=max_batch_pixels, threads=threads, spin=spin,
+                fp16=fp16, cuda_graph=cuda_graph, trt_cache=trt_cache, shapes=(shape,) if shape else (),
+            ),
+            recording=None if record is None else RecordingConfig(record, raw=record_raw, chunk_frames=record_chunk),
+            atoms=atoms_config(atoms, atoms_threshold),
+            security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
         )
         daemon = Daemon(cfg)
         viewer = launch_viewer(daemon.publish_address) if view else None
@@ -293,46 +281,46 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Synthetic detector -> serve (shipped model) -> live monitor, or a status line per second."""
         from ..daemon import Daemon, ServeConfig
+        from ..engine import EngineConfig
         from ..sim import Replayer, ReplayConfig
 
         _setup_logging("WARNING")
-        atoms_fields = parse_atoms_threshold(atoms_threshold, atoms)
+        atoms_cfg = atoms_config(atoms, atoms_threshold)
         model_path = _model_path(model)
         replayer = Replayer(
             ReplayConfig(synthetic=True, fps=fps, size=size, bind="tcp://127.0.0.1:*", wait_subscriber=10.0)
         )
         try:
             daemon = Daemon(ServeConfig(model=model_path, source=replayer.endpoint, publish=publish,
-                                        provider=provider, warmup_shape=(size, size), atoms=atoms,
-                                        **atoms_fields))
+                                        engine=EngineConfig(provider=provider, shapes=((size, size),)),
+                                        atoms=atoms_cfg))
         except BaseException:
             replayer.close()
             raise
         stop = threading.Event()
-        previous = _install_stop_handlers(stop)
         viewer = None
         replay_thread = threading.Thread(target=replayer.run, name="ld-replay", daemon=True)
-        try:
-            daemon.start()
-            replay_thread.start()
-            address = daemon.publish_address
-            typer.echo(
-                f"demo: synthetic {size}x{size} frames at {fps:g} fps -> {daemon.engine.name} on "
-                f"{daemon.engine.provider} -> {address}  (Ctrl-C stops)"
-            )
-            viewer = launch_viewer(address) if view else None
-            deadline = time.monotonic() + duration if duration > 0 else float("inf")
-            if viewer is not None:
-                while not stop.is_set() and viewer.poll() is None and time.monotonic() < deadline:
-                    stop.wait(0.2)
-            else:
-                _print_stats(address, stop, deadline)
-        finally:
-            replayer.stop()
-            replay_thread.join(5) if replay_thread.is_alive() else None
-            daemon.stop()
-            stop_child(viewer)
-            _restore_handlers(previous)
+        with stop_on_signals(lambda _signum: stop.set()):
+            try:
+                daemon.start()
+                replay_thread.start()
+                address = daemon.publish_address
+                typer.echo(
+                    f"demo: synthetic {size}x{size} frames at {fps:g} fps -> {daemon.engine.name} on "
+                    f"{daemon.engine.provider} -> {address}  (Ctrl-C stops)"
+                )
+                viewer = launch_viewer(address) if view else None
+                deadline = time.monotonic() + duration if duration > 0 else float("inf")
+                if viewer is not None:
+                    while not stop.is_set() and viewer.poll() is None and time.monotonic() < deadline:
+                        stop.wait(0.2)
+                else:
+                    _print_stats(address, stop, deadline)
+            finally:
+                replayer.stop()
+                replay_thread.join(5) if replay_thread.is_alive() else None
+                daemon.stop()
+                stop_child(viewer)
 
     @app.command()
     def denoise(

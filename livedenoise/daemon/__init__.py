@@ -11,7 +11,15 @@ The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports to
 """
 
 from ._atoms import AtomFinder
-from ._config import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
+from ._config import (
+    DEFAULT_PUBLISH,
+    DEFAULT_SOURCE,
+    AtomsConfig,
+    QueueConfig,
+    RecordingConfig,
+    SecurityConfig,
+    ServeConfig,
+)
 from ._daemon import Daemon
 from ._publish import Delivered, Publisher
 from ._queue import FrameQueue, QueueClosed
@@ -23,13 +31,17 @@ __all__ = [
     "DEFAULT_PUBLISH",
     "DEFAULT_SOURCE",
     "AtomFinder",
+    "AtomsConfig",
     "Daemon",
     "Delivered",
     "FrameQueue",
     "LogThrottle",
     "Publisher",
     "QueueClosed",
+    "QueueConfig",
     "Received",
+    "RecordingConfig",
+    "SecurityConfig",
     "ServeConfig",
     "Source",
     "Stats",

@@ -1,10 +1,19 @@
-"""What ``serve`` is configured with: :class:`ServeConfig`."""
+"""What ``serve`` is configured with, grouped by concern.
+
+:class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the queue
+between receiving and inference (:class:`QueueConfig`), the engine
+(:class:`~livedenoise.engine.EngineConfig`), recording, atoms and security; ``None`` for an
+optional stage means it is off. Each field's help text is declared once here
+(:func:`~livedenoise._options.option`) and shown by ``serve --help``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .._options import option
+from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..protocol import DEFAULT_LIMITS, Limits
 
@@ -13,48 +22,83 @@ DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 
 
 @dataclass(slots=True)
-class ServeConfig:
-    """Everything ``serve`` needs; the CLI options map one to one onto these fields."""
+class QueueConfig:
+    """The bounded queue between the receiver and inference, and how batches are taken from it."""
 
-    model: Path
-    source: str = DEFAULT_SOURCE
-    publish: str = DEFAULT_PUBLISH
-    pull: bool = False  # PULL instead of SUB (detectors that bind PUSH)
-    lossless: bool = False  # never drop: block the receiver, PULL's HWM holds the detector back
-    max_batch: int = 8
-    max_wait_ms: float = 2.0
-    queue_size: int = 64  # frames waiting for inference, at most
-    max_age_ms: float | None = 500.0  # live mode: drop queued frames older than this (never the newest)
-    provider: str | None = None  # None: CUDA where a session gets it, else CPU
-    threads: int = 0  # onnxruntime intra-op threads (0: one per core)
-    spin: bool = False  # onnxruntime threads spin-wait between runs (see engine.Engine)
-    max_batch_pixels: int = 1 << 20  # and at most this many padded pixels per run (bounds memory)
-    fp16: bool = False  # GPU: float16 model, kept only if it matches fp32 (engine.EngineConfig)
-    cuda_graph: bool = False  # GPU: one CUDA graph for the warm-up shape
-    trt_cache: Path | None = None  # TensorRT engine cache folder (--provider tensorrt)
-    warmup_shape: tuple[int, int] | None = (128, 128)
-    stats_interval: float = 0.5  # seconds between stats messages
-    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
-    record: Path | None = None  # write every denoised frame here (livedenoise.recording)
-    record_raw: bool = False  # ... and every raw frame
-    record_chunk_frames: int = 100
-    record_chunk_seconds: float = 1.0
-    curve_secret: Path | None = None  # this daemon's key pair (NAME.key_secret)
-    curve_allow: Path | None = None  # PUB output: only these public keys (a .key file or a dir of them)
-    source_curve_server_key: Path | None = None  # input: the detector's public key (CURVE client)
-    atoms: bool = False  # find the atoms of each denoised frame, publish them on b"atoms"
-    atoms_threshold: float = 0.4  # peak height above the background, denoised units ([0, 1]: atom ~1)
-    atoms_relative: bool = False  # ... or, True: atoms_threshold x the frame's highest peak
+    lossless: bool = option(False, "Never drop a frame: hold the detector back instead (implies --pull).")
+    capacity: int = option(64, "Frames waiting for inference at most (live mode drops the oldest).")
+    max_wait_ms: float = option(2.0, "Longest a frame waits for its batch to fill, in ms.")
+    max_age_ms: float | None = option(
+        500.0, "Live mode: drop queued frames older than this (ms), never the newest (0: no limit)."
+    )
 
     def __post_init__(self) -> None:
-        if self.lossless:
-            self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives
-        if self.max_batch < 1 or self.queue_size < 1 or self.max_wait_ms < 0:
-            raise LivedenoiseError("--max-batch and --queue must be at least 1, --max-wait-ms at least 0")
+        if self.capacity < 1 or self.max_wait_ms < 0:
+            raise LivedenoiseError("--queue must be at least 1 and --max-wait-ms at least 0")
+        if not self.max_age_ms:
+            self.max_age_ms = None
+
+
+@dataclass(slots=True)
+class RecordingConfig:
+    """``--record DIR``: every published frame to crash-safe chunks (:mod:`livedenoise.recording`)."""
+
+    directory: Path = option(help="Record every denoised frame into this directory (crash-safe chunks).")
+    raw: bool = option(False, "Also record the raw frames.")
+    chunk_frames: int = option(100, "Frames per recording chunk (a chunk also closes after --record-chunk-seconds).")
+    chunk_seconds: float = option(1.0, "Seconds after which a recording chunk closes, however few its frames.")
+
+
+@dataclass(slots=True)
+class AtomsConfig:
+    """``--atoms``: the atoms of each denoised frame, published on the ``atoms`` topic."""
+
+    threshold: float = option(
+        0.4, "Minimum peak height above the background, in denoised units where an atom peaks near 1."
+    )
+    relative: bool = option(False, "The threshold is a fraction of each frame's highest peak instead.")
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.threshold <= (1 if self.relative else float("inf"))):
+            shown = f"{self.threshold:.0%}" if self.relative else f"{self.threshold:g}"
+            raise LivedenoiseError(f"--atoms-threshold {shown}: must be at least 0, and a percentage at most 100%")
+
+
+@dataclass(slots=True)
+class SecurityConfig:
+    """CurveZMQ (:mod:`livedenoise.security`): the output is a CURVE server, the input a client."""
+
+    curve_secret: Path | None = option(
+        None, "CURVE: this program's key pair, a NAME.key_secret file from `livedenoise keys`."
+    )
+    curve_allow: Path | None = option(
+        None, "CURVE: only clients with these public keys may connect (a .key file or a directory)."
+    )
+    source_server_key: Path | None = option(
+        None, "CURVE: the detector's public key (NAME.key); encrypts the input."
+    )
+
+    def __post_init__(self) -> None:
         if self.curve_allow is not None and self.curve_secret is None:
             raise LivedenoiseError("--curve-allow needs --curve-secret (the daemon's own key pair)")
-        if self.record_raw and self.record is None:
-            raise LivedenoiseError("--record-raw needs --record DIR")
-        if not (0 <= self.atoms_threshold <= (1 if self.atoms_relative else float("inf"))):
-            shown = f"{self.atoms_threshold:.0%}" if self.atoms_relative else f"{self.atoms_threshold:g}"
-            raise LivedenoiseError(f"--atoms-threshold {shown}: must be at least 0, and a percentage at most 100%")
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    """Everything ``serve`` needs: the wiring, then one group per concern."""
+
+    model: Path = option(help="ONNX model with a livedenoise model card.")
+    source: str = option(DEFAULT_SOURCE, "Detector address to connect to.")
+    publish: str = option(DEFAULT_PUBLISH, "Address to bind for the denoised, raw, stats and atoms topics (PUB).")
+    pull: bool = option(False, "Connect a PULL socket (the detector binds PUSH) instead of SUB.")
+    stats_interval: float = option(0.5, "Seconds between stats messages.")
+    limits: Limits = option(help="Caps on detector messages, checked before allocation.", factory=lambda: DEFAULT_LIMITS)
+    queue: QueueConfig = option(help="The frame queue.", factory=QueueConfig)
+    engine: EngineConfig = option(help="The inference engine.", factory=EngineConfig)
+    recording: RecordingConfig | None = option(None, "Recording; None: off.")
+    atoms: AtomsConfig | None = option(None, "Atom finding; None: off.")
+    security: SecurityConfig = option(help="CURVE encryption and authentication.", factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        if self.queue.lossless:
+            self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import zmq
 
-from ..engine import Engine, EngineConfig
+from .._signals import stop_on_signals
+from ..engine import Engine
 from ..errors import LivedenoiseError
 from ._config import ServeConfig
 from ..protocol import DEFAULT_LIMITS, Limits
@@ -56,16 +57,10 @@ class Daemon:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.engine = Engine(
-            config.model,
-            EngineConfig(
-                provider=config.provider, max_batch=config.max_batch, max_batch_pixels=config.max_batch_pixels,
-                threads=config.threads, spin=config.spin, fp16=config.fp16, cuda_graph=config.cuda_graph,
-                trt_cache=config.trt_cache, shapes=(config.warmup_shape,) if config.warmup_shape else (),
-            ),
-        )
-        max_age = None if config.max_age_ms is None else config.max_age_ms / 1e3
-        self.queue: FrameQueue[Received] = FrameQueue(config.queue_size, lossless=config.lossless, max_age=max_age)
+        self.engine = Engine(config.model, config.engine)
+        q = config.queue
+        max_age = None if q.max_age_ms is None else q.max_age_ms / 1e3
+        self.queue: FrameQueue[Received] = FrameQueue(q.capacity, lossless=q.lossless, max_age=max_age)
         self.ctx = zmq.Context()
         self.curve = None
         self.recorder = None
@@ -73,17 +68,18 @@ class Daemon:
         try:
             from .. import security
 
-            if config.curve_secret is not None:
-                self.curve = security.CurveServer(self.ctx, config.curve_secret, config.curve_allow)
+            sec = config.security
+            if sec.curve_secret is not None:
+                self.curve = security.CurveServer(self.ctx, sec.curve_secret, sec.curve_allow)
             configure_source = None
-            if config.source_curve_server_key is not None:
-                key, secret = config.source_curve_server_key, config.curve_secret
+            if sec.source_server_key is not None:
+                key, secret = sec.source_server_key, sec.curve_secret
 
                 def configure_source(sock):
                     security.curve_client(sock, key, secret)
 
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
-            rcvhwm = max(2, config.max_batch) if config.lossless else 1000
+            rcvhwm = max(2, config.engine.max_batch) if q.lossless else 1000
             self.source = Source(
                 self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
                 configure=configure_source,
@@ -99,13 +95,13 @@ class Daemon:
             except Exception:
                 self.source.socket.close(linger=0)
                 raise
-            if config.record is not None:
+            if config.recording is not None:
                 from ..recording import Recorder
 
                 try:
                     self.recorder = Recorder(
-                        config.record, raw=config.record_raw, lossless=config.lossless,
-                        chunk_frames=config.record_chunk_frames, chunk_seconds=config.record_chunk_seconds,
+                        config.recording.directory, raw=config.recording.raw, lossless=q.lossless,
+                        chunk_frames=config.recording.chunk_frames, chunk_seconds=config.recording.chunk_seconds,
                     )
                 except Exception:
                     self.source.socket.close(linger=0)
@@ -114,10 +110,10 @@ class Daemon:
                 self.publisher.hooks.append(self.recorder.submit)
                 self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
                 self.stats.extras.append(self.recorder.counters)
-            if config.atoms:
+            if config.atoms is not None:
                 self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
-                    self.publisher, threshold=config.atoms_threshold, relative=config.atoms_relative,
-                    backlog=2 * config.max_batch,
+                    self.publisher, threshold=config.atoms.threshold, relative=config.atoms.relative,
+                    backlog=2 * config.engine.max_batch,
                 )
                 self.publisher.hooks.append(self.atoms.submit)
                 self.publisher.finishers.append(self.atoms.close)  # its last atoms before the last stats
@@ -130,7 +126,6 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self._failures = LogThrottle(log)
-        self._signals = 0
 
     @property
     def publish_address(self) -> str:
@@ -141,8 +136,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.config
-        if cfg.warmup_shape:
-            self.engine.warm_up(cfg.warmup_shape)
+        if cfg.engine.shapes:
+            self.engine.warm_up()
         log.info(
             "serving %s: %s %s -> PUB %s; provider %s; max batch %d, max wait %.1f ms, queue %d%s",
             self.engine.name,
@@ -150,17 +145,18 @@ class Daemon:
             cfg.source,
             self.publish_address,
             self.engine.provider,
-            cfg.max_batch,
-            cfg.max_wait_ms,
-            cfg.queue_size,
-            ", lossless" if cfg.lossless else "",
+            cfg.engine.max_batch,
+            cfg.queue.max_wait_ms,
+            cfg.queue.capacity,
+            ", lossless" if cfg.queue.lossless else "",
         )
         if self.recorder is not None:
             self.recorder.start()
-            log.info("recording %s frames to %s", "denoised and raw" if cfg.record_raw else "denoised", cfg.record)
+            rec = cfg.recording
+            log.info("recording %s frames to %s", "denoised and raw" if rec.raw else "denoised", rec.directory)
         if self.atoms is not None:
             self.atoms.start()
-            thr = f"{cfg.atoms_threshold:.0%} of the highest" if cfg.atoms_relative else f"{cfg.atoms_threshold:g}"
+            thr = f"{cfg.atoms.threshold:.0%} of the highest" if cfg.atoms.relative else f"{cfg.atoms.threshold:g}"
             log.info("finding atoms: peaks higher than %s above the background, published on 'atoms'", thr)
         for name, target in (
             ("ld-publish", self.publisher.run),
@@ -203,36 +199,29 @@ class Daemon:
         """Start, serve until SIGINT/SIGTERM, drain, return exit code 0 (main thread only)."""
         stop_requested = threading.Event()
 
-        def on_signal(signum, _frame):
-            self._signals += 1
-            if self._signals > 1:
-                os._exit(128 + signum)  # second signal: leave at once
+        def on_signal(signum: int) -> None:
             log.info("signal %d: draining (send it again to exit at once)", signum)
             stop_requested.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_on_signals(on_signal):
             self.start()
             while not stop_requested.wait(0.2):
                 if not all(t.is_alive() for t in self._threads):
                     log.error("a pipeline thread ended unexpectedly; stopping")
                     break
             self.stop()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         return 0
 
     # ------------------------------------------------------------------ inference thread
 
     def _infer_loop(self) -> None:
         cfg = self.config
-        max_wait = cfg.max_wait_ms / 1e3
+        max_wait, max_batch = cfg.queue.max_wait_ms / 1e3, cfg.engine.max_batch
         engine, stats, publisher = self.engine, self.stats, self.publisher
         try:
             # the source closes the queue when it stops; get_batch returns None once drained
             while True:
-                batch = self.queue.get_batch(cfg.max_batch, max_wait, timeout=0.1)
+                batch = self.queue.get_batch(max_batch, max_wait, timeout=0.1)
                 if batch is None:
                     break
                 if not batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._options import option
 from ..errors import LivedenoiseError
 
 
@@ -54,22 +55,22 @@ class EngineConfig:
     device_id : the GPU.
     """
 
-    provider: str | None = None
-    max_batch: int = 8
-    max_batch_pixels: int = 1 << 20
-    threads: int = 0
-    spin: bool = False
-    shapes: tuple[tuple[int, int], ...] = ((128, 128),)
+    provider: str | None = option(None, "onnxruntime provider: cpu, cuda, tensorrt (default: CUDA if a session gets it, else CPU).")
+    max_batch: int = option(8, "Largest inference batch.")
+    max_batch_pixels: int = option(1 << 20, "At most this many padded pixels per inference run (bounds memory on large frames).")
+    threads: int = option(0, "onnxruntime intra-op threads (0: one per core).")
+    spin: bool = option(False, "Let onnxruntime threads spin between runs (dedicated cores only).")
+    shapes: tuple[tuple[int, int], ...] = option(((128, 128),), "Frame sizes HxW to warm the model up for at start.")
     optimise_graph: bool = True
     cpu_arena: bool | None = None
     arena_extend_same: bool = True
     mem_pattern: bool | None = None
     io_binding: bool | None = None  # None: on for GPU providers, off on the CPU
-    cuda_graph: bool = False
+    cuda_graph: bool = option(False, "GPU: capture a CUDA graph for the warm-up frame size.")
     fixed_batch: bool | None = None  # None: on for GPU providers
-    fp16: bool = False
+    fp16: bool = option(False, "GPU: run the model in float16 if it matches fp32 within tolerance (checked at start).")
     fp16_tolerance: float = 0.02
-    trt_cache: Path | None = None
+    trt_cache: Path | None = option(None, "TensorRT engine cache folder (with --provider tensorrt).")
     trt_fp16: bool = False
     device_id: int = 0
 

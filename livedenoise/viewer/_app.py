@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
+from .._signals import stop_on_signals
 from ..errors import LivedenoiseError
 
 
@@ -39,26 +39,21 @@ def run(address: str, snapshot_dir: str | Path = ".") -> int:
     # Ctrl-C (and SIGTERM, from serve --view or demo) quits cleanly from the moment the socket
     # connects; Qt's event loop keeps Python from running signal handlers, so a timer lets it in.
     interrupted = []
-    previous = {
-        sig: signal.signal(sig, lambda *_: (interrupted.append(True), app.quit()))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
     heartbeat = pg.QtCore.QTimer()
     heartbeat.timeout.connect(lambda: None)
     heartbeat.start(200)
     window = None
-    try:
+    with stop_on_signals(lambda _signum: (interrupted.append(True), app.quit())):
         try:
-            window = MonitorWindow(address, snapshot_dir)
-        except zmq.ZMQError as exc:
-            raise LivedenoiseError(f"cannot connect to {address!r}: {exc}") from None
-        window.show()
-        return 0 if interrupted else int(app.exec())
-    finally:
-        heartbeat.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if window is not None:
-            window.shutdown()
-            window.deleteLater()
-        app.processEvents()
+            try:
+                window = MonitorWindow(address, snapshot_dir)
+            except zmq.ZMQError as exc:
+                raise LivedenoiseError(f"cannot connect to {address!r}: {exc}") from None
+            window.show()
+            return 0 if interrupted else int(app.exec())
+        finally:
+            heartbeat.stop()
+            if window is not None:
+                window.shutdown()
+                window.deleteLater()
+            app.processEvents()

@@ -36,6 +36,7 @@ from livedenoise.protocol import (
     pack,
 )
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
+from livedenoise.daemon import AtomsConfig, QueueConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,10 +70,11 @@ def identity_model(tmp_path) -> Path:
     return tanh_model(tmp_path / "tanh.onnx")
 
 
-def start_atoms_daemon(daemon_factory, subscriber, free_addr, model, **fields):
-    """A started daemon with ``atoms=True`` (PULL input), a PUSH detector and a ready subscriber."""
+def start_atoms_daemon(daemon_factory, subscriber, free_addr, model, atoms=None, **fields):
+    """A started daemon finding atoms (``atoms``: default settings), PULL input, a PUSH detector and a
+    ready subscriber."""
     source = free_addr()
-    daemon = daemon_factory(model=model, source=source, pull=True, atoms=True, **fields)
+    daemon = daemon_factory(model=model, source=source, pull=True, atoms=atoms or AtomsConfig(), **fields)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     return daemon, bind_detector(source), sub
@@ -160,7 +162,7 @@ def test_relative_threshold_counts_against_the_frame_s_highest_peak(
     frame = render_atoms(true_xy[:1], 64, peak=1.0) + render_atoms(true_xy[1:], 64, peak=0.25)
     # the faint two are ~0.32 above the background: under the default 0.4, over 10 % of the brightest
     daemon, push, sub = start_atoms_daemon(
-        daemon_factory, subscriber, free_addr, identity_model, atoms_threshold=0.1, atoms_relative=True
+        daemon_factory, subscriber, free_addr, identity_model, atoms=AtomsConfig(threshold=0.1, relative=True)
     )
     push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
     atoms, _ = collect_atoms(sub, 1)
@@ -223,7 +225,7 @@ def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
     monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", slow)
     n = 40
     # lossless: frames are never dropped, so a finder that held back publishing would hold back everything
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model, lossless=True)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model, queue=QueueConfig(lossless=True))
     frame = render_atoms(np.array([[10.0, 10.0]]), 24, peak=1.0).astype("<f4")
     t0 = time.monotonic()
     for i in range(n):
@@ -333,18 +335,19 @@ def test_viewer_buffer_counts_bad_atoms_and_finds_those_of_the_shown_frame():
 
 
 def test_atoms_threshold_option():
-    from livedenoise.cli._pipeline import format_stats, parse_atoms_threshold
-    from livedenoise.daemon import ServeConfig
+    from livedenoise.cli._pipeline import atoms_config, format_stats
+    from livedenoise.daemon import AtomsConfig, QueueConfig
 
-    assert parse_atoms_threshold(None, atoms=False) == {}  # ServeConfig's defaults
-    assert parse_atoms_threshold("0.15", atoms=True) == {"atoms_threshold": 0.15, "atoms_relative": False}
-    assert parse_atoms_threshold(" 25% ", atoms=True) == {"atoms_threshold": 0.25, "atoms_relative": True}
+    assert atoms_config(False, None) is None  # atom finding off
+    assert atoms_config(True, None) == AtomsConfig()  # the defaults
+    assert atoms_config(True, "0.15") == AtomsConfig(threshold=0.15, relative=False)
+    assert atoms_config(True, " 25% ") == AtomsConfig(threshold=0.25, relative=True)
     for text, atoms in (("0.2", False), ("lots", True), ("%", True)):
         with pytest.raises(LivedenoiseError):
-            parse_atoms_threshold(text, atoms)
+            atoms_config(atoms, text)
     for thr, rel in ((-0.1, False), (1.5, True), (float("nan"), False)):
         with pytest.raises(LivedenoiseError, match="atoms-threshold"):
-            ServeConfig(model=Path("m.onnx"), atoms=True, atoms_threshold=thr, atoms_relative=rel)
+            AtomsConfig(threshold=thr, relative=rel)
     line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61})
     assert line.endswith("| atoms 27 (0.6 ms)")
     assert "atoms" not in format_stats({"fps_in": 150.0})
@@ -358,10 +361,12 @@ def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model, free_addr
         import sys, time
         from pathlib import Path
         import numpy as np, zmq
-        from livedenoise.daemon import Daemon, ServeConfig
+        from livedenoise.daemon import AtomsConfig, Daemon, ServeConfig
+        from livedenoise.engine import EngineConfig
         from livedenoise.protocol import encode_image
         daemon = Daemon(ServeConfig(model=Path({str(identity_model)!r}), source={source!r}, pull=True,
-                                    publish={free_addr()!r}, provider="cpu", warmup_shape=None, atoms=True))
+                                    publish={free_addr()!r}, engine=EngineConfig(provider="cpu", shapes=()),
+                                    atoms=AtomsConfig()))
         push = zmq.Context.instance().socket(zmq.PUSH)
         push.bind({source!r})
         daemon.start()
@@ -389,7 +394,7 @@ def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, f
     start = section.index("```python") + len("```python")
     example = section[start : section.index("```", start)]
     source = free_addr()
-    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=True)
+    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=AtomsConfig())
     proc = subprocess.Popen(
         [sys.executable, "-c", example, daemon.publish_address, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -422,7 +427,7 @@ def test_viewer_draws_the_atoms_of_a_live_daemon(qtbot, identity_model, free_add
     true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [30.45, 50.9]])
     frame = render_atoms(true_xy, 64, peak=1.0).astype("<f4")
     source = free_addr()
-    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=True)
+    daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=AtomsConfig())
     win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
     qtbot.addWidget(win)
     push = bind_detector(source)

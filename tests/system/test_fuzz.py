@@ -13,6 +13,8 @@ from conftest import bind_detector, reference_denoise
 
 from livedenoise.errors import MalformedMessage
 from livedenoise.sim import KINDS, malformed_message
+from livedenoise.daemon import QueueConfig
+from livedenoise.engine import EngineConfig
 from livedenoise.protocol import (
     SUPPORTED_DTYPES,
     ImageFrame,
@@ -121,7 +123,7 @@ def test_every_generated_kind_is_rejected(kind):
 
 def test_daemon_counts_2000_malformed_and_denoises_every_valid_frame(conv_model, free_addr, daemon_factory, subscriber):
     source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, lossless=True, max_batch=8)
+    daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True), engine=EngineConfig(max_batch=8, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     push = bind_detector(source)

@@ -17,6 +17,8 @@ import pytest
 from livedenoise.engine import CPU, CUDA, Engine, EngineConfig, default_model_path
 from livedenoise.sim import ReplayConfig, Replayer
 from livedenoise.sim import SimConfig, simulate_movie
+from livedenoise.daemon import QueueConfig
+from livedenoise.engine import EngineConfig
 
 
 def _cuda_session() -> bool:
@@ -95,7 +97,7 @@ def test_daemon_serves_every_frame_on_the_gpu(write_tiff, free_addr, daemon_fact
     stack = simulate_movie(SimConfig(frames=24, size=128, seed=21)).noisy
     model = default_model_path()
     source = free_addr()
-    daemon = daemon_factory(model=model, source=source, pull=True, provider="cuda", lossless=True, max_batch=8)
+    daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(provider="cuda", max_batch=8, shapes=()), queue=QueueConfig(lossless=True))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     replayer = Replayer(ReplayConfig(path=write_tiff(stack), fps=500, bind=source, push=True, wait_subscriber=5.0))

@@ -26,6 +26,8 @@ from livedenoise.analysis import css
 from livedenoise.engine import INPUT_NAME, ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.protocol import encode_end, encode_image, encode_start, pack
 from livedenoise.sim import Replayer, ReplayConfig
+from livedenoise.daemon import QueueConfig
+from livedenoise.engine import EngineConfig
 
 
 # --------------------------------------------------------------------------- batcher
@@ -156,7 +158,7 @@ def test_every_frame_in_order_and_equal_to_direct_onnxruntime(
     stack = np.ascontiguousarray(frames_u2[:, :60, :70])
     tiff = write_tiff(stack)
     source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, pull=transport == "push", max_batch=4)
+    daemon = daemon_factory(model=conv_model, source=source, pull=transport == "push", engine=EngineConfig(max_batch=4, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     replayer, thread = start_replay(
@@ -214,9 +216,7 @@ def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, fre
     """--max-batch-pixels reaches the engine: 64x64 frames go two per run, the warm-up ran that
     shape before the first frame, and the output is still frame for frame the model's."""
     source = free_addr()
-    daemon = daemon_factory(
-        model=conv_model, source=source, pull=True, lossless=True, max_batch_pixels=2 * 64 * 64, warmup_shape=(64, 64)
-    )
+    daemon = daemon_factory(model=conv_model, source=source, pull=True, queue=QueueConfig(lossless=True), engine=EngineConfig(provider="cpu", max_batch_pixels=2 * 64 * 64, shapes=((64, 64),)))
     engine = daemon.engine
     assert engine.batch_cap((64, 64)) == 2 and engine.config.shapes == ((64, 64),)
     assert engine.warmed and all(shape[0] <= 2 and shape[-2:] == (64, 64) for shape in engine.warmed)
@@ -236,7 +236,7 @@ def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, fre
 def test_drop_oldest_keeps_latency_bounded(build_model, free_addr, daemon_factory, subscriber):
     slow = build_model("slow.onnx", width=32, depth=8)  # ~15 ms per 64x64 frame here
     source = free_addr()
-    daemon = daemon_factory(model=slow, source=source, pull=True, max_batch=1, queue_size=4, max_wait_ms=0)
+    daemon = daemon_factory(model=slow, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()), queue=QueueConfig(capacity=4, max_wait_ms=0))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     replayer, thread = start_replay(
@@ -257,7 +257,7 @@ def test_drop_oldest_keeps_latency_bounded(build_model, free_addr, daemon_factor
 def test_lossless_drops_nothing(build_model, free_addr, daemon_factory, subscriber):
     slow = build_model("slow.onnx", width=32, depth=8)
     source = free_addr()
-    daemon = daemon_factory(model=slow, source=source, lossless=True, max_batch=2, queue_size=4)
+    daemon = daemon_factory(model=slow, source=source, queue=QueueConfig(lossless=True, capacity=4), engine=EngineConfig(max_batch=2, provider="cpu", shapes=()))
     assert daemon.config.pull
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
@@ -295,7 +295,7 @@ def test_bad_input_is_counted_and_serving_continues(build_model, free_addr, daem
     # the model takes 64x64 frames only: a 32x32 frame is "a shape the model can't take"
     model = build_model("fixed.onnx", fixed_hw=(64, 64))
     source = free_addr()
-    daemon = daemon_factory(model=model, source=source, pull=True, max_batch=1)
+    daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     push = bind_detector(source)
@@ -324,7 +324,7 @@ def test_inference_failure_on_one_batch_is_counted_and_next_is_served(
 ):
     model = build_model("fragile.onnx", fail_above=100.0)  # normalised pixel > 100 -> run-time error
     source = free_addr()
-    daemon = daemon_factory(model=model, source=source, pull=True, max_batch=1)
+    daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     push = bind_detector(source)

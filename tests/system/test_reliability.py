@@ -23,7 +23,8 @@ from conftest import bind_detector, reference_denoise
 from livedenoise.protocol import Limits, encode_end, encode_image, encode_start
 from livedenoise.recording import INDEX, Recorder, iter_frames, read_index, summarize
 from livedenoise.sim import Replayer, ReplayConfig
-from livedenoise.daemon import Delivered
+from livedenoise.daemon import Delivered, QueueConfig, RecordingConfig
+from livedenoise.engine import EngineConfig
 
 CTX = zmq.Context.instance()
 
@@ -131,8 +132,7 @@ def test_lossless_recorder_holds_the_producer_back_instead_of_dropping(tmp_path)
 
 def test_lossless_daemon_records_every_frame(conv_model, free_addr, daemon_factory, subscriber, tmp_path):
     source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, lossless=True, record=tmp_path / "rec",
-                            record_raw=True, record_chunk_frames=16)
+    daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True), recording=RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=16))
     sub = subscriber(daemon.publish_address, (b"stats",))
     sub.wait_ready()
     n = 120
@@ -226,7 +226,7 @@ def test_slow_and_vanishing_subscribers_do_not_affect_the_daemon(
     conv_model, free_addr, daemon_factory, subscriber
 ):
     source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, lossless=True)
+    daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True))
     good = subscriber(daemon.publish_address)
     good.wait_ready()
     slow = CTX.socket(zmq.SUB)  # subscribed to everything, never reads
@@ -258,7 +258,7 @@ def test_failed_batch_is_counted_and_the_next_batch_is_served(build_model, free_
     model = build_model("fragile.onnx", fail_above=100.0)
     source = free_addr()
     # a whole batch of 4 in one run: the long max wait makes the 4 frames sent together one batch
-    daemon = daemon_factory(model=model, source=source, lossless=True, max_batch=4, max_wait_ms=2000)
+    daemon = daemon_factory(model=model, source=source, queue=QueueConfig(lossless=True, max_wait_ms=2000), engine=EngineConfig(max_batch=4, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     push = bind_detector(source)

@@ -18,6 +18,7 @@ from livedenoise.daemon import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
 from livedenoise.protocol import decode_published, encode_image
 from livedenoise.sim import Replayer, ReplayConfig
 from livedenoise.security import curve_client, make_keys
+from livedenoise.daemon import SecurityConfig
 
 needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -71,7 +72,7 @@ def test_only_clients_with_an_allowed_key_receive_the_output(conv_model, free_ad
     allowed.mkdir()
     (allowed / "alice.key").write_bytes(alice[0].read_bytes())
     source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, pull=True, curve_secret=server[1], curve_allow=allowed)
+    daemon = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=server[1], curve_allow=allowed))
     good = curve_sub(daemon.publish_address, server[0], alice[1])
     stranger = curve_sub(daemon.publish_address, server[0], mallory[1])  # valid CURVE, unknown key
     plain = curve_sub(daemon.publish_address)  # no encryption at all
@@ -101,10 +102,8 @@ def test_encrypted_input_reaches_only_an_allowed_daemon(conv_model, free_addr, d
     n = 30
     replayer = Replayer(ReplayConfig(synthetic=True, size=32, fps=300, count=n, bind=source, push=True,
                                      curve_secret=detector[1], curve_allow=good_key[0]))
-    intruder = daemon_factory(model=conv_model, source=source, pull=True, curve_secret=bad_key[1],
-                              source_curve_server_key=detector[0])
-    daemon = daemon_factory(model=conv_model, source=source, pull=True, curve_secret=good_key[1],
-                            source_curve_server_key=detector[0])
+    intruder = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=bad_key[1], source_server_key=detector[0]))
+    daemon = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=good_key[1], source_server_key=detector[0]))
     # with --curve-secret the daemon's output is encrypted too: subscribe as a CURVE client
     sub = curve_sub(daemon.publish_address, good_key[0])
     deadline = time.monotonic() + 10

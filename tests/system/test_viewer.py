@@ -29,6 +29,7 @@ pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed"
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow  # noqa: E402
+from livedenoise.engine import EngineConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -471,7 +472,7 @@ def test_screenshot_of_a_replayed_synthetic_stream(qtbot, tmp_path, free_addr, d
     model = DEFAULT_MODEL if DEFAULT_MODEL.exists() else gaussian_model(tmp_path / "gaussian.onnx")
     replayer = Replayer(ReplayConfig(synthetic=True, fps=100, bind=free_addr(), size=128))
     feeder = threading.Thread(target=replayer.run, daemon=True)
-    daemon = daemon_factory(model=model, source=replayer.endpoint, publish=free_addr(), stats_interval=0.5, threads=1)
+    daemon = daemon_factory(model=model, source=replayer.endpoint, publish=free_addr(), stats_interval=0.5, engine=EngineConfig(threads=1, provider="cpu", shapes=()))
     feeder.start()
     win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
     qtbot.addWidget(win)

@@ -24,6 +24,7 @@ from livedenoise.engine import (
 )
 from livedenoise.errors import LivedenoiseError
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
+from livedenoise.engine import EngineConfig
 
 
 def build_transposed_model(path: Path, *, conv: str = "valid", overflow: bool = False, seed: int = 0) -> Path:
@@ -133,7 +134,7 @@ def test_warm_up_leaves_no_series_history(build_model):
 
 
 def test_daemon_start_warms_the_engine_up_before_any_frame(daemon_factory, conv_model, free_addr):
-    daemon = daemon_factory(model=conv_model, source=free_addr(), warmup_shape=(40, 40), max_batch=3)
+    daemon = daemon_factory(model=conv_model, source=free_addr(), engine=EngineConfig(provider="cpu", shapes=((40, 40),), max_batch=3))
     assert daemon.engine.warmed == {(3, 1, 40, 40), (1, 1, 40, 40)}
 
 

@@ -17,10 +17,11 @@ def test_serve_imports_neither_torch_nor_qt(conv_model, free_addr):
         from pathlib import Path
         import livedenoise, livedenoise.cli
         from livedenoise.daemon import Daemon, ServeConfig
+        from livedenoise.engine import EngineConfig
         from livedenoise.sim import Replayer, ReplayConfig
         import threading
         daemon = Daemon(ServeConfig(model=Path({str(conv_model)!r}), source={free_addr()!r},
-                                    publish={free_addr()!r}, provider="cpu", warmup_shape=(64, 64)))
+                                    publish={free_addr()!r}, engine=EngineConfig(provider="cpu", shapes=((64, 64),))))
         daemon.start()
         time.sleep(0.3)
         daemon.stop()

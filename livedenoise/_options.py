@@ -1,0 +1,33 @@
+"""One description per configuration field, written where the field is declared.
+
+Configuration classes are plain dataclasses (a serve-only install needs nothing more); a field
+declared with :func:`option` carries its help text in ``metadata["help"]``, and the CLI reads it
+back with :func:`help_for`, so the code, ``--help`` and the docs say the same thing once.
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class C:
+...     rate: float = option(150.0, "Frames per second.")
+>>> help_for(C, "rate")
+'Frames per second.'
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field, fields
+from typing import Any
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
+    """A dataclass field with its one description (``factory`` for mutable defaults)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def help_for(cls: type, name: str) -> str:
+    """The description of field ``name`` of dataclass ``cls``."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
