@@ -1,36 +1,21 @@
-"""What the benchmark scripts share: a free loopback address, a subscriber to serve's output,
-a process's resident memory, the machine's description and a small pool for training runs."""
+"""What the benchmark scripts share: a process's resident memory, the machine's description and a
+small pool for training runs; and, from :mod:`livedenoise.testing`, a free loopback address (the
+``serve`` and ``replay`` children bind what their command line says, at log level WARNING) and a
+subscriber to serve's output."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from livedenoise.testing import free_addr, output_subscriber
 
-def free_addr() -> str:
-    """A TCP address on 127.0.0.1 with a port free right now (benchmarks stay on loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def output_subscriber(ctx, publish: str):
-    """A SUB socket on serve's ``denoised`` and ``stats`` topics at ``publish``, unbounded (no HWM drops)."""
-    import zmq
-
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"denoised")
-    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(publish)
-    return sub
+__all__ = ["free_addr", "machine", "output_subscriber", "rss_mib", "run_jobs"]
 
 
 def rss_mib(pid: int) -> float:

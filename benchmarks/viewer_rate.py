@@ -9,7 +9,7 @@ set) in this process and measures the frames it draws and paints per second, the
 receives per second and the daemon's fps_out with the viewer attached.
 
 The model is ``livedenoise/models/default.onnx`` when it is there, else the tests' small
-convolutional model (``tests/conftest.py``): the display rate does not depend on what the model does.
+convolutional model (:func:`livedenoise.testing.build_onnx_model`): the display rate does not depend on what the model does.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def default_model(workdir: Path) -> Path:
     shipped = REPO / "livedenoise" / "models" / "default.onnx"
     if shipped.exists():
         return shipped
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_onnx_model  # the tests' real (small) convolutional model
+    from livedenoise.testing import build_onnx_model  # the tests' real (small) convolutional model
 
     return build_onnx_model(workdir / "conv.onnx", width=8, depth=3)
 

@@ -2,14 +2,14 @@
 
 Configuration classes are plain dataclasses (a serve-only install needs nothing more); a field
 declared with :func:`option` carries its help text in ``metadata["help"]``, and the CLI reads it
-back with :func:`help_for`, so the code, ``--help`` and the docs say the same thing once.
+back with :func:`help_for` (and its default with :func:`default_for`), so the code, ``--help`` and the docs say the same thing once.
 
 >>> from dataclasses import dataclass
 >>> @dataclass
 ... class C:
 ...     rate: float = option(150.0, "Frames per second.")
->>> help_for(C, "rate")
-'Frames per second.'
+>>> help_for(C, "rate"), default_for(C, "rate")
+('Frames per second.', 150.0)
 """
 
 from __future__ import annotations
@@ -30,4 +30,17 @@ def help_for(cls: type, name: str) -> str:
     for f in fields(cls):
         if f.name == name:
             return f.metadata.get("help", "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def default_for(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls`` (a fresh one for a factory field), so a
+    command-line option defaults to what the configuration does without repeating it."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
     raise KeyError(f"{cls.__name__} has no field {name!r}")

@@ -15,3 +15,21 @@ class MalformedMessage(LivedenoiseError):
 
 class ModelError(LivedenoiseError):
     """A model file that cannot be used: unreadable, not ONNX, or without livedenoise metadata."""
+
+
+class PipelineError(LivedenoiseError):
+    """A pipeline thread of ``serve`` failed (an exception escaped its loop), so the daemon stopped.
+
+    Raised by :meth:`livedenoise.daemon.Daemon.run` after the clean stop, so that ``serve`` exits
+    non-zero with one line, ``error: <stage> thread failed: <exception>``, which a supervisor sees.
+    ``stage`` names the thread; ``__cause__`` is its exception (None if it merely ended).
+    """
+
+    def __init__(self, stage: str, error: BaseException | None = None):
+        self.stage = stage
+        if error is None:
+            super().__init__(f"{stage} thread ended unexpectedly")
+            return
+        text = " ".join(str(error).split())  # one line, whatever the exception says
+        super().__init__(f"{stage} thread failed: {type(error).__name__}" + (f": {text}" if text else ""))
+        self.__cause__ = error

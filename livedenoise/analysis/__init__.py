@@ -6,6 +6,6 @@ numpy only: the daemon uses both. Scoring against ground truth (PSNR, SSIM, atom
 """
 
 from ._atoms import Atoms, find_atoms, local_maxima
-from ._css import C1, C2, css, css_series, scale_to_unit
+from ._css import C1, C2, css, css_chain, css_series, scale_to_unit
 
-__all__ = ["C1", "C2", "Atoms", "css", "css_series", "find_atoms", "local_maxima", "scale_to_unit"]
+__all__ = ["C1", "C2", "Atoms", "css", "css_chain", "css_series", "find_atoms", "local_maxima", "scale_to_unit"]

@@ -1,8 +1,10 @@
 """The ``livedenoise`` command line.
 
-Each group of commands lives in ``livedenoise/commands/`` next to the stage it drives and is
-registered here. Commands import torch or Qt only inside their bodies, so ``serve`` never loads them.
-A :class:`~livedenoise.errors.LivedenoiseError` becomes one ``error: ...`` line and exit code 2.
+Each module holds one group of commands on its own :class:`typer.Typer` (module-level functions),
+merged here into one app: ``_serve`` (serve, demo), ``_replay``, ``_view``, ``_keys``, ``_files``
+(denoise, css, inspect), ``_train``, ``_evaluate`` (evaluate, simulate). Commands import torch or
+Qt only inside their bodies, so ``--help`` and ``serve`` never load them. A
+:class:`~livedenoise.errors.LivedenoiseError` becomes one ``error: ...`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,10 +14,7 @@ import sys
 import typer
 
 from ..errors import LivedenoiseError
-from . import _evaluate as evaluate
-from . import _pipeline as pipeline
-from . import _train as train
-from . import _view as view
+from . import _evaluate, _files, _keys, _replay, _serve, _train, _view
 
 app = typer.Typer(
     name="livedenoise",
@@ -24,14 +23,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-for module in (pipeline, train, view, evaluate):
-    module.register(app)
+for _group in (_serve, _replay, _view, _keys, _files, _train, _evaluate):
+    app.add_typer(_group.app)
 
 
 def main() -> None:
+    """The console script: run the app; a LivedenoiseError is one ``error:`` line and exit code 2."""
     try:
         app()
     except LivedenoiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+__all__ = ["app", "main"]

@@ -16,12 +16,14 @@ import typer
 
 from ..errors import LivedenoiseError
 
+app = typer.Typer()
 simulate_app = typer.Typer(
     name="simulate",
     help="Simulated low-dose HAADF-STEM movies with ground truth.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_help_panel="Models",
 )
+app.add_typer(simulate_app)
 
 
 def _write_tiff(path: Path, stack, what: str, compress: bool = False) -> None:
@@ -94,6 +96,7 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+@app.command("evaluate", rich_help_panel="Models")
 def evaluate_cmd(
     denoised: Annotated[Path, typer.Option("--denoised", help="Denoised stack (multi-page TIFF or .npy).")],
     truth: Annotated[Optional[Path], typer.Option("--truth", help="Noise-free stack of the same shape.")] = None,
@@ -156,9 +159,3 @@ def evaluate_cmd(
             json_out.write_text(rep.to_json())
         except OSError as exc:
             raise LivedenoiseError(f"cannot write {json_out}: {exc.strerror or exc}") from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
-    app.add_typer(simulate_app, name="simulate")
-    app.command("evaluate")(evaluate_cmd)

@@ -1,4 +1,4 @@
-"""CLI commands (owned by the train work): registered on the app by :func:`register`.
+"""``train`` (owned by the train work): its command group, merged into the app by ``cli/__init__.py``.
 
 ``livedenoise train`` trains Noise2Atom on a movie and exports Ms2c to ONNX with its model card.
 torch is imported only inside the command body (``trainer`` needs the ``train`` extra).
@@ -12,7 +12,10 @@ import typer
 
 from ..errors import LivedenoiseError
 
+app = typer.Typer()
 
+
+@app.command("train", rich_help_panel="Models")
 def train(
     frames: Path = typer.Option(..., "--frames", help="Noisy movie: multi-page TIFF or .npy (T, H, W), frames >= 128x128."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
@@ -66,8 +69,3 @@ def train(
             checkpoint_every=checkpoint_every,
         )
     )
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
-    app.command("train")(train)

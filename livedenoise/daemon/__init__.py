@@ -23,9 +23,9 @@ from ._config import (
 from ._daemon import Daemon
 from ._publish import Delivered, Publisher
 from ._queue import FrameQueue, QueueClosed
-from ._receive import Received, Source, max_part_bytes
+from ._receive import Received, Source, max_part_bytes, restarts
 from ._stats import Stats
-from ._threads import LogThrottle
+from ._threads import LogThrottle, PipelineThread
 
 __all__ = [
     "DEFAULT_PUBLISH",
@@ -36,6 +36,7 @@ __all__ = [
     "Delivered",
     "FrameQueue",
     "LogThrottle",
+    "PipelineThread",
     "Publisher",
     "QueueClosed",
     "QueueConfig",
@@ -46,4 +47,5 @@ __all__ = [
     "Source",
     "Stats",
     "max_part_bytes",
+    "restarts",
 ]

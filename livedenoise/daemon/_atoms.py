@@ -15,7 +15,7 @@ import numpy as np
 from ..analysis import find_atoms
 from ..protocol import encode_atoms
 from ._publish import Delivered, Publisher
-from ._threads import LogThrottle
+from ._threads import LogThrottle, Spawn, spawn_thread
 
 log = logging.getLogger("livedenoise.analysis")
 
@@ -74,9 +74,9 @@ class AtomFinder:
         self.last_count: int | None = None
         self._ms: deque[float] = deque(maxlen=self.RECENT)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="ld-atoms", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Spawn = spawn_thread) -> None:
+        """Start the finder thread through ``spawn`` (the daemon's reports a failure of the thread)."""
+        self._thread = spawn("atoms", self.run)
 
     def submit(self, delivered: Delivered) -> None:
         """Publisher hook: queue one frame; skip the oldest waiting ones beyond the backlog."""

@@ -54,9 +54,11 @@ class AtomsConfig:
     """``--atoms``: the atoms of each denoised frame, published on the ``atoms`` topic."""
 
     threshold: float = option(
-        0.4, "Minimum peak height above the background, in denoised units where an atom peaks near 1."
+        0.4,
+        "Minimum peak height above the background, in denoised units where an atom peaks near 1; "
+        "or 'N%': that share of each frame's highest peak.",
     )
-    relative: bool = option(False, "The threshold is a fraction of each frame's highest peak instead.")
+    relative: bool = option(False, "The threshold is a share of each frame's highest peak ('N%' on the command line).")
 
     def __post_init__(self) -> None:
         if not (0 <= self.threshold <= (1 if self.relative else float("inf"))):
@@ -90,13 +92,20 @@ class ServeConfig:
     model: Path = option(help="ONNX model with a livedenoise model card.")
     source: str = option(DEFAULT_SOURCE, "Detector address to connect to.")
     publish: str = option(DEFAULT_PUBLISH, "Address to bind for the denoised, raw, stats and atoms topics (PUB).")
+    push_output: str | None = option(
+        None,
+        "Also bind a PUSH socket here for one consumer that must get every denoised frame: sent blocking, "
+        "so a slow consumer holds the daemon back (and, with --lossless, the detector) instead of losing frames.",
+    )
     pull: bool = option(False, "Connect a PULL socket (the detector binds PUSH) instead of SUB.")
     stats_interval: float = option(0.5, "Seconds between stats messages.")
     limits: Limits = option(help="Caps on detector messages, checked before allocation.", factory=lambda: DEFAULT_LIMITS)
     queue: QueueConfig = option(help="The frame queue.", factory=QueueConfig)
     engine: EngineConfig = option(help="The inference engine.", factory=EngineConfig)
     recording: RecordingConfig | None = option(None, "Recording; None: off.")
-    atoms: AtomsConfig | None = option(None, "Atom finding; None: off.")
+    atoms: AtomsConfig | None = option(
+        None, "Find the atoms of each denoised frame; publish their positions and count on 'atoms'."
+    )
     security: SecurityConfig = option(help="CURVE encryption and authentication.", factory=SecurityConfig)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,15 @@ Shutdown (:meth:`Daemon.stop`, or SIGINT/SIGTERM under :meth:`Daemon.run`): rece
 is queued is denoised and published, the recording (``record``) is written and closed, the sockets
 close, exit code 0. A second signal exits at once.
 
+Failure: every stage runs in a :class:`~livedenoise.daemon.PipelineThread`. An exception escaping a
+stage's loop (not a per-frame error: those are counted and skipped) stops the pipeline the same
+clean way, as far as the surviving stages can drain; :meth:`Daemon.stop` then returns 1 and
+:meth:`Daemon.run` raises :class:`~livedenoise.errors.PipelineError`, which ``serve`` prints as
+``error: <stage> thread failed: <exception>`` before exiting with code 2.
+
+``push_output``: a PUSH socket for one consumer that must get every denoised frame (see
+:mod:`livedenoise.daemon._publish`); the PUB output drops frames for a slow subscriber.
+
 Recording (``record``, see :mod:`livedenoise.recording`) hangs off the publisher as a hook and
 writes in its own thread; so does atom finding (``atoms``, :class:`~livedenoise.daemon.AtomFinder`),
 which skips frames rather than fall behind and publishes on the ``atoms`` topic.
@@ -39,15 +48,15 @@ import zmq
 
 from .._signals import stop_on_signals
 from ..engine import Engine
-from ..errors import LivedenoiseError
+from ..errors import LivedenoiseError, PipelineError
 from ._config import ServeConfig
 from ..protocol import DEFAULT_LIMITS, Limits
 from ._atoms import AtomFinder
 from ._publish import Publisher
 from ._queue import FrameQueue
-from ._receive import Received, Source
+from ._receive import Received, Source, restarts
 from ._stats import Stats
-from ._threads import LogThrottle
+from ._threads import LogThrottle, PipelineThread
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -90,11 +99,13 @@ class Daemon:
             try:
                 self.publisher = Publisher(
                     self.ctx, config.publish, self.stats, interval=config.stats_interval,
-                    configure=self.curve.apply if self.curve else None,
+                    configure=self.curve.apply if self.curve else None, push=config.push_output,
                 )
             except Exception:
                 self.source.socket.close(linger=0)
                 raise
+            if config.push_output is not None:
+                self.stats.extras.append(self.publisher.push_counters)
             if config.recording is not None:
                 from ..recording import Recorder
 
@@ -105,7 +116,7 @@ class Daemon:
                     )
                 except Exception:
                     self.source.socket.close(linger=0)
-                    self.publisher.socket.close(linger=0)
+                    self.publisher.close()
                     raise
                 self.publisher.hooks.append(self.recorder.submit)
                 self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
@@ -123,14 +134,28 @@ class Daemon:
                 self.curve.stop()
             self.ctx.term()
             raise
-        self._threads: list[threading.Thread] = []
+        self._threads: list[PipelineThread] = []
+        self._lock = threading.Lock()
+        self._failure: PipelineError | None = None  # the first stage to fail
+        self._wake = threading.Event()  # run(): a signal or a failure
         self._stopped = threading.Event()
+        self._code = 0
         self._failures = LogThrottle(log)
 
     @property
     def publish_address(self) -> str:
         """The bound publish endpoint (with the real port if ``:*`` or ``:0`` was asked)."""
         return self.publisher.last_endpoint
+
+    @property
+    def push_address(self) -> str | None:
+        """The bound PUSH endpoint (``push_output``), None without one."""
+        return self.publisher.push_endpoint
+
+    @property
+    def failure(self) -> PipelineError | None:
+        """The first pipeline thread that failed, as the error :meth:`run` raises; None if none did."""
+        return self._failure
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,67 +175,108 @@ class Daemon:
             cfg.queue.capacity,
             ", lossless" if cfg.queue.lossless else "",
         )
+        if self.push_address is not None:
+            log.info("pushing every denoised frame to one consumer at PUSH %s", self.push_address)
         if self.recorder is not None:
-            self.recorder.start()
+            self.recorder.start(self._spawn)
             rec = cfg.recording
             log.info("recording %s frames to %s", "denoised and raw" if rec.raw else "denoised", rec.directory)
         if self.atoms is not None:
-            self.atoms.start()
+            self.atoms.start(self._spawn)
             thr = f"{cfg.atoms.threshold:.0%} of the highest" if cfg.atoms.relative else f"{cfg.atoms.threshold:g}"
             log.info("finding atoms: peaks higher than %s above the background, published on 'atoms'", thr)
-        for name, target in (
-            ("ld-publish", self.publisher.run),
-            ("ld-infer", self._infer_loop),
-            ("ld-receive", self.source.run),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._spawn("publish", self.publisher.run)
+        self._spawn("infer", self._infer)
+        self._spawn("receive", self.source.run)
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop receiving, drain the queue through inference and publishing, close. Idempotent."""
+    def stop(self, timeout: float | None = 30.0) -> int:
+        """Stop receiving, drain the queue through inference and publishing, close. Idempotent.
+
+        Returns 0, or 1 if a pipeline thread failed (:attr:`failure` says which and why) or did
+        not finish within ``timeout`` (each join waits that long at most).
+        """
         if self._stopped.is_set():
-            return
-        self.source.stop()
+            return self._code
+        ended_early = [t.stage for t in self._threads if not t.is_alive()]
+        self._request_stop()
         if not self._threads:  # never started: nothing to drain
             self.source.socket.close(linger=0)
-            self.publisher.socket.close(linger=0)
+            self.publisher.close()
         for thread in self._threads:
-            thread.join(timeout)
+            if thread.stage in ("receive", "infer", "publish"):
+                thread.join(timeout)
         if self.recorder is not None:
             self.recorder.close(timeout)  # after the publisher: every published frame is written
         if self.atoms is not None:
             self.atoms.close(timeout)  # normally done already, by the publisher
-        if all(not t.is_alive() for t in self._threads):
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if not alive:
             if self.curve is not None:
                 self.curve.stop()
-            self.ctx.term()  # every socket is closed by now
+            self.ctx.destroy(linger=0)  # the threads closed their sockets (with their linger); any left: now
         else:
-            log.error("pipeline threads did not finish within %s s", timeout)
-        self._threads.clear()
+            log.error("pipeline threads %s did not finish within %s s", ", ".join(alive), timeout)
+        with self._lock:  # every exception is recorded by now: the first one wins over a mere end
+            if self._failure is None and ended_early:
+                self._failure = PipelineError(ended_early[0])
+        self._code = 1 if self._failure is not None or alive else 0
         self._stopped.set()
         log.info("stopped: %s", self.stats.snapshot())
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until stopped; True if it has."""
-        return self._stopped.wait(timeout)
+        return self._code
 
     def run(self) -> int:
-        """Start, serve until SIGINT/SIGTERM, drain, return exit code 0 (main thread only)."""
-        stop_requested = threading.Event()
+        """Start, serve until SIGINT/SIGTERM or a pipeline thread fails, drain, stop (main thread only).
+
+        Returns the exit code of :meth:`stop` (0 after a signal). If a stage failed, raises its
+        :class:`~livedenoise.errors.PipelineError` after the clean stop: ``serve`` prints it as one
+        ``error:`` line and exits non-zero, so a supervisor (systemd) sees the failure.
+        """
 
         def on_signal(signum: int) -> None:
             log.info("signal %d: draining (send it again to exit at once)", signum)
-            stop_requested.set()
+            self._wake.set()
 
         with stop_on_signals(on_signal):
             self.start()
-            while not stop_requested.wait(0.2):
+            while not self._wake.wait(0.2):
                 if not all(t.is_alive() for t in self._threads):
-                    log.error("a pipeline thread ended unexpectedly; stopping")
-                    break
-            self.stop()
-        return 0
+                    break  # a thread ended without an exception: stop() reports it
+            code = self.stop()
+        if self._failure is not None:
+            raise self._failure
+        return code
+
+    # ------------------------------------------------------------------ thread failures
+
+    def _spawn(self, stage: str, target) -> PipelineThread:
+        """Start one stage's thread; an exception escaping it stops the pipeline (:meth:`_on_error`)."""
+        thread = PipelineThread(stage, target, self._on_error)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _on_error(self, thread: PipelineThread) -> None:
+        """In the failed thread: keep the first failure and have the rest drain and stop."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = PipelineError(thread.stage, thread.error)
+        self._request_stop()
+
+    def _request_stop(self) -> None:
+        """Receiving stops (the queue closes behind it, so inference and publishing drain and
+        end); a PUSH consumer is waited for only ``push_grace`` more; :meth:`run` wakes up."""
+        self.source.stop()
+        self.publisher.closing()
+        self._wake.set()
+
+    def _infer(self) -> None:
+        """The inference thread: :meth:`_infer_loop`. If it dies, nothing will take frames off the
+        queue any more: close it, or a lossless receiver would wait for room forever."""
+        try:
+            self._infer_loop()
+        except BaseException:
+            self.queue.close()
+            raise
 
     # ------------------------------------------------------------------ inference thread
 
@@ -218,6 +284,8 @@ class Daemon:
         cfg = self.config
         max_wait, max_batch = cfg.queue.max_wait_ms / 1e3, cfg.engine.max_batch
         engine, stats, publisher = self.engine, self.stats, self.publisher
+        multi_frame = engine.card.input_frames > 1
+        epochs: dict[int, int] = {}  # multi-frame models: series id -> epoch of its last frame
         try:
             # the source closes the queue when it stops; get_batch returns None once drained
             while True:
@@ -227,14 +295,16 @@ class Daemon:
                 if not batch:
                     continue
                 try:
-                    result = engine.infer([r.frame.data for r in batch], [r.frame.series_id for r in batch])
+                    # a new epoch (start message, series change) restarts the model's window there
+                    restart = restarts(batch, epochs) if multi_frame else None
+                    result = engine.infer([r.frame.data for r in batch], [r.frame.series_id for r in batch], restart)
                 except Exception as exc:  # a bug or an unexpected onnxruntime state: count, go on
                     stats.failed += len(batch)
                     self._failures.warning("inference failed on %d frames: %s", len(batch), exc)
                     continue
                 for _, kind, message in result.errors:
                     if kind == "malformed":
-                        stats.malformed_pixels += 1
+                        stats.nonfinite_frames += 1
                     else:
                         stats.failed += 1
                     self._failures.warning("frame %s: %s", kind, message)

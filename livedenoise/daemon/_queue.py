@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -61,10 +62,6 @@ class FrameQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put(self, item: T, timeout: float | None = None) -> bool:
         """Queue ``item``. Live mode: never blocks. Lossless mode: blocks while full.
 
@@ -90,6 +87,39 @@ class FrameQueue(Generic[T]):
             self._items.append((time.monotonic(), item))
             self._not_empty.notify()
             return True
+
+    def put_many(self, items: Sequence[T], timeout: float | None = None) -> int:
+        """Queue ``items`` in order under one lock and one wake-up (the receiver hands over all
+        that one poll drained); returns how many were queued.
+
+        Live mode: all of them, never blocks (the oldest waiting, then the oldest of ``items``,
+        dropped and counted beyond ``capacity``). Lossless mode: as many as there is room for,
+        waiting up to ``timeout`` (None: forever) for room for the first; 0 if none came.
+        Raises :class:`QueueClosed` after :meth:`close`.
+        """
+        with self._lock:
+            if self._closed:
+                raise QueueClosed
+            if self.lossless:
+                if len(self._items) >= self.capacity:
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while len(self._items) >= self.capacity and not self._closed:
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            return 0
+                        self._not_full.wait(remaining)
+                    if self._closed:
+                        raise QueueClosed
+                items = items[: self.capacity - len(self._items)]
+            now = time.monotonic()
+            self._items.extend([(now, item) for item in items])
+            excess = len(self._items) - self.capacity
+            if excess > 0:  # live mode only
+                for _ in range(excess):
+                    self._items.popleft()
+                self.dropped += excess
+            self._not_empty.notify()
+            return len(items)
 
     def get_batch(self, max_batch: int, max_wait: float, timeout: float | None = None) -> list[T] | None:
         """Up to ``max_batch`` items, oldest first.

@@ -7,7 +7,17 @@ into read-only numpy views on the ZMQ buffers; nothing else touches the pixels h
 
 Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going.
 Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
-(counted as ``gaps``), loudly rather than silently.
+(counted as ``gaps``), loudly rather than silently. Every frame carries its series' *epoch*
+(:attr:`Received.epoch`), a counter the receiver advances at each ``start`` message (a series
+restarted under the same id included) and each change of ``series_id``: whatever carries history
+from frame to frame (a multi-frame model's window, CSS against the previous frame) starts afresh
+where the epoch changes. An epoch rather than a flag on the first frame: in live mode the queue
+may drop that frame, and the next one must still start the new run.
+
+Each wake-up drains what the socket holds, up to ``drain`` messages (``NOBLOCK``; as the viewer's
+receiver does), and hands the frames to the queue at once (:meth:`FrameQueue.put_many`, one lock
+and one wake-up): measured with ``benchmarks/ceiling.py``, a poll per message cost ~100 us of the
+receiver's time under load, most of it waiting to get the GIL back.
 
 Sizes are capped inside libzmq too: ``ZMQ_MAXMSGSIZE`` is set to the largest legal message part
 (:func:`max_part_bytes`: a full-size ``<f4`` frame), so an oversized part is never allocated.
@@ -24,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import zmq
@@ -57,11 +67,36 @@ REARM_AFTER_S = 0.5  # a disconnection without libzmq reconnecting by then: reco
 
 
 class Received(NamedTuple):
-    """A decoded frame and when it was received (``time.perf_counter()`` seconds)."""
+    """A decoded frame, when it was received (``time.perf_counter()`` seconds) and its series'
+    epoch (a new one after each ``start`` message or change of series id)."""
 
     frame: ImageFrame
     t_recv: float
+    epoch: int = 0
 
+
+
+MAX_EPOCHS_TRACKED = 64  # series whose last epoch restarts() remembers (more than any history kept)
+
+
+def restarts(batch: Sequence[Received], epochs: dict[int, int]) -> list[bool]:
+    """Per frame of ``batch``: does its series start afresh there (an epoch other than the last
+    one seen for that series id, or a series not seen yet)? ``epochs`` (series id -> last epoch,
+    the caller's, kept across batches) is updated, the most recent :data:`MAX_EPOCHS_TRACKED` kept.
+
+    >>> frame = lambda sid: ImageFrame(sid, 0, None)
+    >>> epochs = {}
+    >>> restarts([Received(frame(1), 0.0, 1), Received(frame(1), 0.0, 1), Received(frame(1), 0.0, 2)], epochs)
+    [True, False, True]
+    """
+    flags = []
+    for r in batch:
+        sid = r.frame.series_id
+        flags.append(epochs.pop(sid, None) != r.epoch)
+        epochs[sid] = r.epoch  # re-inserted: the dict's order is recency
+    while len(epochs) > MAX_EPOCHS_TRACKED:
+        del epochs[next(iter(epochs))]
+    return flags
 
 
 class Source:
@@ -84,8 +119,10 @@ class Source:
         rcvhwm: int = 1000,
         limits: Limits = DEFAULT_LIMITS,
         configure: Callable[[zmq.Socket], None] | None = None,
+        drain: int = 32,
     ):
         self.address = address
+        self.drain = max(1, drain)  # messages taken per wake-up at most
         self.queue = queue
         self.pull = pull
         self.limits = limits
@@ -94,6 +131,7 @@ class Source:
         self.gaps = 0
         self.disconnects = 0  # connections to the detector lost (it went away, or libzmq dropped it)
         self.series_id: int | None = None
+        self.epoch = 0  # advanced by each start message and change of series id
         self._last_image_id: int | None = None
         self._stop = threading.Event()
         self._bad = LogThrottle(log)
@@ -147,23 +185,9 @@ class Source:
                     self._rearm()
                 if sock not in ready:
                     continue
-                parts = sock.recv_multipart(copy=False)
-                t_recv = time.perf_counter()
-                try:
-                    msg = decode_detector_message(parts, self.limits)
-                except MalformedMessage as exc:
-                    self.malformed += 1
-                    self._bad.warning("malformed message rejected: %s", exc)
-                    continue
-                if type(msg) is ImageFrame:
-                    self._track(msg)
-                    self.received += 1
-                    self._enqueue(Received(msg, t_recv))
-                elif type(msg) is SeriesStart:
-                    log.info("series %d: start", msg.series_id)
-                    self.series_id, self._last_image_id = msg.series_id, None
-                elif type(msg) is SeriesEnd:
-                    log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+                items = self._drain(sock)
+                if items:
+                    self._enqueue(items)
         except QueueClosed:
             pass
         finally:
@@ -183,17 +207,46 @@ class Source:
             pass  # already gone
         self.socket.connect(self.address)
 
-    def _enqueue(self, item: Received) -> None:
+    def _drain(self, sock: zmq.Socket) -> list[Received]:
+        """Decode what the socket holds, up to ``drain`` messages, without waiting."""
+        items: list[Received] = []
+        limits = self.limits
+        for _ in range(self.drain):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            t_recv = time.perf_counter()
+            try:
+                msg = decode_detector_message(parts, limits)
+            except MalformedMessage as exc:
+                self.malformed += 1
+                self._bad.warning("malformed message rejected: %s", exc)
+                continue
+            if type(msg) is ImageFrame:
+                self._track(msg)
+                self.received += 1
+                items.append(Received(msg, t_recv, self.epoch))
+            elif type(msg) is SeriesStart:
+                log.info("series %d: start", msg.series_id)
+                self.series_id, self._last_image_id = msg.series_id, None
+                self.epoch += 1
+            elif type(msg) is SeriesEnd:
+                log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+        return items
+
+    def _enqueue(self, items: list[Received]) -> None:
         # Lossless: wait for room however long it takes (the inference thread drains the queue,
         # also during shutdown); a frame taken off the socket is never dropped.
-        while not self.queue.put(item, timeout=0.1):
-            pass
+        while items:
+            items = items[self.queue.put_many(items, timeout=0.1) :]
 
     def _track(self, frame: ImageFrame) -> None:
         if frame.series_id != self.series_id:
             if self.series_id is not None:
                 log.info("series %d -> %d (image %d)", self.series_id, frame.series_id, frame.image_id)
             self.series_id = frame.series_id
+            self.epoch += 1
         elif self._last_image_id is not None and frame.image_id != self._last_image_id + 1:
             self.gaps += 1
             self._gap_log.warning(

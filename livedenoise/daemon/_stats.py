@@ -23,7 +23,7 @@ class Stats:
         self.model, self.provider = model, provider
         self.source = source  # has .received .malformed .gaps
         self.queue = frame_queue  # has .dropped and len()
-        self.malformed_pixels = 0  # written by the inference thread
+        self.nonfinite_frames = 0  # frames with NaN/inf pixels, refused by the engine (inference thread)
         self.failed = 0  # written by the inference thread
         self.denoised = 0  # written by the publisher thread
         self._window: deque[tuple[float, float, float]] = deque(maxlen=1 << 17)  # (t, latency_ms, css)
@@ -57,7 +57,7 @@ class Stats:
             "received": received,
             "denoised": self.denoised,
             "dropped": self.queue.dropped if self.queue is not None else 0,
-            "malformed": (self.source.malformed if self.source else 0) + self.malformed_pixels,
+            "malformed": (self.source.malformed if self.source else 0) + self.nonfinite_frames,
             "failed": self.failed,
             "gaps": self.source.gaps if self.source else 0,
             "disconnects": getattr(self.source, "disconnects", 0),

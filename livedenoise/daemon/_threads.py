@@ -1,9 +1,57 @@
-"""What every pipeline thread shares: throttled logging, and one failure path."""
+"""What every pipeline thread shares: throttled logging, and one failure path.
+
+Each stage of ``serve`` (receive, infer, publish, record, atoms) runs in a :class:`PipelineThread`
+(LiberTEM-live's ``ErrThreadMixin`` habit): an exception that escapes the stage's loop is logged
+with its traceback, kept in :attr:`PipelineThread.error`, and reported to the owner
+(``on_error``), which stops the pipeline and re-raises it as a
+:class:`~livedenoise.errors.PipelineError`. Per-frame errors never get this far: the stages count
+and log those and go on.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+
+log = logging.getLogger("livedenoise.daemon")
+
+Spawn = Callable[[str, Callable[[], None]], threading.Thread]
+"""``spawn(stage, target)``: start ``target`` in a thread named after ``stage`` and return it."""
+
+
+class PipelineThread(threading.Thread):
+    """A stage's thread: runs ``target``; if it raises, keeps the exception in :attr:`error`, logs
+    it and calls ``on_error(self)`` (from this thread) so the owner can stop the rest.
+
+    A daemon thread, named ``ld-<stage>``: a stage that hangs cannot keep the process alive.
+    """
+
+    def __init__(
+        self, stage: str, target: Callable[[], None], on_error: Callable[[PipelineThread], None] | None = None
+    ):
+        super().__init__(name=f"ld-{stage}", daemon=True)
+        self.stage = stage
+        self.error: BaseException | None = None
+        self._run_stage = target
+        self._on_error = on_error
+
+    def run(self) -> None:
+        try:
+            self._run_stage()
+        except BaseException as exc:  # kept, logged and handed to the owner, who re-raises it
+            self.error = exc
+            log.error("%s thread failed", self.stage, exc_info=exc)
+            if self._on_error is not None:
+                self._on_error(self)
+
+
+def spawn_thread(stage: str, target: Callable[[], None]) -> threading.Thread:
+    """A :data:`Spawn` for a stage used on its own (no owner to tell): a started :class:`PipelineThread`."""
+    thread = PipelineThread(stage, target)
+    thread.start()
+    return thread
 
 
 class LogThrottle:

@@ -60,19 +60,21 @@ class EngineConfig:
     max_batch_pixels: int = option(1 << 20, "At most this many padded pixels per inference run (bounds memory on large frames).")
     threads: int = option(0, "onnxruntime intra-op threads (0: one per core).")
     spin: bool = option(False, "Let onnxruntime threads spin between runs (dedicated cores only).")
-    shapes: tuple[tuple[int, int], ...] = option(((128, 128),), "Frame sizes HxW to warm the model up for at start.")
-    optimise_graph: bool = True
-    cpu_arena: bool | None = None
-    arena_extend_same: bool = True
-    mem_pattern: bool | None = None
-    io_binding: bool | None = None  # None: on for GPU providers, off on the CPU
+    shapes: tuple[tuple[int, int], ...] = option(
+        ((128, 128),), "Frame sizes HxW to warm the model up for at start (comma-separated; '' for none)."
+    )
+    optimise_graph: bool = option(True, "Rewrite stride-1 ConvTranspose as Conv at load (needs onnx).")
+    cpu_arena: bool | None = option(None, "onnxruntime's CPU memory arena (None: on, unless a rewrite failed).")
+    arena_extend_same: bool = option(True, "Grow the CPU arena by what is requested, not to a power of two.")
+    mem_pattern: bool | None = option(None, "onnxruntime's memory pattern (None: on for GPU providers only).")
+    io_binding: bool | None = option(None, "Feed and fetch through an IOBinding (None: on for GPU providers only).")
     cuda_graph: bool = option(False, "GPU: capture a CUDA graph for the warm-up frame size.")
-    fixed_batch: bool | None = None  # None: on for GPU providers
+    fixed_batch: bool | None = option(None, "Run every batch at its size's cap (None: on for GPU providers only).")
     fp16: bool = option(False, "GPU: run the model in float16 if it matches fp32 within tolerance (checked at start).")
-    fp16_tolerance: float = 0.02
+    fp16_tolerance: float = option(0.02, "Largest difference of fp16 from fp32 (published [0, 1] frames) accepted.")
     trt_cache: Path | None = option(None, "TensorRT engine cache folder (with --provider tensorrt).")
-    trt_fp16: bool = False
-    device_id: int = 0
+    trt_fp16: bool = option(False, "Let TensorRT pick fp16 kernels.")
+    device_id: int = option(0, "The GPU.")
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_batch_pixels < 1:

@@ -6,14 +6,19 @@ a preallocated input buffer: the only copy of the pixels), pads by reflection to
 ``size_multiple``, runs the session and crops back. A batch may mix frame shapes: it is grouped by
 shape, so any frame size the model accepts works without a restart.
 
-Per frame the Python work is O(1) (one ``normalise`` call into a buffer slice); everything else is
-vectorised over the group. Frames with NaN/inf pixels are rejected (``malformed``) with one
+Everything is vectorised over a group of frames of one shape: the frames are cast into the input
+buffer with one ``np.stack`` and normalised there in place (:func:`~livedenoise.engine.normalise`
+on the whole group: the same arithmetic per pixel as frame by frame, 4.0 against 6.5 us a frame
+at 128² measured here); per frame only a view is taken. Frames with NaN/inf pixels are rejected (``malformed``) with one
 reduction over the group, and a group that fails inside onnxruntime is reported (``failed``)
 without affecting the other groups.
 
 Multi-frame models (``input_frames = k > 1``, causal): channel ``k - 1`` is the current frame and
 channel ``k - 1 - j`` the frame ``j`` frames earlier *in the same series as received by the
-engine*; missing history at the start of a series repeats the oldest frame available.
+engine*; missing history at the start of a series repeats the oldest frame available. A series
+restarts where ``infer(..., restart=...)`` says so (the daemon: the first frame after a ``start``
+message or a change of series id): its history is dropped *before* that frame, frames earlier in
+the same batch still feeding the run they belong to.
 
 Memory and start-up (:class:`EngineConfig`; measured figures in ``docs/benchmarks.md``):
 
@@ -381,11 +386,18 @@ class Engine:
 
     # ------------------------------------------------------------------ inference
 
-    def infer(self, frames: Sequence[np.ndarray], series: Sequence[int] | None = None) -> InferResult:
+    def infer(
+        self,
+        frames: Sequence[np.ndarray],
+        series: Sequence[int] | None = None,
+        restart: Sequence[bool] | None = None,
+    ) -> InferResult:
         """Denoise ``frames`` (any mix of 2-D shapes and supported dtypes).
 
-        ``series`` (one id per frame) is needed only by multi-frame models, for their history.
-        Outputs are in [0, 1] (:func:`~livedenoise.engine.to_display`), float32, C-order.
+        ``series`` (one id per frame) is needed only by multi-frame models, for their history;
+        ``restart`` (one flag per frame, default none) starts a frame's series afresh: the frame
+        is denoised as the first of a new series. Outputs are in [0, 1]
+        (:func:`~livedenoise.engine.to_display`), float32, C-order.
         """
         result = InferResult([None] * len(frames))
         groups: dict[tuple[int, int], list[int]] = {}
@@ -394,7 +406,7 @@ class Engine:
         for shape, idx in groups.items():
             cap = self.batch_cap(shape)
             for start in range(0, len(idx), cap):
-                self._infer_group(frames, series, shape, idx[start : start + cap], result)
+                self._infer_group(frames, series, shape, idx[start : start + cap], result, restart)
         return result
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -404,15 +416,15 @@ class Engine:
         (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return out
 
-    def _infer_group(self, frames, series, shape, idx: list[int], result: InferResult) -> None:
+    def _infer_group(self, frames, series, shape, idx: list[int], result: InferResult, restart=None) -> None:
         h, w = shape
         hp, wp = self.padded_shape(shape)
         buf = self._buffer(shape)
         n = len(idx)
-        norm = self.card.normalisation
         k = self._k
-        for j, i in enumerate(idx):
-            normalise(frames[i], norm, out=buf[j, k - 1, :h, :w])
+        current = buf[:n, k - 1, :h, :w]
+        np.stack([frames[i] for i in idx], out=current, casting="unsafe")  # cast once, into the buffer
+        normalise(current, self.card.normalisation, out=current)
         # float frames only (integers are always finite): one reduction for the whole group, a
         # non-finite pixel makes its frame's sum non-finite
         if any(frames[i].dtype.kind == "f" for i in idx):
@@ -431,7 +443,7 @@ class Engine:
             idx = [idx[j] for j in keep]
             n = len(idx)
         if k > 1:
-            self._fill_history(buf, idx, series, shape)
+            self._fill_history(buf, idx, series, shape, restart)
         if hp > h:
             buf[:n, :, h:hp, :w] = buf[:n, :, _reflect_index(h, h, hp), :w]
         if wp > w:
@@ -457,14 +469,14 @@ class Engine:
         for j, i in enumerate(idx):
             result.outputs[i] = out[j]
 
-    def _fill_history(self, buf: np.ndarray, idx: list[int], series, shape) -> None:
+    def _fill_history(self, buf: np.ndarray, idx: list[int], series, shape, restart=None) -> None:
         """Multi-frame models: channels 0..k-2 from each frame's series history (causal)."""
         k = self._k
         h, w = shape
         for j, i in enumerate(idx):
             sid = series[i] if series is not None else 0
             hist = self._history.get(sid)
-            if hist is None or (hist and hist[-1].shape != shape):
+            if hist is None or (hist and hist[-1].shape != shape) or (restart is not None and restart[i]):
                 hist = deque(maxlen=k - 1)
                 self._history[sid] = hist
             self._history.move_to_end(sid)
@@ -479,5 +491,5 @@ class Engine:
             hist.append(current.copy())
 
     def reset_series(self, series_id: int) -> None:
-        """Forget a series' history (a new ``start`` for it, or its ``end``)."""
+        """Forget a series' history now (``infer(..., restart=...)`` does it at the right frame of a batch)."""
         self._history.pop(series_id, None)

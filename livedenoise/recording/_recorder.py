@@ -8,7 +8,8 @@ Layout of a recording directory (``serve --record DIR``)::
 
 ``kind`` is ``denoised`` (float32 in [0, 1]) or ``raw`` (the input's dtype, with ``--record-raw``).
 A chunk is written under a temporary name (``*.tif.part``), flushed and fsynced, renamed
-atomically (:func:`os.replace`) and the directory fsynced; only *then* is its index line appended
+atomically (:func:`os.replace`) and the directory fsynced (not on Windows, which cannot open a
+directory and journals NTFS metadata itself); only *then* is its index line appended
 and fsynced. So at any instant every chunk named in the index is complete on disk, and a crash
 leaves at most a ``.part`` file (ignored) and possibly a truncated last index line (ignored).
 The ``recorded`` counter in the daemon's stats counts only frames in indexed chunks: every frame
@@ -39,7 +40,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,12 +57,27 @@ VERSION = 1
 KINDS = ("denoised", "raw")
 
 
+# Windows: a directory cannot be opened (os.open raises PermissionError), and NTFS journals
+# metadata changes such as renames itself, so there is no directory to fsync.
+DIRECTORY_FSYNC = os.name != "nt"
+
+
 def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable: fsync the directory (POSIX; skipped on
+    Windows, see :data:`DIRECTORY_FSYNC`)."""
+    if not DIRECTORY_FSYNC:
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _writer_thread(stage: str, target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, name=f"ld-{stage}", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Chunk:
@@ -114,7 +130,13 @@ class Recorder:
 
     Counters (written by the recorder thread, or by :meth:`submit` for ``overflow``):
     ``recorded`` / ``recorded_raw`` (frames in indexed chunks), ``overflow`` (frames not recorded
-    because the queue was full, live mode), ``errors`` (chunks lost to disk errors).
+    because the queue was full, live mode, or because the writer thread had failed),
+    ``errors`` (chunks lost to disk errors).
+
+    An exception escaping the writer loop (a bug, not a disk error) ends the thread: what was
+    queued is still written if it can be, open chunks are closed and indexed, :meth:`submit` stops
+    blocking (lossless mode would otherwise hold the whole pipeline back), and the exception
+    propagates to whoever started the thread (the daemon stops and reports it).
     """
 
     _STOP = object()
@@ -151,6 +173,7 @@ class Recorder:
         self._seq = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._failed = False  # the writer thread died: submit() no longer queues anything
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             marker = self.directory / MARKER
@@ -168,15 +191,19 @@ class Recorder:
 
     # ------------------------------------------------------------------ producer side
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="ld-record", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread] | None = None) -> None:
+        """Start the writer thread, through ``spawn(stage, target)`` if given (the daemon's, which
+        reports a failure of the thread), else as a plain thread."""
+        self._thread = (spawn or _writer_thread)("record", self.run)
 
     def submit(self, delivered) -> None:
         """Publisher hook: queue one :class:`~livedenoise.daemon.Delivered` frame for writing."""
         nbytes = delivered.denoised.nbytes + (delivered.raw.nbytes if self.raw else 0)
         item = (delivered.series_id, delivered.image_id, delivered.raw, delivered.denoised, nbytes)
         with self._cv:
+            if self._failed:
+                self.overflow += 1
+                return
             while self._items and self._full(nbytes):
                 if not self.lossless or self._stopping:
                     self.overflow += 1
@@ -243,8 +270,29 @@ class Recorder:
                 except Exception:  # a bug must not stop recording (lossless would then block)
                     self.errors += 1
                     log.exception("recording a frame failed")
+        except BaseException:
+            self._salvage()
+            raise
         finally:
             self._close_all()
+
+    def _salvage(self) -> None:
+        """The thread is dying of an exception: unblock :meth:`submit` for good, and write what
+        was queued while the writing itself still works (the rest counts as ``overflow``)."""
+        with self._cv:
+            self._failed = self._stopping = True
+            items = list(self._items)
+            self._items.clear()
+            self._bytes = 0
+            self._cv.notify_all()
+        for i, item in enumerate(items):
+            try:
+                self._write(*item[:4])
+            except Exception:
+                with self._cv:  # submit() counts overflow too
+                    self.overflow += len(items) - i
+                log.exception("recorder failed: %d queued frames not recorded", len(items) - i)
+                return
 
     def _next_deadline(self) -> float | None:
         if not self._open:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from .._options import option
 from ..errors import LivedenoiseError
 from ..io import read_movie, to_wire_dtype
 from ..protocol import encode_end, encode_image, encode_start
@@ -36,21 +37,33 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 @dataclass(slots=True)
 class ReplayConfig:
-    path: Path | None = None  # a multi-page TIFF; None with synthetic=True
-    synthetic: bool = False  # frames from livedenoise.sim instead of a file
-    fps: float = 150.0
-    bind: str = DEFAULT_BIND
-    loop: bool = False  # repeat the file, one series per pass
-    push: bool = False  # bind PUSH (lossless, blocks without a reader) instead of PUB
-    count: int | None = None  # stop after this many frames (None: the file once, or forever if looping/synthetic)
-    series_id: int = 1  # the first series id; each pass adds one
-    wait_subscriber: float = 0.0  # PUB: wait up to this long for a subscriber before sending
-    size: int = 128  # synthetic frame side
-    dtype: str = "<u2"  # synthetic frame dtype
-    seed: int = 0  # synthetic movie seed
-    linger_ms: int | None = None  # time for queued frames to leave at the end (None: 2 s PUB, 30 s PUSH)
-    curve_secret: Path | None = None  # CURVE server key pair (NAME.key_secret): encrypt the stream
-    curve_allow: Path | None = None  # only these client public keys may connect (a .key file or a dir)
+    """What ``replay`` streams and how; each field's help is shown by ``replay --help``."""
+
+    path: Path | None = option(None, "Multi-page TIFF to stream.")
+    synthetic: bool = option(False, "Stream simulated noisy HAADF frames instead of a file.")
+    fps: float = option(150.0, "Frames per second (absolute-deadline pacing).")
+    bind: str = option(DEFAULT_BIND, "Address to bind, like a detector.")
+    loop: bool = option(False, "Repeat the file, one series per pass.")
+    push: bool = option(
+        False, "Bind PUSH (for serve --pull/--lossless: no frame lost, blocks without a reader) instead of PUB."
+    )
+    count: int | None = option(
+        None, "Stop after this many frames (default: the file once, or forever with --loop or --synthetic)."
+    )
+    series_id: int = option(1, "The first series id; each pass adds one.")
+    wait_subscriber: float = option(0.0, "PUB: wait up to this many seconds for a subscriber before the first frame.")
+    size: int = option(128, "Synthetic frame side in pixels.")
+    dtype: str = option("<u2", "Synthetic frame dtype.")
+    seed: int = option(0, "Synthetic movie seed.")
+    linger_ms: int | None = option(
+        None, "Time for queued frames to leave at the end, in ms (default: 2 s PUB, 30 s PUSH)."
+    )
+    curve_secret: Path | None = option(
+        None, "CURVE: this program's key pair (NAME.key_secret from `livedenoise keys`); encrypts the stream."
+    )
+    curve_allow: Path | None = option(
+        None, "CURVE: only clients with these public keys may connect (a .key file or a directory)."
+    )
 
 
 class Replayer:

@@ -10,7 +10,9 @@ counters line. Frames that arrive faster than that are dropped in
 With ``serve --atoms``, the atoms of the frame on screen are drawn over the denoised image (a
 :class:`pyqtgraph.ScatterPlotItem` of fixed-size rings; key O or the *atoms* box toggles it). Each
 draw tick only compares the shown frame's ids and the buffer's atoms counter with the last ones;
-the points are replaced only when the atoms to show change.
+the points are replaced only when the atoms to show change. A daemon started without ``--atoms``
+publishes none: after NO_ATOMS_AFTER_S seconds of frames without any, a note next to the box says
+so, rather than leave an empty overlay unexplained.
 """
 
 from __future__ import annotations
@@ -24,117 +26,23 @@ import pyqtgraph as pg
 import tifffile
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from ._panels import COLORMAPS, FIXED_LEVEL_FRAMES, ImagePanel, colormap, fit_y, moving_mean
 from ._receiver import FramePair, Receiver, StreamBuffer
 
-COLORMAPS: tuple[str, ...] = ("grey", "viridis", "inferno", "magma", "cividis")
+__all__ = ["FIXED_LEVEL_FRAMES", "MonitorWindow"]
+
 DRAW_HZ = 60
 INFO_HZ = 5  # histograms, counters, status line, waiting banner
 PLOT_HZ = 2  # the rolling plots (each refresh repaints six axes: the costliest thing drawn)
 WAITING_AFTER_S = 1.5  # nothing received for this long: "waiting for stream…"
-FIXED_LEVEL_FRAMES = 5  # fixed levels: the range of the first frames of each series
 PLOT_SPAN_S = 30.0  # the rolling plots show the last this many seconds
 CSS_SMOOTH = 25  # frames in the CSS moving mean (and the atom count's)
 ATOM_PEN = (255, 70, 70)  # the overlay's rings: red reads on every colour map offered
 ATOM_SIZE = 11  # ring diameter in screen pixels, whatever the zoom
+NO_ATOMS_AFTER_S = 2.0  # frames for this long and no atoms message: "the daemon publishes no atoms"
+NO_ATOMS_NOTE = "the daemon publishes no atoms (serve --atoms)"
 
 _BANNER_STYLE = "QLabel {{ background: {bg}; color: white; font-size: 15pt; padding: 4px; }}"
-
-
-def colormap(name: str) -> pg.ColorMap:
-    """A colour map by name; ``grey`` is linear black to white."""
-    if name == "grey":
-        return pg.ColorMap([0.0, 1.0], [(0, 0, 0), (255, 255, 255)], name="grey")
-    return pg.colormap.get(name)
-
-
-def robust_levels(image: np.ndarray, low: float = 0.1, high: float = 99.9) -> tuple[float, float]:
-    """Display levels from percentiles of a subsample (at most ~64k pixels, so cheap on 1024² frames)."""
-    step = max(1, int(np.sqrt(image.size / 65536)))
-    sample = image[::step, ::step]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(sample, (low, high)))
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
-def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Causal moving mean (the first points average what there is so far)."""
-    if values.size == 0:
-        return values
-    csum = np.cumsum(values)
-    out = csum.copy()
-    out[window:] = csum[window:] - csum[:-window]
-    return out / np.minimum(np.arange(1, values.size + 1), window)
-
-
-def fit_y(plot: pg.PlotItem, *series: np.ndarray, zero: bool = False) -> None:
-    """Set a plot's y range to its finite data (from 0 with ``zero``); keep it when there is none."""
-    values = np.concatenate([np.ravel(s) for s in series])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return
-    lo, hi = float(values.min()), float(values.max())
-    if zero:
-        lo = min(lo, 0.0)
-    if hi - lo < 1e-9:
-        lo, hi = lo - max(abs(lo) * 0.05, 1e-3), hi + max(abs(hi) * 0.05, 1e-3)
-    plot.setYRange(lo, hi, padding=0.08)
-
-
-class _Histogram(pg.HistogramLUTItem):
-    """Levels control with a 256-entry lookup table, whose histogram is refreshed on demand.
-
-    pyqtgraph recomputes the histogram on every ``setImage``; here :meth:`refresh` does it at the
-    plot rate instead, so drawing a frame costs only the image itself.
-    """
-
-    def getLookupTable(self, img=None, n=None, alpha=None):  # noqa: N802 (pyqtgraph's name)
-        return super().getLookupTable(img, 256, alpha)
-
-    def imageChanged(self, autoLevel=False, autoRange=False):  # noqa: N802
-        pass  # connected to ImageItem.sigImageChanged by pyqtgraph: skipped per frame
-
-    def refresh(self) -> None:
-        super().imageChanged()
-
-
-class ImagePanel:
-    """One image (raw or denoised) in the window: view, image item, levels control, level state."""
-
-    def __init__(self, layout: pg.GraphicsLayout, title: str, col: int) -> None:
-        self.title = title
-        self.label = layout.addLabel(title, row=0, col=col, colspan=2)
-        self.view: pg.ViewBox = layout.addViewBox(row=1, col=col, lockAspect=True, invertY=True)
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.view.addItem(self.image)
-        self.hist = _Histogram(image=self.image)
-        layout.addItem(self.hist, row=1, col=col + 1)
-        self.shown: np.ndarray | None = None  # the frame on screen, as received (original dtype)
-        self._first_levels: list[tuple[float, float]] = []
-
-    def reset_levels(self) -> None:
-        """Fixed levels are taken again from the next frames."""
-        self._first_levels.clear()
-
-    def levels(self) -> tuple[float, float]:
-        lo, hi = self.hist.getLevels()
-        return float(lo), float(hi)
-
-    def show(self, data: np.ndarray, auto_levels: bool) -> None:
-        image = np.ascontiguousarray(data, dtype=np.float32)
-        if auto_levels or len(self._first_levels) < FIXED_LEVEL_FRAMES:
-            lo, hi = robust_levels(image)
-            if not auto_levels:
-                self._first_levels.append((lo, hi))
-                lo = min(level[0] for level in self._first_levels)
-                hi = max(level[1] for level in self._first_levels)
-            self.hist.setLevels(lo, hi)
-        new_shape = self.shown is None or self.shown.shape != data.shape
-        self.image.setImage(image, autoLevels=False)
-        self.shown = data
-        if new_shape:
-            self.view.autoRange(padding=0)
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
@@ -169,6 +77,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.show_atoms = True
         self.atoms_shown = None  # the AtomsMessage drawn over the denoised frame, if any
         self._overlay_key: tuple | None = None
+        self._atoms_heard = 0  # atoms messages counted at the last info tick
+        self._no_atoms_since: float | None = None  # frames flowing, and no atoms message, since then
 
         self._frames_waiting.connect(self._on_frames_waiting)
         self.receiver = Receiver(address, self.buffer, notify=self._frames_waiting.emit)
@@ -254,6 +164,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.atoms_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)  # keep Space for pause
         self.atoms_box.toggled.connect(self.set_show_atoms)
         bar.addWidget(self.atoms_box)
+        self.atoms_note = QtWidgets.QLabel(f" {NO_ATOMS_NOTE} ")
+        self.atoms_note.setStyleSheet("QLabel { color: #b86e00; font-style: italic; }")
+        self.atoms_note.setToolTip("Atoms are found by the daemon: restart it with serve --atoms to see them here")
+        self._atoms_note_action = bar.addWidget(self.atoms_note)  # a toolbar widget shows through its action
+        self._atoms_note_action.setVisible(False)
         toggle_atoms = QtGui.QAction("Atoms overlay", self)
         toggle_atoms.setShortcut(QtGui.QKeySequence("O"))
         toggle_atoms.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
@@ -420,6 +335,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         """INFO_HZ: waiting state, histograms, counters, status line."""
         now = time.monotonic()
         self._refresh_banner()
+        self._refresh_atoms_note(now)
         if self._histograms_at != self.frames_drawn:  # only when a new frame was drawn
             self._histograms_at = self.frames_drawn
             for panel in self.panels:
@@ -443,6 +359,25 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.banner.setText(text)
         self.banner.setStyleSheet(_BANNER_STYLE.format(bg=bg))
         self.banner.show()
+
+    @property
+    def no_atoms(self) -> bool:
+        """The no-atoms note is up: frames for NO_ATOMS_AFTER_S and no atoms message, nor an atom finder in stats."""
+        return self._atoms_note_action.isVisible()
+
+    def _refresh_atoms_note(self, now: float) -> None:
+        """Show the no-atoms note once frames have flowed NO_ATOMS_AFTER_S without an atoms message
+        from a daemon whose stats show no atom finder; hide it as soon as atoms arrive."""
+        heard = self.buffer.counts["atoms"]
+        if heard != self._atoms_heard or self.waiting or not self.buffer.counts["denoised"]:
+            self._atoms_heard = heard
+            self._no_atoms_since = None
+        elif self._no_atoms_since is None:
+            self._no_atoms_since = now
+        silent = self._no_atoms_since is not None and now - self._no_atoms_since >= NO_ATOMS_AFTER_S
+        show = silent and "atoms_frames" not in self.buffer.last_stats
+        if show != self._atoms_note_action.isVisible():
+            self._atoms_note_action.setVisible(show)
 
     def _refresh_plots(self) -> None:
         """PLOT_HZ: data and explicit ranges (the window scrolls; y fits the visible data)."""

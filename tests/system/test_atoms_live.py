@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import livedenoise.daemon._atoms
-from conftest import bind_detector
 from livedenoise.errors import LivedenoiseError, MalformedMessage
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 from livedenoise.protocol import (
@@ -70,14 +69,14 @@ def identity_model(tmp_path) -> Path:
     return tanh_model(tmp_path / "tanh.onnx")
 
 
-def start_atoms_daemon(daemon_factory, subscriber, free_addr, model, atoms=None, **fields):
-    """A started daemon finding atoms (``atoms``: default settings), PULL input, a PUSH detector and a
-    ready subscriber."""
-    source = free_addr()
+def start_atoms_daemon(daemon_factory, subscriber, detector, model, atoms=None, **fields):
+    """A started daemon finding atoms (``atoms``: default settings), PULL input from a PUSH detector
+    bound first, and a ready subscriber."""
+    push, source = detector()
     daemon = daemon_factory(model=model, source=source, pull=True, atoms=atoms or AtomsConfig(), **fields)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    return daemon, bind_detector(source), sub
+    return daemon, push, sub
 
 
 def collect_atoms(sub, n: int, timeout: float = 20.0) -> tuple[dict, dict]:
@@ -108,10 +107,10 @@ def nearest_distance(true_xy: np.ndarray, found_xy: np.ndarray) -> np.ndarray:
 
 
 def test_atoms_of_clean_simulated_frames_match_the_truth_within_half_a_pixel(
-    identity_model, free_addr, daemon_factory, subscriber
+    identity_model, detector, daemon_factory, subscriber
 ):
     movie = simulate_movie(SimConfig(frames=4, seed=11))  # 128², single atoms and clusters
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
     push.send_multipart(encode_start(3))
     for t, truth in enumerate(movie.truth):
         clean = (truth / truth.max()).astype("<f4")
@@ -141,11 +140,11 @@ def test_atoms_of_clean_simulated_frames_match_the_truth_within_half_a_pixel(
     assert stats["atoms_ms_p50"] > 0 and stats["atoms_ms_p99"] >= stats["atoms_ms_p50"]
 
 
-def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, free_addr, daemon_factory, subscriber):
+def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, detector, daemon_factory, subscriber):
     # 72 x 100 (rows x columns) is not a multiple of the model's 8 on one side: padded and cropped back
     true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [80.45, 50.9], [60.1, 60.55], [25.8, 55.3]])
     frame = render_atoms(true_xy, (72, 100), peak=1.0)
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
     push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
     atoms, _ = collect_atoms(sub, 1)
     push.close()
@@ -156,13 +155,13 @@ def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, free_addr
 
 
 def test_relative_threshold_counts_against_the_frame_s_highest_peak(
-    identity_model, free_addr, daemon_factory, subscriber
+    identity_model, detector, daemon_factory, subscriber
 ):
     true_xy = np.array([[20.0, 20.0], [44.0, 20.0], [20.0, 44.0]])
     frame = render_atoms(true_xy[:1], 64, peak=1.0) + render_atoms(true_xy[1:], 64, peak=0.25)
     # the faint two are ~0.32 above the background: under the default 0.4, over 10 % of the brightest
     daemon, push, sub = start_atoms_daemon(
-        daemon_factory, subscriber, free_addr, identity_model, atoms=AtomsConfig(threshold=0.1, relative=True)
+        daemon_factory, subscriber, detector, identity_model, atoms=AtomsConfig(threshold=0.1, relative=True)
     )
     push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
     atoms, _ = collect_atoms(sub, 1)
@@ -177,7 +176,7 @@ def test_relative_threshold_counts_against_the_frame_s_highest_peak(
 
 
 def test_finder_failures_and_odd_frames_are_counted_and_serving_goes_on(
-    identity_model, free_addr, daemon_factory, subscriber, monkeypatch
+    identity_model, detector, daemon_factory, subscriber, monkeypatch
 ):
     real = livedenoise.daemon._atoms.find_atoms
 
@@ -187,7 +186,7 @@ def test_finder_failures_and_odd_frames_are_counted_and_serving_goes_on(
         return real(frame, **kw)
 
     monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", flaky)
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model)
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
     one_atom = render_atoms(np.array([[10.4, 12.6]]), 24, peak=1.0).astype("<f4")
     nan = one_atom.copy()
     nan[3, 3] = np.nan
@@ -214,7 +213,7 @@ def test_finder_failures_and_odd_frames_are_counted_and_serving_goes_on(
 
 
 def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
-    identity_model, free_addr, daemon_factory, subscriber, monkeypatch
+    identity_model, detector, daemon_factory, subscriber, monkeypatch
 ):
     real = livedenoise.daemon._atoms.find_atoms
 
@@ -225,7 +224,7 @@ def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
     monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", slow)
     n = 40
     # lossless: frames are never dropped, so a finder that held back publishing would hold back everything
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, free_addr, identity_model, queue=QueueConfig(lossless=True))
+    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model, queue=QueueConfig(lossless=True))
     frame = render_atoms(np.array([[10.0, 10.0]]), 24, peak=1.0).astype("<f4")
     t0 = time.monotonic()
     for i in range(n):
@@ -239,12 +238,11 @@ def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
     assert stats["atoms_skipped"] > 0 and stats["atoms_failed"] == 0 and stats["dropped"] == 0
 
 
-def test_daemon_without_atoms_publishes_none(conv_model, free_addr, daemon_factory, subscriber):
-    source = free_addr()
+def test_daemon_without_atoms_publishes_none(conv_model, detector, daemon_factory, subscriber):
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     for i in range(3):
         push.send_multipart(encode_image(np.full((16, 16), 5, "<u2"), series_id=1, image_id=i))
     atoms, denoised = collect_atoms(sub, 1, timeout=2)
@@ -335,7 +333,7 @@ def test_viewer_buffer_counts_bad_atoms_and_finds_those_of_the_shown_frame():
 
 
 def test_atoms_threshold_option():
-    from livedenoise.cli._pipeline import atoms_config, format_stats
+    from livedenoise.cli._serve import atoms_config, format_stats
     from livedenoise.daemon import AtomsConfig, QueueConfig
 
     assert atoms_config(False, None) is None  # atom finding off
@@ -353,9 +351,8 @@ def test_atoms_threshold_option():
     assert "atoms" not in format_stats({"fps_in": 150.0})
 
 
-def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model, free_addr):
+def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model):
     """The import boundary with atom finding on and frames flowing through it."""
-    source = free_addr()
     code = textwrap.dedent(
         f"""
         import sys, time
@@ -364,11 +361,12 @@ def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model, free_addr
         from livedenoise.daemon import AtomsConfig, Daemon, ServeConfig
         from livedenoise.engine import EngineConfig
         from livedenoise.protocol import encode_image
-        daemon = Daemon(ServeConfig(model=Path({str(identity_model)!r}), source={source!r}, pull=True,
-                                    publish={free_addr()!r}, engine=EngineConfig(provider="cpu", shapes=()),
-                                    atoms=AtomsConfig()))
         push = zmq.Context.instance().socket(zmq.PUSH)
-        push.bind({source!r})
+        push.bind("tcp://127.0.0.1:*")  # the detector first, on port 0; the daemon connects to it
+        source = push.getsockopt_string(zmq.LAST_ENDPOINT)
+        daemon = Daemon(ServeConfig(model=Path({str(identity_model)!r}), source=source, pull=True,
+                                    publish="tcp://127.0.0.1:*", engine=EngineConfig(provider="cpu", shapes=()),
+                                    atoms=AtomsConfig()))
         daemon.start()
         for i in range(5):
             push.send_multipart(encode_image(np.zeros((32, 32), "<f4"), series_id=1, image_id=i))
@@ -387,19 +385,18 @@ def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model, free_addr
     assert "FRAMES: 5\n" in proc.stdout and "LOADED: \n" in proc.stdout, proc.stdout
 
 
-def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, free_addr, daemon_factory):
+def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, detector, daemon_factory):
     """The subscriber lines of docs/protocol.md's atoms section, run as written."""
     text = (REPO / "docs" / "protocol.md").read_text()
     section = text[text.index("### Atoms subscriber") :]
     start = section.index("```python") + len("```python")
     example = section[start : section.index("```", start)]
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=AtomsConfig())
     proc = subprocess.Popen(
         [sys.executable, "-c", example, daemon.publish_address, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    push = bind_detector(source)
     frame = render_atoms(np.array([[10.4, 12.6], [20.0, 8.0]]), 32, peak=1.0).astype("<f4")
     try:
         deadline = time.monotonic() + 60
@@ -419,18 +416,17 @@ def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, f
     assert "[10.4, 12.6]" in lines[0] or "[20.0, 8.0]" in lines[0], out
 
 
-def test_viewer_draws_the_atoms_of_a_live_daemon(qtbot, identity_model, free_addr, daemon_factory, tmp_path):
+def test_viewer_draws_the_atoms_of_a_live_daemon(qtbot, identity_model, detector, daemon_factory, tmp_path):
     """serve --atoms -> view: rings on the denoised frame at the published positions, and a count plot."""
     pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
     from livedenoise.viewer import MonitorWindow
 
     true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [30.45, 50.9]])
     frame = render_atoms(true_xy, 64, peak=1.0).astype("<f4")
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=identity_model, source=source, pull=True, atoms=AtomsConfig())
     win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
     qtbot.addWidget(win)
-    push = bind_detector(source)
     try:
         win.show()
         qtbot.waitExposed(win)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import textwrap
 
 import msgpack
 import numpy as np
@@ -13,6 +14,10 @@ import tifffile
 import zmq
 
 from livedenoise.analysis import css_series
+from livedenoise.daemon import AtomsConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from livedenoise.engine import EngineConfig
+from livedenoise.sim import ReplayConfig
+from livedenoise.testing import LOOPBACK, REPLAY_BIND, read_address
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -86,18 +91,18 @@ def test_css_prints_the_series(write_tiff, frames_u2):
     assert lines[0].split("\t")[:2] == ["0", "1"]
 
 
-def test_replay_cli_streams_a_tiff(write_tiff, frames_u2, free_addr):
-    addr = free_addr()
+def test_replay_cli_streams_a_tiff(write_tiff, frames_u2):
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(addr)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livedenoise", "replay", str(write_tiff(frames_u2)), "--push", "--bind", addr,
+        [sys.executable, "-m", "livedenoise", "replay", str(write_tiff(frames_u2)), "--push", "--bind", LOOPBACK,
          "--fps", "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     headers = []
     try:
+        addr, _ = read_address(proc.stderr, REPLAY_BIND)  # replay binds port 0 and logs the address
+        pull.connect(addr)
         while len(headers) < len(frames_u2) + 2 and pull.poll(10_000):
             headers.append(msgpack.unpackb(pull.recv_multipart()[0]))
         proc.communicate(timeout=20)
@@ -111,12 +116,99 @@ def test_replay_cli_streams_a_tiff(write_tiff, frames_u2, free_addr):
     assert [h["image_id"] for h in headers[1:-1]] == list(range(len(frames_u2)))
 
 
-def test_demo_prints_status_lines(conv_model):
+def test_demo_prints_status_lines_with_atoms_by_default(conv_model):
     proc = run_cli("demo", "--model", conv_model, "--duration", "3.5", "--no-view", "--fps", "60", "--size", "64")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("demo: synthetic 64x64 frames") and " + atoms -> " in proc.stdout.splitlines()[0]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("fps in")]
     assert len(lines) >= 2, proc.stdout
     assert "CSS" in lines[-1] and "latency" in lines[-1] and "dropped" in lines[-1]
+    assert "| atoms " in lines[-1], lines[-1]  # the showcase finds atoms unless --no-atoms
+
+
+# serve option -> (configuration class, field, --help panel): the help text and default come from the field
+SERVE_OPTIONS = {
+    "source": (ServeConfig, "source", "Stream"),
+    "publish": (ServeConfig, "publish", "Stream"),
+    "push_output": (ServeConfig, "push_output", "Stream"),
+    "pull": (ServeConfig, "pull", "Stream"),
+    "lossless": (QueueConfig, "lossless", "Queue"),
+    "queue": (QueueConfig, "capacity", "Queue"),
+    "max_wait_ms": (QueueConfig, "max_wait_ms", "Queue"),
+    "max_age_ms": (QueueConfig, "max_age_ms", "Queue"),
+    "provider": (EngineConfig, "provider", "Engine"),
+    "threads": (EngineConfig, "threads", "Engine"),
+    "spin": (EngineConfig, "spin", "Engine"),
+    "max_batch": (EngineConfig, "max_batch", "Engine"),
+    "max_batch_pixels": (EngineConfig, "max_batch_pixels", "Engine"),
+    "fp16": (EngineConfig, "fp16", "Engine"),
+    "cuda_graph": (EngineConfig, "cuda_graph", "Engine"),
+    "trt_cache": (EngineConfig, "trt_cache", "Engine"),
+    "record_raw": (RecordingConfig, "raw", "Recording"),
+    "record_chunk": (RecordingConfig, "chunk_frames", "Recording"),
+    "record_chunk_seconds": (RecordingConfig, "chunk_seconds", "Recording"),
+    "curve_secret": (SecurityConfig, "curve_secret", "Security"),
+    "curve_allow": (SecurityConfig, "curve_allow", "Security"),
+    "source_curve_server_key": (SecurityConfig, "source_server_key", "Security"),
+}
+
+
+def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
+    from typer.main import get_command
+
+    from livedenoise._options import default_for, help_for
+    from livedenoise.cli import app
+
+    params = {p.name: p for p in get_command(app).commands["serve"].params}
+    for name, (cls, field, panel) in SERVE_OPTIONS.items():
+        param = params[name]
+        assert param.help == help_for(cls, field) and param.help, name
+        assert param.default == default_for(cls, field), name
+        assert param.rich_help_panel == panel, name
+    partial = {"model": "Engine", "warmup_size": "Engine", "record": "Recording", "atoms": "Atoms",
+               "atoms_threshold": "Atoms", "view": "Viewer and logging", "log_level": "Viewer and logging"}  # fmt: skip
+    assert set(params) == set(SERVE_OPTIONS) | set(partial)  # every option sits in a panel
+    for name, panel in partial.items():
+        assert params[name].rich_help_panel == panel, name
+    assert params["model"].help.startswith(help_for(ServeConfig, "model")) and "lowdose" in params["model"].help
+    assert params["warmup_size"].help == help_for(EngineConfig, "shapes") and params["warmup_size"].default == "128x128"
+    assert params["record"].help == help_for(RecordingConfig, "directory")
+    assert params["atoms"].help == help_for(ServeConfig, "atoms") and params["atoms"].default is False
+    assert help_for(AtomsConfig, "threshold")[1:] in params["atoms_threshold"].help
+
+    replay = {p.name: p for p in get_command(app).commands["replay"].params}
+    for name, param in replay.items():
+        field = "path" if name == "tiff" else name
+        assert param.help == help_for(ReplayConfig, field), name
+        if name != "tiff":
+            assert param.default == default_for(ReplayConfig, field), name
+    demo = {p.name: p for p in get_command(app).commands["demo"].params}
+    assert demo["atoms"].default is True and demo["atoms"].help == help_for(ServeConfig, "atoms")
+
+    proc = run_cli("serve", "--help")
+    assert proc.returncode == 0
+    for panel in ("Stream", "Queue", "Engine", "Recording", "Atoms", "Security", "Viewer and logging"):
+        assert f"─ {panel} ─" in proc.stdout, panel
+
+
+def test_help_and_serve_help_load_neither_torch_nor_qt():
+    code = textwrap.dedent(
+        """
+        import sys
+        from livedenoise.cli import main
+        for args in (["--help"], ["serve", "--help"], ["demo", "--help"], ["view", "--help"]):
+            sys.argv = ["livedenoise", *args]
+            try:
+                main()
+            except SystemExit as exc:
+                assert exc.code == 0, (args, exc.code)
+        forbidden = ("torch", "PySide6", "PyQt6", "PyQt5", "pyqtgraph", "scipy", "skimage", "matplotlib")
+        print("LOADED:", ",".join(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED: \n" in proc.stdout, proc.stdout[-500:]
 
 
 @pytest.fixture
@@ -157,3 +249,11 @@ def test_errors_are_one_line_with_exit_code_2(conv_model, build_model, write_tif
     assert_one_line_error(run_cli("serve", "--model", junk_model), "cannot load model")
     assert_one_line_error(run_cli("serve", "--model", conv_model, "--provider", "nope"), "not available")
     assert_one_line_error(run_cli("serve", "--model", conv_model, "--max-batch-pixels", "0"), "at least 1")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--warmup-size", "128x128,12"), "'12'", "HEIGHTxWIDTH")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--record-raw"), "--record-raw needs --record")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--atoms-threshold", "0.2"), "needs --atoms")
+    assert_one_line_error(run_cli("demo", "--no-atoms", "--atoms-threshold", "0.2"), "needs --atoms")
+    assert_one_line_error(run_cli("demo", "--atoms-threshold", "lots"), "expected a number (0.4) or a percentage")
+    assert_one_line_error(run_cli("view", "--after", "1"), "--after needs --screenshot")
+    assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "no" / "shot.png"), "cannot write screenshot")
+    assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "shot.png", "--after", "-1"), "at least 0")

@@ -9,12 +9,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import bind_detector, reference_denoise
-
 from livedenoise.errors import MalformedMessage
 from livedenoise.sim import KINDS, malformed_message
 from livedenoise.daemon import QueueConfig
 from livedenoise.engine import EngineConfig
+from livedenoise.testing import reference_denoise
 from livedenoise.protocol import (
     SUPPORTED_DTYPES,
     ImageFrame,
@@ -121,12 +120,11 @@ def test_every_generated_kind_is_rejected(kind):
             assert msg is None, (kind, parts[0][:80])
 
 
-def test_daemon_counts_2000_malformed_and_denoises_every_valid_frame(conv_model, free_addr, daemon_factory, subscriber):
-    source = free_addr()
+def test_daemon_counts_2000_malformed_and_denoises_every_valid_frame(conv_model, detector, daemon_factory, subscriber):
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True), engine=EngineConfig(max_batch=8, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     rng = np.random.default_rng(7)
     valid = rng.integers(0, 500, (8, 16, 16)).astype("<u2")
     n_bad, n_good, kinds = 2000, 0, {}

@@ -9,13 +9,10 @@ CUDA provider there too, so the check is a real session's ``get_providers()``). 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from livedenoise.engine import CPU, CUDA, Engine, EngineConfig, default_model_path
-from livedenoise.sim import ReplayConfig, Replayer
 from livedenoise.sim import SimConfig, simulate_movie
 from livedenoise.daemon import QueueConfig
 from livedenoise.engine import EngineConfig
@@ -93,18 +90,16 @@ def test_fp16_is_checked_at_load_and_stays_within_its_tolerance(frames):
         assert np.abs(g - r).max() <= 2 * engine.config.fp16_tolerance
 
 
-def test_daemon_serves_every_frame_on_the_gpu(write_tiff, free_addr, daemon_factory, subscriber):
+def test_daemon_serves_every_frame_on_the_gpu(write_tiff, replayer, daemon_factory, subscriber):
     stack = simulate_movie(SimConfig(frames=24, size=128, seed=21)).noisy
     model = default_model_path()
-    source = free_addr()
-    daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(provider="cuda", max_batch=8, shapes=()), queue=QueueConfig(lossless=True))
+    replay = replayer(path=write_tiff(stack), fps=500, push=True, wait_subscriber=5.0)
+    daemon = daemon_factory(model=model, source=replay.endpoint, pull=True, engine=EngineConfig(provider="cuda", max_batch=8, shapes=()), queue=QueueConfig(lossless=True))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    replayer = Replayer(ReplayConfig(path=write_tiff(stack), fps=500, bind=source, push=True, wait_subscriber=5.0))
-    thread = threading.Thread(target=replayer.run, daemon=True)
-    thread.start()
+    replay.start()
     denoised, _raw = sub.collect(len(stack), timeout=30)
-    thread.join(5)
+    replay.join(5)
     assert [m.header["image_id"] for m in denoised] == list(range(len(stack)))
     for m, ref in zip(denoised, _cpu(model, list(stack)), strict=True):
         np.testing.assert_allclose(m.data, ref, rtol=0, atol=ATOL)

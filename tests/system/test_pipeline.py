@@ -18,16 +18,15 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import bind_detector, reference_denoise
 from livedenoise.daemon import FrameQueue, QueueClosed
 from livedenoise.engine import Engine
 from livedenoise.errors import ModelError
 from livedenoise.analysis import css
 from livedenoise.engine import INPUT_NAME, ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.protocol import encode_end, encode_image, encode_start, pack
-from livedenoise.sim import Replayer, ReplayConfig
 from livedenoise.daemon import QueueConfig
 from livedenoise.engine import EngineConfig
+from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, free_addr, read_address, reference_denoise
 
 
 # --------------------------------------------------------------------------- batcher
@@ -143,29 +142,20 @@ def test_engine_refuses_models_without_card_or_not_onnx(build_model, tmp_path):
 # --------------------------------------------------------------------------- live pipeline
 
 
-def start_replay(cfg: ReplayConfig) -> tuple[Replayer, threading.Thread]:
-    replayer = Replayer(cfg)
-    thread = threading.Thread(target=replayer.run, daemon=True)
-    thread.start()
-    return replayer, thread
-
-
 @pytest.mark.parametrize("transport", ["push", "pub"])
 def test_every_frame_in_order_and_equal_to_direct_onnxruntime(
-    transport, conv_model, write_tiff, frames_u2, free_addr, daemon_factory, subscriber
+    transport, conv_model, write_tiff, frames_u2, replayer, daemon_factory, subscriber
 ):
     # 60x70 is not a multiple of the model's 8: the engine pads by reflection and crops back
     stack = np.ascontiguousarray(frames_u2[:, :60, :70])
     tiff = write_tiff(stack)
-    source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, pull=transport == "push", engine=EngineConfig(max_batch=4, provider="cpu", shapes=()))
+    replay = replayer(path=tiff, fps=300, push=transport == "push", wait_subscriber=5.0)
+    daemon = daemon_factory(model=conv_model, source=replay.endpoint, pull=transport == "push", engine=EngineConfig(max_batch=4, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    replayer, thread = start_replay(
-        ReplayConfig(path=tiff, fps=300, bind=source, push=transport == "push", wait_subscriber=5.0)
-    )
+    replay.start()
     denoised, raw = sub.collect(len(stack), timeout=20)
-    thread.join(5)
+    replay.join(5)
 
     assert [m.header["image_id"] for m in denoised] == list(range(len(stack)))
     assert [m.header["image_id"] for m in raw] == list(range(len(stack)))
@@ -189,8 +179,8 @@ def test_every_frame_in_order_and_equal_to_direct_onnxruntime(
     assert stats["model"] == "test-conv"
 
 
-def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, free_addr, daemon_factory, subscriber):
-    source = free_addr()
+def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, detector, daemon_factory, subscriber):
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
@@ -202,7 +192,6 @@ def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, free_addr, dae
         rng.integers(0, 10**6, (17, 33)).astype("<u4"),
         rng.normal(5, 2, (64, 48)).astype("<f4"),
     ]
-    push = bind_detector(source)
     for i, f in enumerate(frames):
         push.send_multipart(encode_image(f, series_id=7, image_id=i))
     denoised, _ = sub.collect(len(frames))
@@ -212,10 +201,10 @@ def test_mixed_frame_sizes_and_dtypes_without_restart(conv_model, free_addr, dae
         np.testing.assert_allclose(d.data, reference_denoise(conv_model, f), rtol=0, atol=2e-6)
 
 
-def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, free_addr, daemon_factory, subscriber):
+def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, detector, daemon_factory, subscriber):
     """--max-batch-pixels reaches the engine: 64x64 frames go two per run, the warm-up ran that
     shape before the first frame, and the output is still frame for frame the model's."""
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True, queue=QueueConfig(lossless=True), engine=EngineConfig(provider="cpu", max_batch_pixels=2 * 64 * 64, shapes=((64, 64),)))
     engine = daemon.engine
     assert engine.batch_cap((64, 64)) == 2 and engine.config.shapes == ((64, 64),)
@@ -223,7 +212,6 @@ def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, fre
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     frames = [np.random.default_rng(i).integers(0, 900, (64, 64)).astype("<u2") for i in range(7)]
-    push = bind_detector(source)
     for i, f in enumerate(frames):
         push.send_multipart(encode_image(f, series_id=1, image_id=i))
     denoised, _ = sub.collect(len(frames))
@@ -233,17 +221,15 @@ def test_pixel_cap_splits_batches_and_the_warm_up_shape_is_ready(conv_model, fre
     assert {shape[0] for shape in engine.run_shapes if shape[-2:] == (64, 64)} <= {1, 2}
 
 
-def test_drop_oldest_keeps_latency_bounded(build_model, free_addr, daemon_factory, subscriber):
+def test_drop_oldest_keeps_latency_bounded(build_model, replayer, daemon_factory, subscriber):
     slow = build_model("slow.onnx", width=32, depth=8)  # ~15 ms per 64x64 frame here
-    source = free_addr()
-    daemon = daemon_factory(model=slow, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()), queue=QueueConfig(capacity=4, max_wait_ms=0))
+    replay = replayer(synthetic=True, size=64, fps=400, count=600, push=True)
+    daemon = daemon_factory(model=slow, source=replay.endpoint, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()), queue=QueueConfig(capacity=4, max_wait_ms=0))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    replayer, thread = start_replay(
-        ReplayConfig(synthetic=True, size=64, fps=400, count=600, bind=source, push=True)
-    )
+    replay.start()
     denoised, _ = sub.collect(600, timeout=20, idle=2.0)
-    thread.join(10)
+    replay.join(10)
     stats = sub.stats_until(lambda s: s["received"] == 600 and s["queue_depth"] == 0, timeout=10)
     assert stats["dropped"] > 0, stats
     assert stats["received"] == stats["denoised"] + stats["dropped"]
@@ -254,17 +240,17 @@ def test_drop_oldest_keeps_latency_bounded(build_model, free_addr, daemon_factor
     assert max(d.header["latency_ms"] for d in denoised) < 1000
 
 
-def test_lossless_drops_nothing(build_model, free_addr, daemon_factory, subscriber):
+def test_lossless_drops_nothing(build_model, replayer, daemon_factory, subscriber):
     slow = build_model("slow.onnx", width=32, depth=8)
-    source = free_addr()
-    daemon = daemon_factory(model=slow, source=source, queue=QueueConfig(lossless=True, capacity=4), engine=EngineConfig(max_batch=2, provider="cpu", shapes=()))
+    n = 150
+    replay = replayer(synthetic=True, size=64, fps=1000, count=n, push=True)
+    daemon = daemon_factory(model=slow, source=replay.endpoint, queue=QueueConfig(lossless=True, capacity=4), engine=EngineConfig(max_batch=2, provider="cpu", shapes=()))
     assert daemon.config.pull
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    n = 150
-    replayer, thread = start_replay(ReplayConfig(synthetic=True, size=64, fps=1000, count=n, bind=source, push=True))
+    replay.start()
     denoised, _ = sub.collect(n, timeout=30)
-    thread.join(10)
+    replay.join(10)
     assert [d.header["image_id"] for d in denoised] == list(range(n))
     stats = sub.stats_until(lambda s: s["denoised"] == n)
     assert stats["dropped"] == 0 and stats["received"] == n
@@ -291,14 +277,13 @@ def _bad_messages() -> list[tuple[str, list[bytes]]]:
     ]
 
 
-def test_bad_input_is_counted_and_serving_continues(build_model, free_addr, daemon_factory, subscriber):
+def test_bad_input_is_counted_and_serving_continues(build_model, detector, daemon_factory, subscriber):
     # the model takes 64x64 frames only: a 32x32 frame is "a shape the model can't take"
     model = build_model("fixed.onnx", fixed_hw=(64, 64))
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     good = np.full((64, 64), 10, "<u2")
     bad = _bad_messages()
     push.send_multipart(encode_start(1))
@@ -320,14 +305,13 @@ def test_bad_input_is_counted_and_serving_continues(build_model, free_addr, daem
 
 
 def test_inference_failure_on_one_batch_is_counted_and_next_is_served(
-    build_model, free_addr, daemon_factory, subscriber
+    build_model, detector, daemon_factory, subscriber
 ):
     model = build_model("fragile.onnx", fail_above=100.0)  # normalised pixel > 100 -> run-time error
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=model, source=source, pull=True, engine=EngineConfig(max_batch=1, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     ok = np.full((32, 32), 10, "<u2")
     hot = np.full((32, 32), 60000, "<u2")  # (60000 - 2) * 0.25 > 100
     for i, f in enumerate([ok, hot, ok]):
@@ -339,12 +323,11 @@ def test_inference_failure_on_one_batch_is_counted_and_next_is_served(
     assert stats["malformed"] == 0
 
 
-def test_css_restarts_per_series(conv_model, free_addr, daemon_factory, subscriber, frames_u2):
-    source = free_addr()
+def test_css_restarts_per_series(conv_model, detector, daemon_factory, subscriber, frames_u2):
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     for series in (1, 2):
         for i in range(3):
             push.send_multipart(encode_image(frames_u2[i], series_id=series, image_id=i))
@@ -353,20 +336,19 @@ def test_css_restarts_per_series(conv_model, free_addr, daemon_factory, subscrib
     assert [d.header["css"] is None for d in denoised] == [True, False, False, True, False, False]
 
 
-def test_sigterm_drains_the_queue_and_exits_zero(build_model, free_addr, subscriber, tmp_path):
+def test_sigterm_drains_the_queue_and_exits_zero(build_model, detector, subscriber, tmp_path):
     slow = build_model("slow.onnx", width=32, depth=8)
-    source, publish = free_addr(), free_addr()
+    push, source = detector()
+    push.setsockopt(zmq.LINGER, 1000)
     proc = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "serve", "--model", str(slow), "--source", source,
-         "--publish", publish, "--pull", "--max-batch", "1", "--provider", "cpu"],
+         "--publish", LOOPBACK, "--pull", "--max-batch", "1", "--provider", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        publish, head = read_address(proc.stdout, SERVE_PUBLISH)
         sub = subscriber(publish)
         sub.wait_ready(timeout=30)
-        push = zmq.Context.instance().socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 1000)
-        push.bind(source)
         n = 40
         frames = np.random.default_rng(0).integers(0, 100, (n, 64, 64)).astype("<u2")
         for i in range(n):
@@ -375,6 +357,7 @@ def test_sigterm_drains_the_queue_and_exits_zero(build_model, free_addr, subscri
         proc.send_signal(signal.SIGTERM)
         denoised, _ = sub.collect(n, timeout=20)
         out, _ = proc.communicate(timeout=20)
+        out = head + out
         push.close()
     finally:
         if proc.poll() is None:
@@ -385,20 +368,20 @@ def test_sigterm_drains_the_queue_and_exits_zero(build_model, free_addr, subscri
     assert "CPUExecutionProvider" in out  # the provider in use is logged at start
 
 
-def test_replay_paces_accurately(write_tiff, frames_u2, free_addr):
+def test_replay_paces_accurately(write_tiff, frames_u2, replayer):
     tiff = write_tiff(frames_u2)
-    source = free_addr()
+    replay = replayer(path=tiff, fps=100, push=True, loop=True, count=50)
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(source)
-    replayer, thread = start_replay(ReplayConfig(path=tiff, fps=100, bind=source, push=True, loop=True, count=50))
+    pull.connect(replay.endpoint)
+    replay.start()
     headers = []
     deadline = time.monotonic() + 10
     while len(headers) < 50 + 10 and time.monotonic() < deadline:  # 50 frames, 5 passes x (start, end)
         if pull.poll(200):
             parts = pull.recv_multipart()
             headers.append(msgpack.unpackb(parts[0]))
-    thread.join(5)
+    replay.join(5)
     pull.close()
     kinds = [h["htype"] for h in headers]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == kinds.count("end") == 5
@@ -415,13 +398,16 @@ def test_replay_paces_accurately(write_tiff, frames_u2, free_addr):
     assert np.median(deviation) < 0.005 and deviation[-1] < 0.01
 
 
-def test_protocol_examples_run_against_a_real_daemon(conv_model, free_addr, daemon_factory):
-    """docs/examples/publisher.py -> serve -> docs/examples/subscriber.py (the README snippets)."""
+def test_protocol_examples_run_against_a_real_daemon(conv_model, daemon_factory):
+    """docs/examples/publisher.py -> serve -> docs/examples/subscriber.py (the README snippets).
+
+    The example detector binds the address on its command line and reports nothing: its address
+    is the one chosen before anything binds it (:func:`~livedenoise.testing.free_addr`)."""
     examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
-    source, publish = free_addr(), free_addr()
-    daemon_factory(model=conv_model, source=source, publish=publish)
+    source = free_addr()
+    daemon = daemon_factory(model=conv_model, source=source)
     sub = subprocess.Popen(
-        [sys.executable, str(examples / "subscriber.py"), publish, "20"],
+        [sys.executable, str(examples / "subscriber.py"), daemon.publish_address, "20"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(0.5)
@@ -456,18 +442,18 @@ def test_live_queue_drops_frames_older_than_max_age_but_keeps_the_newest():
     assert lossless.get_batch(8, 0.0) == [0] and lossless.dropped == 0
 
 
-def test_second_signal_exits_at_once(build_model, free_addr, subscriber):
+def test_second_signal_exits_at_once(build_model, detector, subscriber):
     slow = build_model("slower.onnx", width=48, depth=10)
-    source, publish = free_addr(), free_addr()
+    push, source = detector()
     proc = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "serve", "--model", str(slow), "--source", source,
-         "--publish", publish, "--pull", "--max-batch", "1", "--provider", "cpu", "--max-age-ms", "0"],
+         "--publish", LOOPBACK, "--pull", "--max-batch", "1", "--provider", "cpu", "--max-age-ms", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        publish, _ = read_address(proc.stdout, SERVE_PUBLISH)
         sub = subscriber(publish)
         sub.wait_ready(timeout=30)
-        push = bind_detector(source)
         for i in range(60):  # seconds of work for this model
             push.send_multipart(encode_image(np.zeros((96, 96), "<u2"), series_id=1, image_id=i))
         sub.stats_until(lambda s: s["received"] == 60, timeout=10)
@@ -489,13 +475,15 @@ def test_second_signal_exits_at_once(build_model, free_addr, subscriber):
 def test_viewer_launches_only_with_pyqtgraph_and_a_display(monkeypatch):
     import importlib.util
 
-    from livedenoise.cli import _pipeline as pipeline
+    from livedenoise.cli._serve import launch_viewer
+    from livedenoise.viewer import viewer_unavailable_reason
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
     if importlib.util.find_spec("pyqtgraph") is not None:
-        assert "no display" in pipeline.viewer_unavailable_reason()
+        assert "no display" in viewer_unavailable_reason()
     monkeypatch.setenv("DISPLAY", ":0")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert "not installed" in pipeline.viewer_unavailable_reason()
-    assert pipeline.launch_viewer("tcp://127.0.0.1:1") is None
+    assert "not installed" in viewer_unavailable_reason()
+    assert launch_viewer("tcp://127.0.0.1:1") is None

@@ -19,21 +19,13 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import bind_detector, reference_denoise
 from livedenoise.protocol import Limits, encode_end, encode_image, encode_start
 from livedenoise.recording import INDEX, Recorder, iter_frames, read_index, summarize
-from livedenoise.sim import Replayer, ReplayConfig
 from livedenoise.daemon import Delivered, QueueConfig, RecordingConfig
 from livedenoise.engine import EngineConfig
+from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address, reference_denoise
 
 CTX = zmq.Context.instance()
-
-
-def start_replay(cfg: ReplayConfig) -> tuple[Replayer, threading.Thread]:
-    replayer = Replayer(cfg)
-    thread = threading.Thread(target=replayer.run, daemon=True)
-    thread.start()
-    return replayer, thread
 
 
 def serve_cmd(model: Path, source: str, publish: str, *extra: str) -> list[str]:
@@ -130,14 +122,14 @@ def test_lossless_recorder_holds_the_producer_back_instead_of_dropping(tmp_path)
     assert [i for _, i, _ in iter_frames(tmp_path / "rec")] == list(range(6))
 
 
-def test_lossless_daemon_records_every_frame(conv_model, free_addr, daemon_factory, subscriber, tmp_path):
-    source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True), recording=RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=16))
+def test_lossless_daemon_records_every_frame(conv_model, replayer, daemon_factory, subscriber, tmp_path):
+    n = 120
+    replay = replayer(synthetic=True, size=32, fps=2000, count=n, push=True)
+    daemon = daemon_factory(model=conv_model, source=replay.endpoint, queue=QueueConfig(lossless=True), recording=RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=16))
     sub = subscriber(daemon.publish_address, (b"stats",))
     sub.wait_ready()
-    n = 120
-    replayer, thread = start_replay(ReplayConfig(synthetic=True, size=32, fps=2000, count=n, bind=source, push=True))
-    thread.join(20)
+    replay.start()
+    replay.join(20)
     stats = sub.stats_until(lambda s: s["denoised"] == n, timeout=20)
     daemon.stop(timeout=10)
     assert stats["dropped"] == 0
@@ -152,8 +144,8 @@ def test_lossless_daemon_records_every_frame(conv_model, free_addr, daemon_facto
 # --------------------------------------------------------------------------- detector faults
 
 
-def test_detector_restart_new_series_resumes_within_a_second(conv_model, free_addr, daemon_factory, subscriber):
-    source = free_addr()
+def test_detector_restart_new_series_resumes_within_a_second(conv_model, detector, daemon_factory, subscriber):
+    pub, source = detector(zmq.PUB)
     daemon = daemon_factory(model=conv_model, source=source)  # SUB: the detector binds PUB
     sub = subscriber(daemon.publish_address, (b"denoised",))
     frame = np.random.default_rng(2).integers(0, 100, (32, 32)).astype("<u2")
@@ -172,12 +164,11 @@ def test_detector_restart_new_series_resumes_within_a_second(conv_model, free_ad
                 msg = sub.recv(0)
         return got
 
-    pub = bind_detector(source, zmq.PUB)
     first = pump(pub, 1, 5, timeout=10)
     assert len(first) >= 5
     pub.close()  # the detector process dies ...
     time.sleep(0.3)
-    pub = bind_detector(source, zmq.PUB)  # ... and restarts: a new series, ids from 0
+    pub, _ = detector(zmq.PUB, source)  # ... and restarts on its address: a new series, ids from 0
     t0 = time.monotonic()
     second = pump(pub, 2, 3, timeout=5)
     pub.close()
@@ -188,20 +179,19 @@ def test_detector_restart_new_series_resumes_within_a_second(conv_model, free_ad
     assert daemon.stats.snapshot()["failed"] == 0
 
 
-def test_detector_disappears_and_comes_back(conv_model, free_addr, daemon_factory, subscriber):
-    source = free_addr()
+def test_detector_disappears_and_comes_back(conv_model, detector, daemon_factory, subscriber):
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True)
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
     frames = np.random.default_rng(3).integers(0, 100, (20, 32, 32)).astype("<u2")
-    push = bind_detector(source)
     for i in range(10):
         push.send_multipart(encode_image(frames[i], series_id=5, image_id=i))
     before, _ = sub.collect(10, timeout=10)
     push.close()  # gone: the daemon keeps publishing stats while it waits
     up = sub.stats_until(lambda s: True)["uptime_s"]
     assert sub.stats_until(lambda s: s["uptime_s"] > up + 1.0, timeout=5)["received"] == 10
-    push = bind_detector(source)  # back, same series
+    push, _ = detector(address=source)  # back on its address, same series
     for i in range(10, 20):
         push.send_multipart(encode_image(frames[i], series_id=5, image_id=i))
     after, _ = sub.collect(10, timeout=10)
@@ -223,10 +213,11 @@ import time; time.sleep(60)   # never reads again, until killed
 
 
 def test_slow_and_vanishing_subscribers_do_not_affect_the_daemon(
-    conv_model, free_addr, daemon_factory, subscriber
+    conv_model, replayer, daemon_factory, subscriber
 ):
-    source = free_addr()
-    daemon = daemon_factory(model=conv_model, source=source, queue=QueueConfig(lossless=True))
+    n = 600
+    replay = replayer(synthetic=True, size=64, fps=1500, count=n, push=True)
+    daemon = daemon_factory(model=conv_model, source=replay.endpoint, queue=QueueConfig(lossless=True))
     good = subscriber(daemon.publish_address)
     good.wait_ready()
     slow = CTX.socket(zmq.SUB)  # subscribed to everything, never reads
@@ -238,14 +229,11 @@ def test_slow_and_vanishing_subscribers_do_not_affect_the_daemon(
                             stdout=subprocess.PIPE, text=True)
     try:
         assert gone.stdout.readline().strip() == "ready"
-        n = 600
-        replayer, thread = start_replay(
-            ReplayConfig(synthetic=True, size=64, fps=1500, count=n, bind=source, push=True)
-        )
+        replay.start()
         half, _ = good.collect(n // 2, timeout=20)
         gone.kill()  # vanishes mid-stream (connection reset)
         rest, _ = good.collect(n - len(half), timeout=20)
-        thread.join(10)
+        replay.join(10)
     finally:
         finish(gone)
         slow.close()
@@ -254,14 +242,13 @@ def test_slow_and_vanishing_subscribers_do_not_affect_the_daemon(
     assert stats["dropped"] == stats["failed"] == 0
 
 
-def test_failed_batch_is_counted_and_the_next_batch_is_served(build_model, free_addr, daemon_factory, subscriber):
+def test_failed_batch_is_counted_and_the_next_batch_is_served(build_model, detector, daemon_factory, subscriber):
     model = build_model("fragile.onnx", fail_above=100.0)
-    source = free_addr()
+    push, source = detector()
     # a whole batch of 4 in one run: the long max wait makes the 4 frames sent together one batch
     daemon = daemon_factory(model=model, source=source, queue=QueueConfig(lossless=True, max_wait_ms=2000), engine=EngineConfig(max_batch=4, provider="cpu", shapes=()))
     sub = subscriber(daemon.publish_address)
     sub.wait_ready()
-    push = bind_detector(source)
     ok, hot = np.full((32, 32), 10, "<u2"), np.full((32, 32), 60000, "<u2")
     groups = [[ok] * 4, [ok, hot, ok, ok], [ok] * 4]
     got = []
@@ -278,13 +265,12 @@ def test_failed_batch_is_counted_and_the_next_batch_is_served(build_model, free_
     assert stats["failed"] == 4 and stats["malformed"] == 0
 
 
-def test_oversized_part_is_never_allocated_and_serving_resumes(conv_model, free_addr, daemon_factory, subscriber):
+def test_oversized_part_is_never_allocated_and_serving_resumes(conv_model, detector, daemon_factory, subscriber):
     limits = Limits(max_header_bytes=1024, max_side=64, max_pixels=64 * 64)  # largest part: 16 KiB
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True, limits=limits)
     assert daemon.source.socket.getsockopt(zmq.MAXMSGSIZE) == 64 * 64 * 4
     sub = subscriber(daemon.publish_address, (b"denoised",))
-    push = bind_detector(source)
     frame = np.zeros((64, 64), "<u2")
     push.send_multipart(encode_image(frame, series_id=1, image_id=0))
     assert sub.recv(10).header["image_id"] == 0
@@ -307,18 +293,18 @@ def test_oversized_part_is_never_allocated_and_serving_resumes(conv_model, free_
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_drains_closes_recording_and_exits_zero(signum, build_model, free_addr, subscriber, tmp_path):
+def test_signal_drains_closes_recording_and_exits_zero(signum, build_model, detector, subscriber, tmp_path):
     slow = build_model("slow.onnx", width=16, depth=6)
-    source, publish = free_addr(), free_addr()
+    push, source = detector()
     proc = subprocess.Popen(
-        serve_cmd(slow, source, publish, "--pull", "--max-batch", "1", "--record", str(tmp_path / "rec"),
+        serve_cmd(slow, source, LOOPBACK, "--pull", "--max-batch", "1", "--record", str(tmp_path / "rec"),
                   "--record-chunk", "1000", "--max-age-ms", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        publish, head = read_address(proc.stdout, SERVE_PUBLISH)
         sub = subscriber(publish)
         sub.wait_ready(timeout=30)
-        push = bind_detector(source)
         n = 40
         frames = np.random.default_rng(4).integers(0, 100, (n, 64, 64)).astype("<u2")
         for i in range(n):
@@ -328,6 +314,7 @@ def test_signal_drains_closes_recording_and_exits_zero(signum, build_model, free
         denoised, _ = sub.collect(n, timeout=20)
         last = sub.stats_until(lambda s: s["denoised"] == n and s["recorded"] == n, timeout=20)
         out, _ = proc.communicate(timeout=20)
+        out = head + out
         push.close()
     finally:
         if proc.poll() is None:
@@ -338,15 +325,15 @@ def test_signal_drains_closes_recording_and_exits_zero(signum, build_model, free
     assert [i for _, i, _ in iter_frames(tmp_path / "rec")] == list(range(n))
 
 
-def test_second_sigint_exits_at_once(build_model, free_addr, subscriber):
+def test_second_sigint_exits_at_once(build_model, detector, subscriber):
     slow = build_model("slower.onnx", width=48, depth=10)
-    source, publish = free_addr(), free_addr()
-    proc = subprocess.Popen(serve_cmd(slow, source, publish, "--pull", "--max-batch", "1", "--max-age-ms", "0"),
+    push, source = detector()
+    proc = subprocess.Popen(serve_cmd(slow, source, LOOPBACK, "--pull", "--max-batch", "1", "--max-age-ms", "0"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        publish, _ = read_address(proc.stdout, SERVE_PUBLISH)
         sub = subscriber(publish, (b"stats",))
         sub.wait_ready(timeout=30)
-        push = bind_detector(source)
         for i in range(60):
             push.send_multipart(encode_image(np.zeros((96, 96), "<u2"), series_id=1, image_id=i))
         sub.stats_until(lambda s: s["received"] == 60, timeout=10)
@@ -364,19 +351,18 @@ def test_second_sigint_exits_at_once(build_model, free_addr, subscriber):
     assert sub.last_stats["denoised"] < 60
 
 
-def test_kill_9_while_recording_loses_no_reported_frame(conv_model, free_addr, subscriber, tmp_path):
-    source, publish = free_addr(), free_addr()
+def test_kill_9_while_recording_loses_no_reported_frame(conv_model, detector, subscriber, tmp_path):
+    push, source = detector()  # bound here; only the feeder thread sends on it
     rec = tmp_path / "rec"
     proc = subprocess.Popen(
-        serve_cmd(conv_model, source, publish, "--lossless", "--record", str(rec), "--record-raw",
+        serve_cmd(conv_model, source, LOOPBACK, "--lossless", "--record", str(rec), "--record-raw",
                   "--record-chunk", "7"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     stop = threading.Event()
     frames = np.random.default_rng(5).integers(0, 200, (16, 48, 48)).astype("<u2")
 
-    def detector():
-        push = bind_detector(source)
+    def feed():
         push.send_multipart(encode_start(9))
         i = 0
         while not stop.is_set():
@@ -385,8 +371,9 @@ def test_kill_9_while_recording_loses_no_reported_frame(conv_model, free_addr, s
                 i += 1
         push.close()
 
-    feeder = threading.Thread(target=detector, daemon=True)
+    feeder = threading.Thread(target=feed, daemon=True)
     try:
+        publish, _ = read_address(proc.stdout, SERVE_PUBLISH)
         sub = subscriber(publish, (b"stats",))
         sub.wait_ready(timeout=30)
         feeder.start()

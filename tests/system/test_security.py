@@ -5,18 +5,15 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 import zmq
 
-from conftest import bind_detector
-
 from livedenoise.daemon import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
 from livedenoise.protocol import decode_published, encode_image
-from livedenoise.sim import Replayer, ReplayConfig
+from livedenoise.sim import ReplayConfig
 from livedenoise.security import curve_client, make_keys
 from livedenoise.daemon import SecurityConfig
 
@@ -66,18 +63,17 @@ def drain(sock: zmq.Socket) -> list:
 
 
 @needs_curve
-def test_only_clients_with_an_allowed_key_receive_the_output(conv_model, free_addr, daemon_factory, tmp_path):
+def test_only_clients_with_an_allowed_key_receive_the_output(conv_model, detector, daemon_factory, tmp_path):
     server, alice, mallory = (make_keys(tmp_path / n) for n in ("server", "alice", "mallory"))
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     (allowed / "alice.key").write_bytes(alice[0].read_bytes())
-    source = free_addr()
+    push, source = detector()
     daemon = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=server[1], curve_allow=allowed))
     good = curve_sub(daemon.publish_address, server[0], alice[1])
     stranger = curve_sub(daemon.publish_address, server[0], mallory[1])  # valid CURVE, unknown key
     plain = curve_sub(daemon.publish_address)  # no encryption at all
     anonymous = curve_sub(daemon.publish_address, server[0])  # throw-away key pair
-    push = bind_detector(source)
     got: list = []
     image_id = 0
     deadline = time.monotonic() + 10
@@ -96,12 +92,12 @@ def test_only_clients_with_an_allowed_key_receive_the_output(conv_model, free_ad
 
 
 @needs_curve
-def test_encrypted_input_reaches_only_an_allowed_daemon(conv_model, free_addr, daemon_factory, tmp_path):
+def test_encrypted_input_reaches_only_an_allowed_daemon(conv_model, replayer, daemon_factory, tmp_path):
     detector, good_key, bad_key = (make_keys(tmp_path / n) for n in ("detector", "daemon", "intruder"))
-    source = free_addr()
     n = 30
-    replayer = Replayer(ReplayConfig(synthetic=True, size=32, fps=300, count=n, bind=source, push=True,
-                                     curve_secret=detector[1], curve_allow=good_key[0]))
+    replay = replayer(synthetic=True, size=32, fps=300, count=n, push=True, curve_secret=detector[1],
+                      curve_allow=good_key[0])
+    source = replay.endpoint
     intruder = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=bad_key[1], source_server_key=detector[0]))
     daemon = daemon_factory(model=conv_model, source=source, pull=True, security=SecurityConfig(curve_secret=good_key[1], source_server_key=detector[0]))
     # with --curve-secret the daemon's output is encrypted too: subscribe as a CURVE client
@@ -109,8 +105,7 @@ def test_encrypted_input_reaches_only_an_allowed_daemon(conv_model, free_addr, d
     deadline = time.monotonic() + 10
     while not any(m.topic == b"stats" for m in drain(sub)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    thread = threading.Thread(target=replayer.run, daemon=True)
-    thread.start()
+    replay.start()
     denoised = []
     deadline = time.monotonic() + 20
     while len(denoised) < n and time.monotonic() < deadline:
@@ -118,7 +113,7 @@ def test_encrypted_input_reaches_only_an_allowed_daemon(conv_model, free_addr, d
             msg = decode_published(sub.recv_multipart())
             if msg.topic == b"denoised":
                 denoised.append(msg)
-    thread.join(20)
+    replay.join(20)
     sub.close()
     assert [d.header["image_id"] for d in denoised] == list(range(n))
     assert intruder.stats.snapshot()["received"] == 0

@@ -29,29 +29,24 @@ pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed"
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow  # noqa: E402
+from livedenoise.viewer._window import NO_ATOMS_AFTER_S, NO_ATOMS_NOTE  # noqa: E402
 from livedenoise.engine import EngineConfig
+from livedenoise.testing import LOOPBACK, bind_socket
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 
 class FakeDaemon:
-    """The daemon's PUB side, driven by the test: known frames and stats, on a given port."""
+    """The daemon's PUB side, driven by the test: known frames and stats, bound at ``address``
+    (port 0 by default; a restart binds the :attr:`address` of the first life again)."""
 
-    def __init__(self, port: int):
+    def __init__(self, address: str = LOOPBACK):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)  # the tests decide what is sent; nothing dropped here
-        deadline = time.monotonic() + 5
-        while True:  # rebinding a port just released may need a moment
-            try:
-                self.sock.bind(f"tcp://127.0.0.1:{port}")
-                break
-            except zmq.ZMQError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.address = bind_socket(self.sock, address)  # retried while a port just released is busy
 
     def frame(self, raw, denoised, *, series_id=1, image_id=0, css=None, latency_ms=2.5) -> None:
         ids = {"series_id": series_id, "image_id": image_id}
@@ -92,21 +87,16 @@ DENOISED = blocks((0.1, 0.4, 0.7, 0.9), "<f4")
 
 
 @pytest.fixture
-def port(free_port) -> int:
-    return free_port()
-
-
-@pytest.fixture
-def daemon(port):
-    pubs = [FakeDaemon(port)]
+def daemon():
+    pubs = [FakeDaemon()]
     yield pubs  # a list: the restart test appends the second life of the daemon
     for pub in pubs:
         pub.close()
 
 
 @pytest.fixture
-def window(qtbot, port, tmp_path):
-    win = MonitorWindow(f"tcp://127.0.0.1:{port}", snapshot_dir=tmp_path / "snapshots")
+def window(qtbot, daemon, tmp_path):
+    win = MonitorWindow(daemon[0].address, snapshot_dir=tmp_path / "snapshots")
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
@@ -251,7 +241,7 @@ def test_burst_of_1000_frames_ends_on_the_newest_within_a_few_hundred_ms(qtbot, 
     assert window.frames_drawn - drawn_before < 1000  # older frames were dropped, not queued
 
 
-def test_waiting_state_appears_and_clears_when_the_daemon_restarts(qtbot, daemon, window, port):
+def test_waiting_state_appears_and_clears_when_the_daemon_restarts(qtbot, daemon, window):
     assert window.waiting and "waiting for stream" in window.banner.text()  # nothing yet
     connect(qtbot, daemon[0], window)
     daemon[0].frame(RAW, DENOISED, series_id=1, image_id=0)
@@ -262,7 +252,7 @@ def test_waiting_state_appears_and_clears_when_the_daemon_restarts(qtbot, daemon
     assert "waiting for stream" in window.banner.text() and window.address in window.banner.text()
     assert window.receiver.is_alive()
 
-    restarted = FakeDaemon(port)  # same port: the SUB socket reconnects by itself
+    restarted = FakeDaemon(window.address)  # same address: the SUB socket reconnects by itself
     daemon.append(restarted)
 
     def back() -> bool:
@@ -387,6 +377,52 @@ def test_atom_count_plot_gets_one_point_per_frame(qtbot, daemon, window):
     assert "atoms 5" in window.counters.text()  # messages received by the viewer
 
 
+def test_atoms_note_comes_with_frames_without_atoms_and_goes_when_atoms_arrive(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    assert not window.no_atoms  # nothing yet: nothing to say
+    sent = iter(range(10**6))
+
+    def frames_only() -> bool:  # frames and stats, as from serve without --atoms
+        i = next(sent)
+        pub.frame(RAW, DENOISED, image_id=i)
+        if i % 10 == 0:
+            pub.stats()
+        QtCore.QThread.msleep(20)
+        return window.no_atoms
+
+    t0 = time.monotonic()
+    qtbot.waitUntil(frames_only, timeout=8000)
+    assert time.monotonic() - t0 >= NO_ATOMS_AFTER_S - 0.1  # not before a couple of seconds of frames
+    qtbot.waitUntil(window.atoms_note.isVisible, timeout=1000)  # on screen after the toolbar's next layout
+    assert window.atoms_note.text().strip() == NO_ATOMS_NOTE
+    assert "serve --atoms" in NO_ATOMS_NOTE
+
+    pub.stats(atoms_frames=1, atoms_skipped=0, atoms_failed=0, atoms_last=1, atoms_ms_p50=0.5)
+    pub.atoms([[8.0, 8.0]], image_id=next(sent))  # a daemon with atom finding after all
+    qtbot.waitUntil(lambda: not window.no_atoms and not window.atoms_note.isVisible(), timeout=3000)
+
+
+def test_view_of_a_live_daemon_without_atoms_says_so(qtbot, tmp_path, replayer, daemon_factory, conv_model):
+    """serve (no --atoms) -> view: after a couple of seconds of frames, the atoms control says why it stays empty."""
+    detector = replayer(synthetic=True, fps=50, size=SIZE)
+    daemon = daemon_factory(model=conv_model, source=detector.endpoint, stats_interval=0.2)
+    detector.start()
+    win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
+    qtbot.addWidget(win)
+    try:
+        win.show()
+        qtbot.waitExposed(win)
+        qtbot.waitUntil(lambda: win.frame is not None, timeout=15000)
+        assert win.atoms_box.isChecked() and not win.no_atoms
+        qtbot.waitUntil(lambda: win.no_atoms, timeout=10000)
+        qtbot.waitUntil(win.atoms_note.isVisible, timeout=1000)
+        assert "serve --atoms" in win.atoms_note.text()
+        assert win.buffer.counts["atoms"] == 0 and win.buffer.counts["denoised"] > 50
+    finally:
+        win.close()
+
+
 def test_stream_buffer_pairs_raw_and_denoised_of_one_frame():
     buf = StreamBuffer()
     frame = np.zeros((4, 4), np.float32)
@@ -406,10 +442,10 @@ def test_stream_buffer_pairs_raw_and_denoised_of_one_frame():
     assert buf.counts["malformed"] == 1 and buf.take_frames() is None
 
 
-def run_view(address: str, **env_changes) -> subprocess.CompletedProcess:
+def run_view(address: str, *args: str, **env_changes) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     return subprocess.run(
-        [sys.executable, "-m", "livedenoise", "view", "--connect", address],
+        [sys.executable, "-m", "livedenoise", "view", "--connect", address, *args],
         env={**env, **env_changes}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -430,7 +466,66 @@ def test_view_fails_with_one_clear_line(address, env, message):
     assert "Traceback" not in proc.stderr
 
 
-# --------------------------------------------------------------------------- the README's screenshot
+@pytest.mark.parametrize(
+    ("env", "usable"),
+    [({}, False), ({"QT_QPA_PLATFORM": "offscreen"}, True), ({"DISPLAY": ":0"}, True), ({"WAYLAND_DISPLAY": "w"}, True)],
+    ids=["nothing", "qt-platform", "x11", "wayland"],
+)
+def test_view_and_serve_view_share_one_display_check(monkeypatch, env, usable):
+    """`view` (check_display) and `serve --view`/`demo` (launch_viewer) ask the same function, and
+    both take QT_QPA_PLATFORM as a platform Qt can open the window on."""
+    from livedenoise.cli._serve import launch_viewer, stop_child
+    from livedenoise.errors import LivedenoiseError
+    from livedenoise.viewer import check_display, viewer_unavailable_reason
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if not usable:
+        assert viewer_unavailable_reason().startswith("no display")
+        with pytest.raises(LivedenoiseError, match=r"no display.*QT_QPA_PLATFORM=offscreen"):
+            check_display()
+        assert launch_viewer("tcp://127.0.0.1:9") is None
+        return
+    assert viewer_unavailable_reason() is None
+    check_display()
+    if "QT_QPA_PLATFORM" not in env:
+        return  # no X server or compositor here to start a real viewer on
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)  # sees the viewer's subscription: the child really runs
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.bind("tcp://127.0.0.1:*")
+    proc = launch_viewer(xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        assert proc is not None
+        assert xpub.poll(30000), "the viewer serve --view started never subscribed"
+    finally:
+        stop_child(proc, timeout=15)
+        xpub.close()
+        ctx.term()
+    assert proc.returncode == 0
+
+
+def test_view_screenshot_command_writes_the_window_and_quits(tmp_path, replayer, daemon_factory, conv_model):
+    """`livedenoise view --screenshot PATH --after S` on a real daemon: how docs/monitor.png is made."""
+    detector = replayer(synthetic=True, fps=50, size=SIZE)
+    daemon = daemon_factory(model=conv_model, source=detector.endpoint, stats_interval=0.5)
+    detector.start()
+    out = tmp_path / "shot.png"
+    proc = run_view(daemon.publish_address, "--screenshot", str(out), "--after", "3", QT_QPA_PLATFORM="offscreen")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}", proc.stdout
+    image = QtGui.QImage(str(out))
+    assert (image.width(), image.height()) == (1280, 860)
+    assert image.pixelColor(image.width() // 2, image.height() // 2).isValid()
+
+    proc = run_view("tcp://127.0.0.1:9", "--screenshot", str(tmp_path / "no" / "shot.png"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write screenshot"), proc.stderr
+
+
+# --------------------------------------------------------------------------- screenshots
 
 DEFAULT_MODEL = REPO / "livedenoise" / "models" / "default.onnx"
 
@@ -465,15 +560,13 @@ def gaussian_model(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_screenshot_of_a_replayed_synthetic_stream(qtbot, tmp_path, free_addr, daemon_factory):
-    """Writes docs/monitor.png: replay --synthetic -> serve -> view, as an operator sees it."""
-    from livedenoise.sim import Replayer, ReplayConfig
-
+def test_screenshot_of_a_replayed_synthetic_stream(qtbot, tmp_path, replayer, daemon_factory):
+    """replay --synthetic -> serve -> view, as an operator sees it, grabbed into tmp_path (docs/monitor.png
+    is made by the command in docs/viewer.md, never by a test)."""
     model = DEFAULT_MODEL if DEFAULT_MODEL.exists() else gaussian_model(tmp_path / "gaussian.onnx")
-    replayer = Replayer(ReplayConfig(synthetic=True, fps=100, bind=free_addr(), size=128))
-    feeder = threading.Thread(target=replayer.run, daemon=True)
-    daemon = daemon_factory(model=model, source=replayer.endpoint, publish=free_addr(), stats_interval=0.5, engine=EngineConfig(threads=1, provider="cpu", shapes=()))
-    feeder.start()
+    replay = replayer(synthetic=True, fps=100, size=128)
+    daemon = daemon_factory(model=model, source=replay.endpoint, stats_interval=0.5, engine=EngineConfig(threads=1, provider="cpu", shapes=()))
+    replay.start()
     win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
     qtbot.addWidget(win)
     try:
@@ -486,26 +579,24 @@ def test_screenshot_of_a_replayed_synthetic_stream(qtbot, tmp_path, free_addr, d
         assert not win.waiting and win.frame is not None
         assert win.frame.raw is not None and win.frame.denoised is not None
         assert "provider" in win.status.text() and daemon.publish_address in win.status.text()
-        out = REPO / "docs" / "monitor.png"
-        out.parent.mkdir(exist_ok=True)
+        out = tmp_path / "monitor.png"
         assert win.grab().save(str(out))
+        assert QtGui.QImage(str(out)).size() == win.size()
     finally:
-        replayer.stop()
-        feeder.join(5)
+        replay.close(5)
         win.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_view_command_shows_the_stream_and_quits_cleanly_on_a_signal(free_port, sig):
+def test_view_command_shows_the_stream_and_quits_cleanly_on_a_signal(sig):
     """The real `livedenoise view` process: it subscribes, and Ctrl-C / SIGTERM end it with status 0."""
-    port = free_port()
     ctx = zmq.Context()
     xpub = ctx.socket(zmq.XPUB)  # sees the viewer's subscriptions: then the window is being built
     xpub.setsockopt(zmq.LINGER, 0)
-    xpub.bind(f"tcp://127.0.0.1:{port}")
+    address = bind_socket(xpub)
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livedenoise", "view", "--connect", f"tcp://127.0.0.1:{port}"],
+        [sys.executable, "-m", "livedenoise", "view", "--connect", address],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

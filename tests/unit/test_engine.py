@@ -1,5 +1,6 @@
 """The inference engine's session set-up: warm-up, memory options, graph rewrite, precision checks,
-provider reporting. Real onnxruntime sessions on real ONNX files written here or by conftest."""
+provider reporting. Real onnxruntime sessions on real ONNX files written here or by the
+livedenoise.testing plugin."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import DEFAULT_NORM, reference_denoise
+from livedenoise.testing import DEFAULT_NORM, reference_denoise
 from livedenoise.engine import (
     CPU,
     CUDA,
@@ -133,8 +134,9 @@ def test_warm_up_leaves_no_series_history(build_model):
     assert not engine._history
 
 
-def test_daemon_start_warms_the_engine_up_before_any_frame(daemon_factory, conv_model, free_addr):
-    daemon = daemon_factory(model=conv_model, source=free_addr(), engine=EngineConfig(provider="cpu", shapes=((40, 40),), max_batch=3))
+def test_daemon_start_warms_the_engine_up_before_any_frame(daemon_factory, conv_model, detector):
+    _, source = detector()
+    daemon = daemon_factory(model=conv_model, source=source, engine=EngineConfig(provider="cpu", shapes=((40, 40),), max_batch=3))
     assert daemon.engine.warmed == {(3, 1, 40, 40), (1, 1, 40, 40)}
 
 

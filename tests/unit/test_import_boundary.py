@@ -10,7 +10,8 @@ import textwrap
 FORBIDDEN = ("torch", "PySide6", "PyQt6", "PyQt5", "pyqtgraph", "scipy", "skimage", "matplotlib")
 
 
-def test_serve_imports_neither_torch_nor_qt(conv_model, free_addr):
+def test_serve_imports_neither_torch_nor_qt(conv_model, detector):
+    _, source = detector()  # bound here, on port 0: the child's daemon connects to it
     code = textwrap.dedent(
         f"""
         import sys, time
@@ -20,8 +21,8 @@ def test_serve_imports_neither_torch_nor_qt(conv_model, free_addr):
         from livedenoise.engine import EngineConfig
         from livedenoise.sim import Replayer, ReplayConfig
         import threading
-        daemon = Daemon(ServeConfig(model=Path({str(conv_model)!r}), source={free_addr()!r},
-                                    publish={free_addr()!r}, engine=EngineConfig(provider="cpu", shapes=((64, 64),))))
+        daemon = Daemon(ServeConfig(model=Path({str(conv_model)!r}), source={source!r},
+                                    publish="tcp://127.0.0.1:*", engine=EngineConfig(provider="cpu", shapes=((64, 64),))))
         daemon.start()
         time.sleep(0.3)
         daemon.stop()

@@ -7,6 +7,8 @@ training steps; the shipped presets where the test is about their shapes.
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +20,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from livedenoise.engine import METADATA_KEY, ModelCard, Normalisation, causal_windows, normalise  # noqa: E402
+from livedenoise.errors import LivedenoiseError  # noqa: E402
 from trainer import losses  # noqa: E402
 from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames  # noqa: E402
 from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card  # noqa: E402
-from trainer.loop import Trainer, polarity  # noqa: E402
+from trainer.loop import Trainer, load_checkpoint, polarity  # noqa: E402
 from trainer.networks import Critic, LowPass, UNet, gaussian_kernel  # noqa: E402
 from trainer.presets import LITE, PAPER, RT, TINY, CriticConfig, NetConfig, Preset  # noqa: E402
 
@@ -266,7 +269,7 @@ def test_resume_continues_exactly(movie, tmp_path):
     first = Trainer(MICRO, movie, norm, seed=3, **quiet)
     first.run(2, checkpoint_path=ckpt, progress=False, log_every=0)
     again = Trainer(MICRO, movie, norm, seed=99, **quiet)  # everything comes from the checkpoint
-    again.restore(torch.load(ckpt, weights_only=False))
+    again.restore(load_checkpoint(ckpt))  # weights_only: a real checkpoint needs nothing else
     assert again.state.step == 2
     opt_a = again.opt["cycle"].state_dict()["state"]
     opt_f = first.opt["cycle"].state_dict()["state"]
@@ -280,8 +283,6 @@ def test_resume_continues_exactly(movie, tmp_path):
 
 
 def test_ctrl_c_leaves_a_checkpoint(movie, tmp_path, monkeypatch):
-    from livedenoise.errors import LivedenoiseError
-
     tr = Trainer(MICRO, movie, frame_statistics(movie), seed=0, check_every=0, log=lambda m: None)
     real_step = tr.train_step
 
@@ -294,7 +295,58 @@ def test_ctrl_c_leaves_a_checkpoint(movie, tmp_path, monkeypatch):
     ckpt = tmp_path / "m.ckpt"
     with pytest.raises(LivedenoiseError, match="resume with --resume"):
         tr.run(10, checkpoint_path=ckpt, progress=False, log_every=0)
-    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 2
+    assert load_checkpoint(ckpt)["state"]["step"] == 2
+
+
+class _MakesADirectory:
+    """Unpickling it calls ``os.mkdir(path)``: what a crafted ``--resume`` file could do instead."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.parametrize("container", ["pickle", "torch.save"])
+def test_resume_refuses_a_crafted_pickle_without_running_it(container, movie, tmp_path, monkeypatch, capsys):
+    import pickle
+
+    import tifffile
+
+    pickle.loads(pickle.dumps(_MakesADirectory(tmp_path / "control")))  # the payload works when unpickled
+    assert (tmp_path / "control").is_dir()
+    target = tmp_path / "created"
+    crafted = tmp_path / "evil.ckpt"
+    evil = {"format": 1, "state": {"step": 0}, "payload": _MakesADirectory(target)}
+    if container == "pickle":
+        crafted.write_bytes(pickle.dumps(evil))
+    else:
+        torch.save(evil, crafted)
+    with pytest.raises(LivedenoiseError, match=r"^cannot resume from .*evil\.ckpt: not a livedenoise checkpoint \(") as err:
+        load_checkpoint(crafted)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    frames = tmp_path / "movie.tif"
+    tifffile.imwrite(frames, movie, photometric="minisblack")
+    code, out = _cli(monkeypatch, capsys, "--frames", str(frames), "--out", str(tmp_path / "m.onnx"), "--resume", str(crafted))
+    assert code == 2 and out.strip().splitlines() == [f"error: {err.value}"], out
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"not a checkpoint at all", "not a livedenoise checkpoint"), (None, "not a livedenoise checkpoint (no format-1")],
+    ids=["bytes", "foreign-torch-file"],
+)
+def test_resume_refuses_other_files_with_one_line(content, reason, tmp_path):
+    path = tmp_path / "other.ckpt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)  # a torch file, but not one of ours
+    else:
+        path.write_bytes(content)
+    with pytest.raises(LivedenoiseError, match=re.escape(reason)) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
 
 
 class _Inverted(torch.nn.Module):
@@ -378,7 +430,6 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     import tifffile
 
     from livedenoise.engine import Engine
-    from livedenoise.errors import LivedenoiseError
 
     from trainer.run import TrainConfig, train
 
@@ -425,7 +476,6 @@ def test_several_stage1_runs_pick_the_most_upright_and_resume_run_by_run(movie, 
     import tifffile
 
     from livedenoise.engine import Engine
-    from livedenoise.errors import LivedenoiseError
     from trainer.run import TrainConfig, train
 
     frames = tmp_path / "movie.tif"
@@ -462,7 +512,7 @@ def test_several_stage1_runs_pick_the_most_upright_and_resume_run_by_run(movie, 
     with pytest.raises(LivedenoiseError, match="--resume"):
         train(TrainConfig(out=tmp_path / "cut.onnx", teachers=2, **new), log=lambda m: None)
     monkeypatch.setattr(Trainer, "train_step", real_step)
-    ckpt = torch.load(tmp_path / "cut.ckpt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "cut.ckpt")
     assert ckpt["teacher"] == 1 and len(ckpt["teachers"]) == 1 and ckpt["state"]["step"] == 1 and ckpt["base_seed"] == 0
     resumed = train(TrainConfig(frames=frames, out=tmp_path / "cut.onnx", resume=tmp_path / "cut.ckpt", **quiet), log=lambda m: None)
     assert [r["final_losses"] for r in resumed["teachers"]] == [r["final_losses"] for r in runs]
@@ -494,8 +544,6 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
     engine = Engine(out, provider="cpu")
     assert engine.card.preset == "temporal" and engine.card.input_frames == 3
     served = np.stack(engine.infer(list(movie)).outputs)
-
-    from trainer.loop import load_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "t.ckpt")
     net = UNet(TINY.generator)

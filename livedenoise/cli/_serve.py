@@ -1,0 +1,265 @@
+"""``serve`` (the live daemon) and ``demo`` (synthetic detector -> serve -> monitor), and what
+they share: ``--atoms``, starting the monitor beside them, and the one-line status of ``stats``.
+
+onnxruntime and zmq load inside the commands; torch and Qt never load here (the monitor runs as
+a child process, ``livedenoise view``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .._options import default_for, help_for
+from .._signals import stop_on_signals
+from ..daemon import AtomsConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from ..engine import EngineConfig
+from ..errors import LivedenoiseError
+from ..sim import ReplayConfig
+from ._common import config_option, log, model_option, model_path, setup_logging
+
+app = typer.Typer()
+
+PANEL = "Live"
+# serve --help: one panel per configuration group
+STREAM, QUEUE, ENGINE, RECORDING, ATOMS, SECURITY, VIEWER = (
+    "Stream", "Queue", "Engine", "Recording", "Atoms", "Security", "Viewer and logging",
+)  # fmt: skip
+
+
+def atoms_threshold_option(panel: str | None = None) -> Any:
+    """``--atoms-threshold``: a text, so that ``30%`` can be told from ``0.3``."""
+    text = help_for(AtomsConfig, "threshold")
+    return typer.Option(
+        None, help=f"With --atoms: {text[:1].lower()}{text[1:]}", show_default=f"{default_for(AtomsConfig, 'threshold'):g}",
+        rich_help_panel=panel,
+    )  # fmt: skip
+
+
+def atoms_config(atoms: bool, threshold: str | None) -> AtomsConfig | None:
+    """``--atoms`` and ``--atoms-threshold`` as an :class:`~livedenoise.daemon.AtomsConfig` (None: off).
+
+    ``"0.4"`` is an absolute height, ``"30%"`` a share of each frame's highest peak.
+    """
+    if threshold is None:
+        return AtomsConfig() if atoms else None
+    if not atoms:
+        raise LivedenoiseError("--atoms-threshold needs --atoms")
+    relative = threshold.strip().endswith("%")
+    try:
+        value = float(threshold.strip().removesuffix("%"))
+    except ValueError:
+        raise LivedenoiseError(
+            f"--atoms-threshold {threshold!r}: expected a number (0.4) or a percentage (30%)"
+        ) from None
+    return AtomsConfig(threshold=value / 100 if relative else value, relative=relative)
+
+
+def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{h}x{w}" for h, w in shapes)
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``--warmup-size``: ``"128x128,512x512"`` as ``((128, 128), (512, 512))``; ``""``: none."""
+    shapes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            h, w = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise LivedenoiseError(f"frame size {item!r}: expected HEIGHTxWIDTH, like 128x128") from None
+        shapes.append((h, w))
+    return tuple(shapes)
+
+
+def launch_viewer(address: str) -> subprocess.Popen | None:
+    """Start ``livedenoise view --connect address`` as a child process, if it can run here."""
+    from ..viewer import viewer_unavailable_reason
+
+    reason = viewer_unavailable_reason()
+    if reason:
+        log.warning("not opening the viewer: %s", reason)
+        return None
+    return subprocess.Popen([sys.executable, "-m", "livedenoise", "view", "--connect", address])
+
+
+def stop_child(proc: subprocess.Popen | None, timeout: float = 3.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+WARMUP_SIZE = format_shapes(default_for(EngineConfig, "shapes"))
+
+
+@app.command(rich_help_panel=PANEL)
+def serve(
+    source: str = config_option(ServeConfig, "source", panel=STREAM),
+    publish: str = config_option(ServeConfig, "publish", panel=STREAM),
+    push_output: str | None = config_option(ServeConfig, "push_output", panel=STREAM),
+    pull: bool = config_option(ServeConfig, "pull", panel=STREAM),
+    lossless: bool = config_option(QueueConfig, "lossless", panel=QUEUE),
+    queue: int = config_option(QueueConfig, "capacity", "--queue", panel=QUEUE),
+    max_wait_ms: float = config_option(QueueConfig, "max_wait_ms", panel=QUEUE),
+    max_age_ms: float = config_option(QueueConfig, "max_age_ms", panel=QUEUE),
+    model: Path | None = model_option(ENGINE),
+    provider: str | None = config_option(EngineConfig, "provider", panel=ENGINE),
+    threads: int = config_option(EngineConfig, "threads", panel=ENGINE),
+    spin: bool = config_option(EngineConfig, "spin", panel=ENGINE),
+    max_batch: int = config_option(EngineConfig, "max_batch", panel=ENGINE),
+    max_batch_pixels: int = config_option(EngineConfig, "max_batch_pixels", panel=ENGINE),
+    warmup_size: str = config_option(EngineConfig, "shapes", "--warmup-size", panel=ENGINE, default=WARMUP_SIZE),
+    fp16: bool = config_option(EngineConfig, "fp16", panel=ENGINE),
+    cuda_graph: bool = config_option(EngineConfig, "cuda_graph", panel=ENGINE),
+    trt_cache: Path | None = config_option(EngineConfig, "trt_cache", panel=ENGINE),
+    record: Path | None = config_option(RecordingConfig, "directory", "--record", panel=RECORDING, default=None),
+    record_raw: bool = config_option(RecordingConfig, "raw", panel=RECORDING),
+    record_chunk: int = config_option(RecordingConfig, "chunk_frames", "--record-chunk", panel=RECORDING),
+    record_chunk_seconds: float = config_option(RecordingConfig, "chunk_seconds", panel=RECORDING),
+    atoms: bool = config_option(ServeConfig, "atoms", panel=ATOMS, default=False),
+    atoms_threshold: str | None = atoms_threshold_option(ATOMS),
+    curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
+    curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
+    source_curve_server_key: Path | None = config_option(
+        SecurityConfig, "source_server_key", "--source-curve-server-key", panel=SECURITY
+    ),
+    view: bool = typer.Option(False, help="Also open the live monitor (the viewer extra).", rich_help_panel=VIEWER),
+    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING, ERROR.", rich_help_panel=VIEWER),
+) -> None:
+    """Denoise a detector stream live and publish denoised frames, raw frames, stats (and atoms)."""
+    from ..daemon import Daemon
+
+    setup_logging(log_level)
+    if record is None and record_raw:
+        raise LivedenoiseError("--record-raw needs --record DIR")
+    if max_batch < 1:
+        raise LivedenoiseError("--max-batch must be at least 1")
+    cfg = ServeConfig(
+        model=model_path(model), source=source, publish=publish, pull=pull,
+        push_output=push_output,
+        queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
+        engine=EngineConfig(
+            provider=provider, max_batch=max_batch, max_batch_pixels=max_batch_pixels, threads=threads, spin=spin,
+            fp16=fp16, cuda_graph=cuda_graph, trt_cache=trt_cache, shapes=parse_shapes(warmup_size),
+        ),
+        recording=None if record is None else RecordingConfig(
+            record, raw=record_raw, chunk_frames=record_chunk, chunk_seconds=record_chunk_seconds
+        ),
+        atoms=atoms_config(atoms, atoms_threshold),
+        security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
+    )  # fmt: skip
+    daemon = Daemon(cfg)
+    viewer = launch_viewer(daemon.publish_address) if view else None
+    try:
+        code = daemon.run()
+    finally:
+        stop_child(viewer)
+    raise typer.Exit(code)
+
+
+@app.command(rich_help_panel=PANEL)
+def demo(
+    model: Path | None = model_option(),
+    fps: float = config_option(ReplayConfig, "fps"),
+    size: int = config_option(ReplayConfig, "size"),
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: until Ctrl-C).")] = 0.0,
+    publish: str = config_option(ServeConfig, "publish", default="tcp://127.0.0.1:*"),
+    provider: str | None = config_option(EngineConfig, "provider"),
+    view: Annotated[bool, typer.Option(help="Open the live monitor when it can run here.")] = True,
+    atoms: bool = config_option(ServeConfig, "atoms", default=True),
+    atoms_threshold: str | None = atoms_threshold_option(),
+) -> None:
+    """Synthetic detector -> serve (shipped model, atom finding) -> live monitor, or a status line per second."""
+    from ..daemon import Daemon
+    from ..sim import Replayer
+
+    setup_logging("WARNING")
+    atoms_cfg = atoms_config(atoms, atoms_threshold)
+    path = model_path(model)
+    replayer = Replayer(
+        ReplayConfig(synthetic=True, fps=fps, size=size, bind="tcp://127.0.0.1:*", wait_subscriber=10.0)
+    )
+    try:
+        daemon = Daemon(ServeConfig(
+            model=path, source=replayer.endpoint, publish=publish,
+            engine=EngineConfig(provider=provider, shapes=((size, size),)), atoms=atoms_cfg,
+        ))  # fmt: skip
+    except BaseException:
+        replayer.close()
+        raise
+    stop = threading.Event()
+    viewer = None
+    replay_thread = threading.Thread(target=replayer.run, name="ld-replay", daemon=True)
+    with stop_on_signals(lambda _signum: stop.set()):
+        try:
+            daemon.start()
+            replay_thread.start()
+            address = daemon.publish_address
+            typer.echo(
+                f"demo: synthetic {size}x{size} frames at {fps:g} fps -> {daemon.engine.name} on "
+                f"{daemon.engine.provider}{' + atoms' if atoms_cfg else ''} -> {address}  (Ctrl-C stops)"
+            )
+            viewer = launch_viewer(address) if view else None
+            deadline = time.monotonic() + duration if duration > 0 else float("inf")
+            if viewer is not None:
+                while not stop.is_set() and viewer.poll() is None and time.monotonic() < deadline:
+                    stop.wait(0.2)
+            else:
+                _print_stats(address, stop, deadline)
+        finally:
+            replayer.stop()
+            if replay_thread.is_alive():
+                replay_thread.join(5)
+            daemon.stop()
+            stop_child(viewer)
+
+
+def format_stats(s: dict) -> str:
+    """One status line from a ``stats`` header."""
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    return (
+        f"fps in {num(s.get('fps_in'), '6.1f')}  out {num(s.get('fps_out'), '6.1f')} | "
+        f"latency p50 {num(s.get('latency_ms_p50'), '6.1f')} p99 {num(s.get('latency_ms_p99'), '6.1f')} ms | "
+        f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
+        f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
+        + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
+    )  # fmt: skip
+
+
+def _print_stats(address: str, stop: threading.Event, deadline: float) -> None:
+    """Subscribe to ``stats`` and print one line per second until ``stop`` or ``deadline``."""
+    import msgpack
+    import zmq
+
+    from ..protocol import TOPIC_STATS
+
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
+    sub.connect(address)
+    last_print = 0.0
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not sub.poll(200):
+                continue
+            parts = sub.recv_multipart()
+            now = time.monotonic()
+            if now - last_print >= 1.0 and len(parts) == 2:
+                typer.echo(format_stats(msgpack.unpackb(parts[1])))
+                last_print = now
+    finally:
+        sub.close()
