@@ -159,12 +159,7 @@ def methods_for(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, calib: in
     ]
     if gf_sigma != g_sigma:
         out.append(("gaussian-f1", f"sigma={gf_sigma:g} px (best F1)", gf))
-    return out + [
-        ("median", f"size={int(m_size)}", m),
-        ("nlm", f"h={n_h:g} x noise std", n),
-        ("temporal-3", "causal mean of 3", temporal(3)),
-        ("temporal-5", "causal mean of 5", temporal(5)),
-    ]
+    return [*out, ("median", f"size={int(m_size)}", m), ("nlm", f"h={n_h:g} x noise std", n), ("temporal-3", "causal mean of 3", temporal(3)), ("temporal-5", "causal mean of 5", temporal(5))]
 
 
 # ---------------------------------------------------------------------------- the table

@@ -15,23 +15,28 @@ For each frame size:
    share the two cores too).
 
 Per-thread CPU time of serve, replay and this process comes from ``/proc/<pid>/task/*/stat``
-over the same window, as a percentage of one core. serve and replay are started through a tiny
-launcher that gives each Python thread its native name (``prctl``), so ``ld-receive``,
-``ld-infer``, ``ld-publish`` show as such; ``ZMQbg/*`` are libzmq's I/O threads; ``main`` is the
-process's first thread and ``other`` the rest (onnxruntime's pool)::
+over the same window, as a percentage of one core and as CPU time per frame. serve and replay
+are started through a tiny launcher that gives each Python thread its native name (``prctl``),
+so ``ld-receive``, ``ld-infer``, ``ld-publish`` show as such; ``ZMQbg/*`` are libzmq's I/O
+threads; ``main`` is the process's first thread and ``other`` the rest (onnxruntime's pool).
+
+Placement (``taskset``-like, nothing in serve changes): ``--pin-serve``/``--pin-replay`` run a
+whole process on given CPUs; ``--pin-pipeline CPU`` has the launcher put serve's three pipeline
+threads on that CPU and every other thread of serve (main, libzmq's I/O, onnxruntime) on the
+others. The pipeline threads take turns on the GIL anyway; on separate CPUs each hand-over is a
+wake-up across CPUs (in this VM, 27 % of serve's CPU went to the kernel's wake-up and
+context-switch paths under ``perf``)::
 
     python benchmarks/ceiling.py                        # 128² and 512², ~1 min
     python benchmarks/ceiling.py --sizes 128 --seconds 10 --json
+    python benchmarks/ceiling.py --pin-pipeline 0 --pin-replay 1
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # no BLAS pool competing for the cores
-
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,21 +47,27 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-
-from _proc import free_addr, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, machine  # benchmarks/ is on sys.path when run as a script
 
 #: Frames in the replayed stack per side (16 MiB of <u2 either way; the stack loops, one series per pass).
 STACK_FRAMES = {128: 512, 512: 32}
 
 #: Runs ``python -m livedenoise ARGS`` with every Python thread's native name set to its
-#: ``threading`` name, so /proc shows which stage a thread is.
+#: ``threading`` name, so /proc shows which stage a thread is; with ``LD_PIPELINE_CPUS`` set
+#: (``--pin-pipeline``), the pipeline threads run on those CPUs and the rest of the process (its
+#: first thread, hence the threads libzmq and onnxruntime start from it) on the other CPUs.
 LAUNCHER = """
-import ctypes, runpy, sys, threading
+import ctypes, os, runpy, sys, threading
 _libc = ctypes.CDLL(None)
 _inner = threading.Thread._bootstrap_inner
+_pipeline = {int(c) for c in os.environ.get("LD_PIPELINE_CPUS", "").split(",") if c}
+if _pipeline:
+    os.sched_setaffinity(0, (os.sched_getaffinity(0) - _pipeline) or _pipeline)
 def _named(self):
     try:
         _libc.prctl(15, self.name.encode()[:15], 0, 0, 0)
+        if _pipeline and self.name in ("ld-receive", "ld-infer", "ld-publish"):
+            os.sched_setaffinity(0, _pipeline)
     except Exception:
         pass
     _inner(self)
@@ -102,9 +113,13 @@ def write_stack(size: int, directory: Path) -> Path:
     return path
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def start(args: list[str], cpus: str | None = None, pipeline_cpus: str | None = None) -> subprocess.Popen:
+    """``python -m livedenoise ARGS`` through :data:`LAUNCHER`, on CPUs ``cpus`` (taskset) if
+    given, its pipeline threads on ``pipeline_cpus`` if given."""
+    pin = ["taskset", "-c", cpus] if cpus else []
+    env = dict(os.environ, LD_PIPELINE_CPUS=pipeline_cpus) if pipeline_cpus else None
+    return subprocess.Popen([*pin, sys.executable, "-c", LAUNCHER, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> str:
@@ -196,7 +211,7 @@ def ceiling(model: Path, stack: Path, size: int, opts) -> dict:
         "serve", "--model", str(model), "--source", source, "--publish", publish, "--lossless",
         "--queue", str(opts.queue), "--max-batch", str(opts.max_batch), "--threads", str(opts.threads),
         "--warmup-size", f"{size}x{size}", "--provider", "cpu", "--log-level", "WARNING",
-    ])
+    ], cpus=opts.pin_serve, pipeline_cpus=opts.pin_pipeline)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -215,7 +230,8 @@ def ceiling(model: Path, stack: Path, size: int, opts) -> dict:
                 break
             if serve.poll() is not None:
                 raise SystemExit(f"serve exited: {stop(serve)[-3000:]}")
-        replay = start(["replay", str(stack), "--loop", "--push", "--fps", "10000000", "--bind", source])
+        replay = start(["replay", str(stack), "--loop", "--push", "--fps", "10000000", "--bind", source],
+                       cpus=opts.pin_replay)
         samples = []  # (stats, serve ticks, replay ticks, own ticks, perf_counter)
         t_begin = None
         deadline = time.monotonic() + opts.warmup + opts.seconds + 60
@@ -311,6 +327,10 @@ def main() -> None:
     ap.add_argument("--subscribe", choices=["stats", "all"], default="stats",
                     help="what the subscriber takes: stats only, or also every denoised and raw frame")
     ap.add_argument("--replay-frames", type=int, default=0, help="frames for the replay-alone phase (0: 4 s worth)")
+    ap.add_argument("--pin-serve", metavar="CPUS", help="run serve on these CPUs only (taskset -c), e.g. 0")
+    ap.add_argument("--pin-replay", metavar="CPUS", help="run replay on these CPUs only (taskset -c), e.g. 1")
+    ap.add_argument("--pin-pipeline", metavar="CPUS",
+                    help="serve's receive, infer and publish threads on these CPUs, its other threads on the rest")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
     opts = ap.parse_args()
 

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.engine import Engine, default_model_path
     from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.engine import Engine, default_model_path
     from livedenoise.sim import SimConfig, simulate_movie
 
     cfg = SimConfig(frames=args.frames, size=args.size, dose=args.dose, gradient=args.gradient, seed=args.seed)

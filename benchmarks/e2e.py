@@ -51,8 +51,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-
-from _proc import free_addr, output_subscriber  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber
 
 USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
 STACK_FRAMES = {128: 64, 512: 16, 1024: 8}

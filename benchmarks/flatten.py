@@ -59,8 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from _proc import machine, run_jobs  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import machine, run_jobs
 
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # the Gaussian filter's grid (default_model_check.py)
 AREA_UNIT = 100.0 * 100.0  # px^2
@@ -206,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     from scipy.ndimage import gaussian_filter
 
     from livedenoise.analysis.evaluate import load_positions
-    from livedenoise.io import read_movie
     from livedenoise.engine import gaussian_lowpass
+    from livedenoise.io import read_movie
 
     t_start = time.monotonic()
     load_start = os.getloadavg()

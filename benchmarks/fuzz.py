@@ -24,16 +24,14 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
+from _proc import free_addr, output_subscriber, rss_mib
 
-
-
-from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 def main() -> int:
     from e2e import build_bench_model
 
-    from livedenoise.sim import KINDS, malformed_message
     from livedenoise.protocol import encode_image
+    from livedenoise.sim import KINDS, malformed_message
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=10_000, help="malformed messages to send")

@@ -34,6 +34,7 @@ Issue 5's target: in 10 trainings with different seeds, 0 models come out invert
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -47,8 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from _proc import machine, run_jobs  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import machine, run_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "in 10 trainings with different seeds, 0 models come out inverted (the paper saw about 1 in 10)"
@@ -117,8 +117,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def score(args, work: Path) -> tuple[list[dict], dict]:
-    from livedenoise.engine import Engine
     from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.engine import Engine
     from livedenoise.sim import SimConfig, simulate_movie
 
     cfg = SimConfig(frames=args.test_frames, size=128, dose=args.dose, seed=args.test_seed)
@@ -254,10 +254,8 @@ def versions() -> str:
 
     v = {"python": platform.python_version()}
     for p in ("livedenoise", "torch", "numpy", "onnxruntime-gpu", "onnxruntime"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             v[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
     return ", ".join(f"{k} {x}" for k, x in v.items())
 
 
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         del given[i : i + 2]
     command = "python benchmarks/inversion.py " + shlex.join(given)
     load0 = os.getloadavg()
-    t0 = time.monotonic()
+    time.monotonic()
     frames = simulate_training_movie(args, work)
     if not args.no_train:
         runs = run_trainings(args, work, frames)

@@ -42,8 +42,7 @@ import time
 from pathlib import Path
 
 import zmq
-
-from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr, output_subscriber, rss_mib
 
 SETTINGS = {
     "default": {},
@@ -191,7 +190,10 @@ def main() -> None:
     for setting in opts.settings:
         r = measure(model, setting, opts)
         results.append(r)
-        gib = lambda mib: f"{mib / 1024:.2f} GiB"  # noqa: E731
+
+        def gib(mib: float) -> str:
+            return f"{mib / 1024:.2f} GiB"
+
         print(f"\n[{setting}] engine: {r['engine']}")
         print(f"  warm-up: {r['warmup']} ({r['warmup_s']:.1f} s); RSS after warm-up {gib(r['rss_after_warmup'])}, "
               f"peak so far {gib(r['peak_after_warmup'])}")

@@ -79,6 +79,7 @@ placed within a pixel (mean localisation error of the hop atoms it finds <= 1 px
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -92,8 +93,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from _proc import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -297,6 +297,7 @@ def baseline_methods(d: Data, calib: int, bm3d_sigmas: list[float], skip: set[st
 def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data, ms: float | None,
           served: bool = False, extra: dict | None = None) -> dict:
     import baselines as bl
+
     from livedenoise.analysis.evaluate import evaluate
 
     rep = evaluate(den, d.truth, d.positions, groups=d.groups)
@@ -338,8 +339,8 @@ def n2v_worker(args: argparse.Namespace) -> None:
         # lightning first (they see it is absent), then give careamics a stub of the names it imports.
         import importlib.machinery
 
-        import lightning.pytorch  # noqa: F401
-        import torchmetrics  # noqa: F401
+        import lightning.pytorch  # noqa: F401 - only: is Noise2Void's stack installed?
+        import torchmetrics  # noqa: F401 - only: is Noise2Void's stack installed?
 
         for mod in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
             m = types.ModuleType(mod)
@@ -521,10 +522,8 @@ def versions(n2v_info: dict | None) -> dict:
 
     v = {"python": platform.python_version()}
     for p in ("livedenoise", "numpy", "scipy", "scikit-image", "bm3d", "onnxruntime-gpu", "onnxruntime", "matplotlib"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             v[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
     if n2v_info:
         v["careamics (N2V venv)"] = n2v_info.get("careamics")
         v["torch (N2V venv)"] = n2v_info.get("torch")
@@ -599,7 +598,7 @@ def write_report(path: Path, fig: Path | None, meta: dict, conds: list[Condition
                      f"std after the transform at the movie's mean count ({g['mean_counts']:.2f}): "
                      f"{g['stabilised_std_mean']:.2f} (1.00 from an atom's peak up); row-offset std in the PSD "
                      f"{g['line_std']:.3f}.")
-        L += [""] + table(cr) + [""]
+        L += ["", *table(cr), ""]
     L += ["## Noise2Void (careamics)", "", meta["n2v_note"], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L))
@@ -763,7 +762,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tg = targets(rows, conds, models)
     nice = os.nice(0)
-    cmd = ("nice -n %d " % nice if nice else "") + "python " + " ".join(
+    cmd = (f"nice -n {nice} " if nice else "") + "python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(Path(__file__).resolve(), Path.cwd())] + (argv if argv is not None else sys.argv[1:])
     )
     if n2v_info:

@@ -34,9 +34,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from _proc import machine, run_jobs  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from default_model_check import gaussian_reference  # noqa: E402
+from _proc import machine, run_jobs
+from default_model_check import gaussian_reference
 
 
 def cli() -> list[str]:
@@ -48,8 +47,7 @@ def train_job(args, work: Path, seed: int) -> list[str]:
     steps, prev = [], None
     for t in sorted(args.teachers):
         out = work / f"t{t}_s{seed}.onnx"
-        cmd = cli() + ["train", "--frames", str(work / "train.tif"), "--out", str(out), "--device", args.device,
-                       "--teachers", str(t)]
+        cmd = [*cli(), "train", "--frames", str(work / "train.tif"), "--out", str(out), "--device", args.device, "--teachers", str(t)]
         if prev is not None:
             cmd += ["--resume", str(prev.with_suffix(".ckpt"))]
         else:
@@ -63,8 +61,8 @@ def train_job(args, work: Path, seed: int) -> list[str]:
 
 
 def score(args, work: Path) -> tuple[list[dict], dict]:
-    from livedenoise.engine import Engine
     from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.engine import Engine
     from livedenoise.sim import SimConfig, simulate_movie
 
     rows, refs = [], {}
@@ -109,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "train.tif").is_file():
-        subprocess.run(cli() + ["simulate", "movie", "--out", str(work / "train.tif"), "--frames", "120",
-                                "--dose", str(args.dose), "--seed", "1"], check=True)
+        subprocess.run([*cli(), "simulate", "movie", "--out", str(work / "train.tif"), "--frames", "120", "--dose", str(args.dose), "--seed", "1"], check=True)
     if not args.no_train:
         jobs = [(f"seed {s}", train_job(args, work, s), work / f"s{s}.log") for s in args.seeds]
         run_jobs(jobs, args.jobs, threads=args.threads, cwd=work)

@@ -24,12 +24,9 @@ import time
 from pathlib import Path
 
 import msgpack
-import numpy as np
 import zmq
+from _proc import free_addr, output_subscriber, rss_mib
 
-
-
-from _proc import free_addr, output_subscriber, rss_mib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))

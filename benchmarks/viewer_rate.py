@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-
-from _proc import free_addr  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _proc import free_addr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from livedenoise.protocol import TOPIC_STATS, decode_published  # noqa: E402
+from livedenoise.protocol import TOPIC_STATS, decode_published
 
 
 def default_model(workdir: Path) -> Path:
@@ -90,11 +89,9 @@ def main() -> int:
     source, publish = free_addr(), free_addr()
     cli = [sys.executable, "-m", "livedenoise"]
     children = [
-        subprocess.Popen(cli + ["serve", "--model", str(model), "--source", source, "--publish", publish,
-                                "--threads", str(args.serve_threads), "--log-level", "WARNING"]),
-        subprocess.Popen(cli + ["replay", "--synthetic", "--fps", str(args.fps), "--size", str(args.size),
-                                "--bind", source]),
-    ]  # fmt: skip
+        subprocess.Popen([*cli, "serve", "--model", str(model), "--source", source, "--publish", publish, "--threads", str(args.serve_threads), "--log-level", "WARNING"]),
+        subprocess.Popen([*cli, "replay", "--synthetic", "--fps", str(args.fps), "--size", str(args.size), "--bind", source]),
+    ]
     stats = StatsListener(publish)
     stats.start()
     try:
@@ -122,7 +119,7 @@ def main() -> int:
         paints = [0]
 
         class PaintCounter(QtCore.QObject):
-            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            def eventFilter(self, obj, event):
                 if event.type() == QtCore.QEvent.Type.Paint:
                     paints[0] += 1
                 return False
@@ -152,7 +149,7 @@ def main() -> int:
                 child.kill()
 
     print(f"stream: {args.fps:g} fps of {args.size}x{args.size} frames, model {model.name}, serve --threads "
-          f"{args.serve_threads}, {os.cpu_count()} CPUs, Qt platform {os.environ.get('QT_QPA_PLATFORM', 'native')}")  # fmt: skip
+          f"{args.serve_threads}, {os.cpu_count()} CPUs, Qt platform {os.environ.get('QT_QPA_PLATFORM', 'native')}")
     print(f"daemon fps_in                 {fps_in:8.1f}")
     print(f"daemon fps_out, no viewer     {without_viewer:8.1f}")
     print(f"daemon fps_out, viewer open   {with_viewer:8.1f}")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from livedenoise.engine import Normalisation, causal_windows, normalise
 from livedenoise.errors import LivedenoiseError
 from livedenoise.io import read_movie
-from livedenoise.engine import Normalisation, causal_windows, normalise
 
 from .networks import gaussian_kernel
 

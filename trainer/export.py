@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from livedenoise.errors import LivedenoiseError
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
+from livedenoise.errors import LivedenoiseError
 
 OPSET = 17
 TOLERANCE = 1e-3

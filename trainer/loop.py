@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from livedenoise.errors import LivedenoiseError
 from livedenoise.engine import Normalisation
+from livedenoise.errors import LivedenoiseError
 
 from . import losses
 from .domains import CleanDomain, NoisyDomain
@@ -104,7 +104,14 @@ def progress_bar(label: str, enabled: bool):
     """A rich progress bar on stderr (steps, ``info`` text, elapsed, ETA); off when ``enabled`` is
     false or stderr is not a terminal, where the callers log a line every so many steps instead."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     columns = (TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -63,17 +63,17 @@ class _ReflectPad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: int) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, p: int) -> torch.Tensor:
         ctx.p = p
         return F.pad(x, [p, p, p, p], mode="reflect")
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+    def backward(ctx, grad: torch.Tensor):
         # Only inference is exported; training uses the autograd of F.pad (see ReflectConv).
         raise RuntimeError("_ReflectPad is for export only")
 
     @staticmethod
-    def symbolic(g, x, p: int):  # noqa: D102
+    def symbolic(g, x, p: int):
         pads = g.op("Constant", value_t=torch.tensor([0, 0, p, p, 0, 0, p, p], dtype=torch.int64))
         return g.op("Pad", x, pads, mode_s="reflect")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from livedenoise.errors import LivedenoiseError
 from livedenoise.engine import ModelCard, Normalisation, causal_windows, normalise, to_display
+from livedenoise.errors import LivedenoiseError
 
 from .domains import frame_statistics, gather, load_frames, sample_frames
 from .presets import Preset, get_preset
@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
     import torch
 
     from .export import export_model
-    from .loop import Trainer, load_checkpoint
+    from .loop import load_checkpoint
 
     paths = artefact_paths(out)
     ckpt = None
@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "peak_variance": list(preset.clean_variance),
         "ema": preset.ema,
         "frames_file": Path(cfg.frames).name,
-        "frames_used": int(len(frames)),
+        "frames_used": len(frames),
         "frame_shape": [int(frames.shape[-2]), int(frames.shape[-1])],
         "frame_stats": {
             "median": float(np.median(latest)),
@@ -291,7 +291,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "train_seconds": round(sum(r["state"]["elapsed_s"] for r in runs), 1),
         "device": device,
         "version": __version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     card = ModelCard(
         preset=preset.name,

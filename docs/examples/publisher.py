@@ -1,6 +1,10 @@
 """A detector in ten lines: 128x128 noisy frames at 150 fps to `livedenoise serve` (PUB, port 5555)."""
-import sys, time
-import msgpack, numpy as np, zmq
+import sys
+import time
+
+import msgpack
+import numpy as np
+import zmq
 
 address = sys.argv[1] if len(sys.argv) > 1 else "tcp://127.0.0.1:5555"
 sock = zmq.Context().socket(zmq.PUB)

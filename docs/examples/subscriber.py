@@ -1,6 +1,9 @@
 """Denoised frames from `livedenoise serve` (PUB, port 5556), in ten lines."""
 import sys
-import msgpack, numpy as np, zmq
+
+import msgpack
+import numpy as np
+import zmq
 
 address = sys.argv[1] if len(sys.argv) > 1 else "tcp://127.0.0.1:5556"
 sock = zmq.Context().socket(zmq.SUB)

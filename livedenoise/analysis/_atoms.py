@@ -110,7 +110,7 @@ def find_atoms(
     f = np.asarray(frame, dtype=np.float32)
     if f.ndim != 2:
         raise ValueError(f"need one 2-D frame, got shape {f.shape}")
-    h, w = f.shape
+    _h, _w = f.shape
     b = float(np.median(f)) if background is None else float(background)
     mask = local_maxima(f, radius)
     rows, cols = np.nonzero(mask)

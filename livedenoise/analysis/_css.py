@@ -22,10 +22,12 @@ C1 = 1e-4
 C2 = 9e-4
 
 
-#: Pixels per frame that :func:`css_chain` converts to float64 at a time (256 KiB a frame): a 4096²
-#: frame costs no 128 MiB float64 copy, and, the chunks being the same whatever the run's length,
-#: a frame's sums (and so its CSS) do not depend on how many frames were batched with it.
-CSS_CHUNK = 1 << 15
+#: Pixels per frame that :func:`css_chain` sums at a time: the float64 scratch of a run of 8
+#: (640 KiB) stays in a core's L2, a 4096² frame costs no 128 MiB float64 copy, and each dot
+#: product stays on the calling thread: OpenBLAS runs a ``ddot`` of up to 10,000 elements there
+#: and a longer one on its thread pool (measured here: 16,384 used the pool, 8,192 did not),
+#: whose threads would compete with onnxruntime for the cores.
+CSS_CHUNK = 8192
 
 
 def css(previous: np.ndarray, current: np.ndarray) -> float:
@@ -41,13 +43,13 @@ def css_chain(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
     ``previous`` (NaN where it is None), the others against their predecessor in the run.
 
     Vectorised over the run, as the daemon's publisher calls it once per batch of a series. Each
-    frame's sum, sum of squares and product with its predecessor are summed in float64 (exact
+    frame's sum, sum of squares and product with its predecessor are float64 dot products (exact
     products of float32 values, float64 accumulation) over column chunks copied into float64
     scratch (:data:`CSS_CHUNK` pixels a frame): three passes per frame instead of the five of a
-    pairwise formula. Measured on this project's 2-core CPU per frame: 28 us at 128² in runs of 8
-    (81-100 us pair by pair), 365 us at 512² in runs of 4 (790-900 us). ``einsum`` rather than
-    ``np.dot``: a BLAS call starts OpenBLAS's thread pool, which then competes with onnxruntime
-    for the cores (12 ms per 512² pair, ~30 % slower inference beside it).
+    pairwise formula. Measured on this project's 2-core CPU, CPU time per frame: 19-21 us at 128²
+    in runs of 8 (81-100 us pair by pair with ``einsum``, 28-35 us with ``einsum`` over the run),
+    340-560 us at 512² in runs of 4 (790-900 us pair by pair). A frame's value is the same bits
+    whatever run it is part of.
     """
     n = frames.shape[0]
     if n == 0:
@@ -61,24 +63,22 @@ def css_chain(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
     if previous is not None and previous.size != m:
         raise ValueError(f"CSS needs frames of one shape, got {previous.shape} and {frames.shape[1:]}")
     w = min(CSS_CHUNK, m)
-    work = np.empty((k + 1) * w, np.float64)
-    s1, s2, s12 = np.zeros(k), np.zeros(k), np.zeros(k)
+    work = np.empty(k * w, np.float64)
+    ones = np.ones(w)
+    s1, s2, s12 = np.zeros(k), np.zeros(k), np.zeros(k - 1)
     for c0 in range(0, m, w):
         c1 = min(m, c0 + w)
-        x = work[: (k + 1) * (c1 - c0)].reshape(k + 1, c1 - c0)
+        x = work[: k * (c1 - c0)].reshape(k, c1 - c0)
         if first:
             np.copyto(x[0], previous.reshape(-1)[c0:c1])
-        np.copyto(x[first:k], rows[:, c0:c1])
-        # a zero last row: the products run over two rows or more whatever k (numpy sums a single
-        # row another way), so a frame's CSS is the same bits in a run of any length
-        x[k] = 0.0
-        s1 += np.add.reduce(x[:k], axis=1)
-        s2 += np.einsum("ij,ij->i", x[:k], x[:k])
-        s12 += np.einsum("ij,ij->i", x[:k], x[1:])
+        np.copyto(x[first:], rows[:, c0:c1])
+        s1 += np.vecdot(x, ones[: c1 - c0])  # one dot product per row, whatever the number of rows
+        s2 += np.vecdot(x, x)
+        s12 += np.vecdot(x[:-1], x[1:])
     mu = s1 / m
     var = s2 / m - mu * mu
     a, b = mu[:-1], mu[1:]
-    cov = s12[:-1] / m - a * b
+    cov = s12 / m - a * b
     values = ((2 * a * b + C1) * (2 * cov + C2)) / ((a * a + b * b + C1) * (var[:-1] + var[1:] + C2))
     return values if first else np.concatenate(([np.nan], values))
 

@@ -45,7 +45,7 @@ def model_option(panel: str | None = None) -> Any:
     return typer.Option(
         None, "--model", "-m", rich_help_panel=panel,
         help=f"{help_for(ServeConfig, 'model')} Or the name of a shipped one: {SHIPPED_MODELS}.",
-    )  # fmt: skip
+    )
 
 
 def model_path(model: Path | None) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,10 +40,10 @@ def _write_tiff(path: Path, stack, what: str, compress: bool = False) -> None:
 def simulate_movie_cmd(
     out: Annotated[Path, typer.Option("--out", help="Noisy movie, multi-page float32 TIFF (counts).")],
     truth: Annotated[
-        Optional[Path], typer.Option("--truth", help="Noise-free movie, float32 TIFF (fraction of the beam).")
+        Path | None, typer.Option("--truth", help="Noise-free movie, float32 TIFF (fraction of the beam).")
     ] = None,
     positions: Annotated[
-        Optional[Path], typer.Option("--positions", help="Atom positions JSON ([x, y] pixels per frame).")
+        Path | None, typer.Option("--positions", help="Atom positions JSON ([x, y] pixels per frame).")
     ] = None,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Number of frames.")] = 48,
     size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Frame size in pixels (square).")] = 128,
@@ -99,17 +99,17 @@ def _fmt(v, digits: int = 3) -> str:
 @app.command("evaluate", rich_help_panel="Models")
 def evaluate_cmd(
     denoised: Annotated[Path, typer.Option("--denoised", help="Denoised stack (multi-page TIFF or .npy).")],
-    truth: Annotated[Optional[Path], typer.Option("--truth", help="Noise-free stack of the same shape.")] = None,
+    truth: Annotated[Path | None, typer.Option("--truth", help="Noise-free stack of the same shape.")] = None,
     positions: Annotated[
-        Optional[Path], typer.Option("--positions", help="True atom positions JSON (simulate movie / dev-D schema).")
+        Path | None, typer.Option("--positions", help="True atom positions JSON (simulate movie / dev-D schema).")
     ] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
     radius: Annotated[float, typer.Option("--radius", min=0.1, help="Matching radius in pixels.")] = 1.5,
     threshold: Annotated[
-        Optional[float], typer.Option("--threshold", help="Fixed peak height above the frame median (default: auto).")
+        float | None, typer.Option("--threshold", help="Fixed peak height above the frame median (default: auto).")
     ] = None,
     calib_frames: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--calib-frames", min=1, help="Frames used to choose the auto threshold (default: all)."),
     ] = None,
 ) -> None:

@@ -43,7 +43,7 @@ def replay(
     replayer = Replayer(ReplayConfig(
         path=tiff, synthetic=synthetic, fps=fps, bind=bind, loop=loop, push=push, count=count,
         wait_subscriber=wait_subscriber, size=size, dtype=dtype, curve_secret=curve_secret, curve_allow=curve_allow,
-    ))  # fmt: skip
+    ))
     with stop_on_signals(lambda _signum: replayer.stop()):
         source = tiff or "synthetic frames"
         log.info("replaying %s at %.1f fps on %s (%s)", source, fps, replayer.endpoint, "PUSH" if push else "PUB")

@@ -30,7 +30,7 @@ PANEL = "Live"
 # serve --help: one panel per configuration group
 STREAM, QUEUE, ENGINE, RECORDING, ATOMS, SECURITY, VIEWER = (
     "Stream", "Queue", "Engine", "Recording", "Atoms", "Security", "Viewer and logging",
-)  # fmt: skip
+)
 
 
 def atoms_threshold_option(panel: str | None = None) -> Any:
@@ -39,7 +39,7 @@ def atoms_threshold_option(panel: str | None = None) -> Any:
     return typer.Option(
         None, help=f"With --atoms: {text[:1].lower()}{text[1:]}", show_default=f"{default_for(AtomsConfig, 'threshold'):g}",
         rich_help_panel=panel,
-    )  # fmt: skip
+    )
 
 
 def atoms_config(atoms: bool, threshold: str | None) -> AtomsConfig | None:
@@ -157,7 +157,7 @@ def serve(
         ),
         atoms=atoms_config(atoms, atoms_threshold),
         security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
-    )  # fmt: skip
+    )
     daemon = Daemon(cfg)
     viewer = launch_viewer(daemon.publish_address) if view else None
     try:
@@ -193,7 +193,7 @@ def demo(
         daemon = Daemon(ServeConfig(
             model=path, source=replayer.endpoint, publish=publish,
             engine=EngineConfig(provider=provider, shapes=((size, size),)), atoms=atoms_cfg,
-        ))  # fmt: skip
+        ))
     except BaseException:
         replayer.close()
         raise
@@ -236,7 +236,7 @@ def format_stats(s: dict) -> str:
         f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
         f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
         + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
-    )  # fmt: skip
+    )
 
 
 def _print_stats(address: str, stop: threading.Event, deadline: float) -> None:

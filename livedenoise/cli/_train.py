@@ -42,7 +42,7 @@ def train(
 ) -> None:
     """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - only: is the train extra installed?
     except ImportError:
         raise LivedenoiseError('training needs torch: pip install -e ".[train]" (after installing torch)') from None
     from trainer.run import TrainConfig

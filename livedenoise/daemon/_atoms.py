@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -114,10 +115,8 @@ class AtomFinder:
 
     def run(self) -> None:
         if sys.platform.startswith("linux"):  # Linux nice values are per thread: inference goes first
-            try:
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-            except OSError:
-                pass
         while True:
             with self._cv:
                 while not self._items and not self._stopping:
@@ -128,7 +127,7 @@ class AtomFinder:
                 self._bytes -= item.denoised.nbytes
             try:
                 parts = self._find(item)
-            except Exception as exc:  # a bug, or a frame the finder cannot take: count, go on
+            except Exception as exc:  # noqa: BLE001 - a bug, or a frame the finder cannot take: count, go on
                 self.failed += 1
                 self._failures.warning(
                     "atom finding failed on series %s image %s: %r", item.series_id, item.image_id, exc

@@ -38,20 +38,15 @@ Examples
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
 
 from .._signals import stop_on_signals
 from ..engine import Engine
-from ..errors import LivedenoiseError, PipelineError
-from ._config import ServeConfig
-from ..protocol import DEFAULT_LIMITS, Limits
+from ..errors import PipelineError
 from ._atoms import AtomFinder
+from ._config import ServeConfig
 from ._publish import Publisher
 from ._queue import FrameQueue
 from ._receive import Received, Source, restarts
@@ -298,7 +293,7 @@ class Daemon:
                     # a new epoch (start message, series change) restarts the model's window there
                     restart = restarts(batch, epochs) if multi_frame else None
                     result = engine.infer([r.frame.data for r in batch], [r.frame.series_id for r in batch], restart)
-                except Exception as exc:  # a bug or an unexpected onnxruntime state: count, go on
+                except Exception as exc:  # noqa: BLE001 - a bug or an unexpected onnxruntime state: count, go on
                     stats.failed += len(batch)
                     self._failures.warning("inference failed on %d frames: %s", len(batch), exc)
                     continue

@@ -3,7 +3,7 @@
 One thread owns the PUB socket. Per batch it computes CSS of each frame against the previous
 denoised frame of the same series run (O(H*W) numpy, kept off the inference thread, vectorised
 over each run of consecutive frames of one series, epoch and shape by
-:func:`~livedenoise.analysis.css_chain`: 28 against 81-100 us a frame at 128²); the first frame of
+:func:`~livedenoise.analysis.css_chain`: 20 against 81-100 us a frame at 128²); the first frame of
 a new epoch (a ``start`` message, a change of series id: :class:`~livedenoise.daemon.Received`)
 gets ``css`` None. Per frame it stamps ``latency_ms`` (receipt to publish) and sends ``[b"raw", header, payload]`` then ``[b"denoised", header, payload]``, payloads
 without copying. At least once per second it sends ``[b"stats", header]``
@@ -25,6 +25,7 @@ per frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -186,10 +187,8 @@ class Publisher:
         """
         self._posted.append(parts)  # append before looking at _in: run() empties _posted after every get
         if self._in.empty():
-            try:
+            with contextlib.suppress(queue.Full):  # batches arrived meanwhile: the publisher wakes for them
                 self._in.put_nowait(None)
-            except queue.Full:  # batches arrived meanwhile: the publisher wakes for them anyway
-                pass
 
     def run(self) -> None:
         next_stats = time.perf_counter() + self.interval

@@ -3,7 +3,8 @@
 Live mode (default): when the queue is full the *oldest* waiting frame is dropped and counted, so
 the operator always sees the newest frame, with bounded lag and memory. Lossless mode: ``put``
 blocks instead, the receiver stops reading, and the PULL socket's high-water mark holds the
-detector back; a frame accepted into the queue is never dropped.
+detector back; a frame accepted into the queue is never dropped. The receiver hands over all
+that one wake-up drained with :meth:`FrameQueue.put_many` (one lock, one notification).
 
 Adaptive batching: :meth:`FrameQueue.get_batch` returns what is queued, up to ``max_batch``, and
 waits for more only until ``max_wait`` has passed since the oldest frame was queued. At low rates

@@ -72,7 +72,13 @@ from ._config import EngineConfig
 from ._modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, normalise, to_display
 from ._providers import CPU, GPU_PROVIDERS, provider_list, register_cpu_arena, resolve_provider
 from ._runner import MAX_CACHED_SHAPES, BoundRunner
-from ._transforms import has_unit_stride_transposed_convs, max_display_diff, rewrite_transposed_convs, to_fp16, validation_batch
+from ._transforms import (
+    has_unit_stride_transposed_convs,
+    max_display_diff,
+    rewrite_transposed_convs,
+    to_fp16,
+    validation_batch,
+)
 
 log = logging.getLogger("livedenoise.engine")
 
@@ -241,7 +247,7 @@ class Engine:
             return None, None
         try:
             proto = onnx.load(str(self.path))
-        except Exception:  # noqa: BLE001  not ONNX: InferenceSession says so, as ModelError
+        except Exception:  # noqa: BLE001 - not ONNX: InferenceSession says so, as ModelError
             return None, None
         props = {p.key: p.value for p in proto.metadata_props}
         try:
@@ -269,7 +275,7 @@ class Engine:
         ort.set_default_logger_severity(4 if probing else 3)
         try:
             return ort.InferenceSession(source, sess_options=opts, providers=provider_list)
-        except Exception as exc:  # onnxruntime raises its own types for protobuf/IO/graph errors
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for protobuf/IO/graph errors
             raise ModelError(f"cannot load model {self.path}: {_short(exc)}") from None
         finally:
             ort.set_default_logger_severity(3)
@@ -288,7 +294,7 @@ class Engine:
             x = validation_batch(self.card)
             (ref,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x}, run_options)
             (got,) = session16.run([OUTPUT_NAME], {INPUT_NAME: x}, run_options)
-        except Exception as exc:  # noqa: BLE001  conversion or an fp16 kernel missing on this provider
+        except Exception as exc:  # noqa: BLE001 - conversion or an fp16 kernel missing on this provider
             log.warning("fp16 model unusable here (%s): running fp32", _short(exc))
             return
         self.fp16_max_abs_diff = max_display_diff(ref, got)
@@ -452,7 +458,7 @@ class Engine:
         padded_run = self._runner is not None and (self._fixed_batch or self._runner.has_graph(buf.shape))
         try:
             out = self._run(buf if padded_run else buf[:n])
-        except Exception as exc:  # onnxruntime errors: wrong shape, a failing op, out of memory
+        except Exception as exc:  # noqa: BLE001 - onnxruntime errors: wrong shape, a failing op, out of memory
             message = _short(exc)
             for i in idx:
                 result.errors.append((i, "failed", message))

@@ -48,7 +48,7 @@ def read_movie(path: str | Path, what: str = "movie") -> np.ndarray:
                 arr = series.asarray()
     except LivedenoiseError:
         raise
-    except Exception as exc:  # tifffile and numpy raise many types: all mean "not a readable movie"
+    except Exception as exc:  # noqa: BLE001 - tifffile and numpy raise many types: all mean "not a readable movie"
         kind = "a .npy array" if npy else "TIFF"
         raise LivedenoiseError(f"cannot read {what} {p} as {kind}: {_first_line(exc)}") from None
     if arr.size == 0:

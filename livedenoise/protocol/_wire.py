@@ -118,7 +118,7 @@ def _unpack_header(raw: Buffer, limits: Limits) -> dict[str, Any]:
             max_map_len=cap,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises many types; all mean "not a valid header"
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types; all mean "not a valid header"
         raise MalformedMessage(f"header is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise MalformedMessage(f"header is a {type(header).__name__}, not a map")

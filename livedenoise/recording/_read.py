@@ -13,7 +13,6 @@ from ..errors import LivedenoiseError
 from ._recorder import INDEX, KINDS, MARKER, read_marker
 
 
-
 @dataclass(frozen=True, slots=True)
 class ChunkEntry:
     series_id: int

@@ -34,14 +34,14 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,7 @@ class _Chunk:
         self.image_ids: list[int] = []
         self.nbytes = 0
         self.opened = time.monotonic()
-        self._fh = open(self.part, "wb")  # noqa: SIM115 (closed in close()/abort())
+        self._fh = open(self.part, "wb")  # noqa: SIM115 - open across many writes; close() or abort() closes it
         self._tw = tifffile.TiffWriter(self._fh)
 
     def write(self, image_id: int, frame: np.ndarray) -> None:
@@ -363,10 +363,8 @@ class Recorder:
         chunk = self._open.pop(key, None)
         log.error("recording %s of series %d failed: %s", key[1], key[0], exc)
         if chunk is not None:
-            try:
+            with contextlib.suppress(OSError):
                 chunk.abort()
-            except OSError:
-                pass
 
 
 def read_marker(directory: Path) -> dict | None:

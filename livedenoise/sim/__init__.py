@@ -8,7 +8,7 @@ the trainer do.
 
 from ._fuzz import KINDS, malformed_message
 from ._movie import Movie, SimConfig, as_dtype, movie_metadata, render_atoms, simulate_movie, stream_frames
-from ._replay import DEFAULT_BIND, Replayer, ReplayConfig
+from ._replay import DEFAULT_BIND, ReplayConfig, Replayer
 
 __all__ = [
     "DEFAULT_BIND",

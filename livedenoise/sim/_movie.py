@@ -112,7 +112,7 @@ def render_atoms(
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     if pos.shape[0] == 0:
         return out.reshape(h, w).astype(np.float32)
-    cut = int(math.ceil(5 * max(sigma, tail_sigma if tail > 0 else 0.0)))
+    cut = math.ceil(5 * max(sigma, tail_sigma if tail > 0 else 0.0))
     offs = np.arange(-cut, cut + 1)
     cx = np.rint(pos[:, 0]).astype(np.int64)
     cy = np.rint(pos[:, 1]).astype(np.int64)
@@ -160,10 +160,10 @@ def _support(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
 
 def _scaled_counts(cfg: SimConfig) -> tuple[int, list[int]]:
     scale = cfg.size * cfg.size / _REF_AREA
-    n_single = int(round(cfg.n_single * scale))
-    whole = int(math.floor(scale))
+    n_single = round(cfg.n_single * scale)
+    whole = math.floor(scale)
     clusters = list(cfg.clusters) * whole
-    extra = int(round((scale - whole) * len(cfg.clusters)))
+    extra = round((scale - whole) * len(cfg.clusters))
     clusters += list(cfg.clusters)[:extra]
     return n_single, [c for c in clusters if c > 0]
 

@@ -169,8 +169,7 @@ class Replayer:
                     break
                 if self._held:  # no reader yet when the series started
                     t0, self._held = time.perf_counter() - n * period, False
-                image_id = 0
-                for frame in frames:
+                for image_id, frame in enumerate(frames):
                     if self._stop.is_set() or (limit is not None and n >= limit):
                         break
                     delay = t0 + n * period - time.perf_counter()
@@ -182,7 +181,6 @@ class Replayer:
                     if self._held:  # held back by the reader (PUSH): restart the clock, no burst
                         t0, self._held = time.perf_counter() - n * period, False
                     n += 1
-                    image_id += 1
                     self.sent = n
                 self._send(encode_end(series))
                 if self._stop.is_set() or (limit is not None and n >= limit):

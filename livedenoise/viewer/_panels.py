@@ -63,10 +63,10 @@ class _Histogram(pg.HistogramLUTItem):
     plot rate instead, so drawing a frame costs only the image itself.
     """
 
-    def getLookupTable(self, img=None, n=None, alpha=None):  # noqa: N802 (pyqtgraph's name)
+    def getLookupTable(self, img=None, n=None, alpha=None):
         return super().getLookupTable(img, 256, alpha)
 
-    def imageChanged(self, autoLevel=False, autoRange=False):  # noqa: N802
+    def imageChanged(self, autoLevel=False, autoRange=False):
         pass  # connected to ImageItem.sigImageChanged by pyqtgraph: skipped per frame
 
     def refresh(self) -> None:

@@ -228,7 +228,7 @@ class StreamBuffer:
         return History(
             css_arr[:, 0], css_arr[:, 1], np.array([t for t, _ in stats], np.float64), series,
             atoms_arr[:, 0], atoms_arr[:, 1],
-        )  # fmt: skip
+        )
 
     def idle_for(self, now: float | None = None) -> float:
         """Seconds since the newest message (infinite before the first one)."""
@@ -307,7 +307,7 @@ class Receiver(threading.Thread):
                     self.buffer.ingest_parts([p.buffer for p in parts])
                 if self.buffer.claim_notification():
                     self._notify()
-        except BaseException as exc:  # surfaced by the window's status line, never silent
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the window's status line, never silent
             self.error = exc
         finally:
             self._ready.set()

@@ -452,7 +452,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
     # ------------------------------------------------------------------ lifetime
 
-    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self.shutdown()
         super().closeEvent(event)
 

@@ -21,21 +21,20 @@ import numpy as np
 import pytest
 
 import livedenoise.daemon._atoms
-from livedenoise.errors import LivedenoiseError, MalformedMessage
+from livedenoise.daemon import AtomsConfig, QueueConfig
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
+from livedenoise.errors import LivedenoiseError, MalformedMessage
 from livedenoise.protocol import (
     MAX_ATOMS,
     TOPIC_ATOMS,
     decode_atoms,
     encode_atoms,
-    encode_end,
     encode_image,
     encode_published,
     encode_start,
     pack,
 )
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
-from livedenoise.daemon import AtomsConfig, QueueConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,7 +109,7 @@ def test_atoms_of_clean_simulated_frames_match_the_truth_within_half_a_pixel(
     identity_model, detector, daemon_factory, subscriber
 ):
     movie = simulate_movie(SimConfig(frames=4, seed=11))  # 128², single atoms and clusters
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
+    _daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
     push.send_multipart(encode_start(3))
     for t, truth in enumerate(movie.truth):
         clean = (truth / truth.max()).astype("<f4")
@@ -144,7 +143,7 @@ def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, detector,
     # 72 x 100 (rows x columns) is not a multiple of the model's 8 on one side: padded and cropped back
     true_xy = np.array([[12.3, 15.7], [40.6, 20.2], [80.45, 50.9], [60.1, 60.55], [25.8, 55.3]])
     frame = render_atoms(true_xy, (72, 100), peak=1.0)
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
+    _daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model)
     push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
     atoms, _ = collect_atoms(sub, 1)
     push.close()
@@ -160,7 +159,7 @@ def test_relative_threshold_counts_against_the_frame_s_highest_peak(
     true_xy = np.array([[20.0, 20.0], [44.0, 20.0], [20.0, 44.0]])
     frame = render_atoms(true_xy[:1], 64, peak=1.0) + render_atoms(true_xy[1:], 64, peak=0.25)
     # the faint two are ~0.32 above the background: under the default 0.4, over 10 % of the brightest
-    daemon, push, sub = start_atoms_daemon(
+    _daemon, push, sub = start_atoms_daemon(
         daemon_factory, subscriber, detector, identity_model, atoms=AtomsConfig(threshold=0.1, relative=True)
     )
     push.send_multipart(encode_image(frame.astype("<f4"), series_id=1, image_id=0))
@@ -224,7 +223,7 @@ def test_a_slow_finder_skips_frames_and_never_holds_back_the_stream(
     monkeypatch.setattr(livedenoise.daemon._atoms, "find_atoms", slow)
     n = 40
     # lossless: frames are never dropped, so a finder that held back publishing would hold back everything
-    daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model, queue=QueueConfig(lossless=True))
+    _daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, identity_model, queue=QueueConfig(lossless=True))
     frame = render_atoms(np.array([[10.0, 10.0]]), 24, peak=1.0).astype("<f4")
     t0 = time.monotonic()
     for i in range(n):
@@ -275,7 +274,7 @@ def test_atoms_message_round_trip_and_cap():
 def _atoms_header(**changes) -> dict:
     f4 = np.zeros(3, "<f4").tobytes()
     header = {"series_id": 1, "image_id": 4, "count": 3, "threshold": 0.3, "positions": f4 * 2,
-              "intensities": f4, "heights": f4}  # fmt: skip
+              "intensities": f4, "heights": f4}
     return {k: v for k, v in {**header, **changes}.items() if v is not None}
 
 
@@ -297,7 +296,7 @@ def _atoms_header(**changes) -> dict:
     ],
     ids=["topic", "payload", "not-msgpack", "bool-id", "no-count", "count-too-small", "threshold-str",
          "positions-list", "positions-odd", "lengths-differ", "too-many"],
-)  # fmt: skip
+)
 def test_bad_atoms_messages_are_rejected(parts):
     with pytest.raises(MalformedMessage):
         decode_atoms(parts)
@@ -334,7 +333,7 @@ def test_viewer_buffer_counts_bad_atoms_and_finds_those_of_the_shown_frame():
 
 def test_atoms_threshold_option():
     from livedenoise.cli._serve import atoms_config, format_stats
-    from livedenoise.daemon import AtomsConfig, QueueConfig
+    from livedenoise.daemon import AtomsConfig
 
     assert atoms_config(False, None) is None  # atom finding off
     assert atoms_config(True, None) == AtomsConfig()  # the defaults
@@ -396,7 +395,7 @@ def test_protocol_doc_atoms_example_runs_against_a_real_daemon(identity_model, d
     proc = subprocess.Popen(
         [sys.executable, "-c", example, daemon.publish_address, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     frame = render_atoms(np.array([[10.4, 12.6], [20.0, 8.0]]), 32, peak=1.0).astype("<f4")
     try:
         deadline = time.monotonic() + 60

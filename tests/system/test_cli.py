@@ -43,7 +43,7 @@ def test_denoise_writes_stack_and_prints_css(conv_model, write_tiff, frames_u2, 
     assert proc.returncode == 0, proc.stderr
     result = tifffile.imread(out)
     assert result.shape == frames_u2.shape and result.dtype == np.float32
-    assert 0 <= result.min() and result.max() <= 1
+    assert result.min() >= 0 and result.max() <= 1
     scaled = (frames_u2 - frames_u2.min()) / float(frames_u2.max() - frames_u2.min())
     assert f"mean CSS input (scaled to [0,1] by its min/max): {css_series(scaled).mean():.4f}" in proc.stdout
     assert f"mean CSS output: {css_series(result).mean():.4f}" in proc.stdout
@@ -166,7 +166,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
         assert param.default == default_for(cls, field), name
         assert param.rich_help_panel == panel, name
     partial = {"model": "Engine", "warmup_size": "Engine", "record": "Recording", "atoms": "Atoms",
-               "atoms_threshold": "Atoms", "view": "Viewer and logging", "log_level": "Viewer and logging"}  # fmt: skip
+               "atoms_threshold": "Atoms", "view": "Viewer and logging", "log_level": "Viewer and logging"}
     assert set(params) == set(SERVE_OPTIONS) | set(partial)  # every option sits in a panel
     for name, panel in partial.items():
         assert params[name].rich_help_panel == panel, name

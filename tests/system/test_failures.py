@@ -118,7 +118,7 @@ def test_a_failed_stage_stops_the_daemon_and_run_raises_it(stage, conv_model, de
         model=conv_model, source=source, publish=LOOPBACK, stats_interval=0.1,
         queue=QueueConfig(lossless=True, capacity=4), engine=EngineConfig(provider="cpu", shapes=(), max_batch=2),
         recording=RecordingConfig(tmp_path / "rec", chunk_frames=4), atoms=AtomsConfig(),
-    ))  # fmt: skip
+    ))
     kill_stage(stage, daemon, monkeypatch)
     feeder = Feeder(push, 200)  # lossless: most of them wait in the detector
     feeder.start()
@@ -180,7 +180,7 @@ def test_serve_exits_non_zero_with_one_error_line(conv_model, detector, monkeypa
     monkeypatch.setattr(sys, "argv", [
         "livedenoise", "serve", "--model", str(conv_model), "--source", source, "--pull", "--publish", LOOPBACK,
         "--provider", "cpu", "--warmup-size", "", "--log-level", "ERROR",
-    ])  # fmt: skip
+    ])
     with watchdog(), pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
@@ -255,8 +255,8 @@ def test_stop_gives_up_on_a_push_consumer_that_takes_nothing(conv_model, detecto
 def test_a_push_address_in_use_is_one_clear_error(conv_model, detector):
     from livedenoise.errors import LivedenoiseError
 
-    busy, taken = detector()  # a socket already bound there
+    _busy, taken = detector()  # a socket already bound there
     _, source = detector()
     with pytest.raises(LivedenoiseError, match=f"cannot push on '{taken}'"):
         Daemon(ServeConfig(model=conv_model, source=source, publish=LOOPBACK, push_output=taken,
-                           engine=EngineConfig(provider="cpu", shapes=())))  # fmt: skip
+                           engine=EngineConfig(provider="cpu", shapes=())))

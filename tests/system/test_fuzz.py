@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livedenoise.errors import MalformedMessage
-from livedenoise.sim import KINDS, malformed_message
 from livedenoise.daemon import QueueConfig
 from livedenoise.engine import EngineConfig
-from livedenoise.testing import reference_denoise
+from livedenoise.errors import MalformedMessage
 from livedenoise.protocol import (
     SUPPORTED_DTYPES,
     ImageFrame,
@@ -24,6 +21,8 @@ from livedenoise.protocol import (
     encode_image,
     pack,
 )
+from livedenoise.sim import KINDS, malformed_message
+from livedenoise.testing import reference_denoise
 
 FUZZ = settings(
     max_examples=300, deadline=None, derandomize=True, database=None,
@@ -55,7 +54,7 @@ msgpack_values = st.recursive(
 field_values = st.one_of(
     msgpack_values,
     st.lists(st.integers(-(2**63), 2**64 - 1), min_size=0, max_size=4),
-    st.sampled_from(sorted(SUPPORTED_DTYPES) + ["<f8", ">u2", "image", "start", "end"]),
+    st.sampled_from([*sorted(SUPPORTED_DTYPES), "<f8", ">u2", "image", "start", "end"]),
 )
 KEYS = ["htype", "series_id", "image_id", "shape", "dtype", "start_time", "user_data"]
 

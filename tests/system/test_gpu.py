@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from livedenoise.daemon import QueueConfig
 from livedenoise.engine import CPU, CUDA, Engine, EngineConfig, default_model_path
 from livedenoise.sim import SimConfig, simulate_movie
-from livedenoise.daemon import QueueConfig
-from livedenoise.engine import EngineConfig
 
 
 def _cuda_session() -> bool:

@@ -18,16 +18,21 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.daemon import FrameQueue, QueueClosed
-from livedenoise.engine import Engine
-from livedenoise.errors import ModelError
 from livedenoise.analysis import css
-from livedenoise.engine import INPUT_NAME, ModelCard, Normalisation, causal_windows, normalise, to_display
+from livedenoise.daemon import FrameQueue, QueueClosed, QueueConfig
+from livedenoise.engine import (
+    INPUT_NAME,
+    Engine,
+    EngineConfig,
+    ModelCard,
+    Normalisation,
+    causal_windows,
+    normalise,
+    to_display,
+)
+from livedenoise.errors import ModelError
 from livedenoise.protocol import encode_end, encode_image, encode_start, pack
-from livedenoise.daemon import QueueConfig
-from livedenoise.engine import EngineConfig
 from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, free_addr, read_address, reference_denoise
-
 
 # --------------------------------------------------------------------------- batcher
 
@@ -387,7 +392,7 @@ def test_replay_paces_accurately(write_tiff, frames_u2, replayer):
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == kinds.count("end") == 5
     images = [h for h in headers if h["htype"] == "image"]
     assert [h["series_id"] for h in images] == [1] * 12 + [2] * 12 + [3] * 12 + [4] * 12 + [5] * 2
-    assert [h["image_id"] for h in images[:13]] == list(range(12)) + [0]
+    assert [h["image_id"] for h in images[:13]] == [*list(range(12)), 0]
     assert len(images) == 50
     # pacing measured at the sender (start_time, ns): the receiver may connect a little late
     sent = np.array([h["start_time"] for h in images], np.float64) / 1e9

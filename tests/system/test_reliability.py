@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.protocol import Limits, encode_end, encode_image, encode_start
-from livedenoise.recording import INDEX, Recorder, iter_frames, read_index, summarize
 from livedenoise.daemon import Delivered, QueueConfig, RecordingConfig
 from livedenoise.engine import EngineConfig
+from livedenoise.protocol import Limits, encode_image, encode_start
+from livedenoise.recording import INDEX, Recorder, iter_frames, read_index, summarize
 from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address, reference_denoise
 
 CTX = zmq.Context.instance()
@@ -68,7 +68,7 @@ def test_recorder_chunks_round_trip_and_inspect(tmp_path):
         assert r.dtype == np.dtype("<u2") and den.dtype == np.float32
     # 130 frames of series 1 in chunks of 50 -> 3 chunks per kind; series 2 -> 1
     assert len(read_index(tmp_path / "rec")) == 2 * (3 + 1)
-    s2 = [s for s in summarize(tmp_path / "rec") if s.series_id == 2 and s.kind == "denoised"][0]
+    s2 = next(s for s in summarize(tmp_path / "rec") if s.series_id == 2 and s.kind == "denoised")
     assert (s2.frames, s2.first_id, s2.last_id, s2.missing, s2.gaps) == (6, 0, 9, 4, [(3, 4), (7, 8)])
     assert not list((tmp_path / "rec").rglob("*.part"))
 

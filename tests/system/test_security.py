@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.daemon import DEFAULT_PUBLISH, DEFAULT_SOURCE, ServeConfig
+from livedenoise.daemon import DEFAULT_PUBLISH, DEFAULT_SOURCE, SecurityConfig
 from livedenoise.protocol import decode_published, encode_image
-from livedenoise.sim import ReplayConfig
 from livedenoise.security import curve_client, make_keys
-from livedenoise.daemon import SecurityConfig
+from livedenoise.sim import ReplayConfig
 
 needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 

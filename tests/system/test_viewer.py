@@ -26,12 +26,12 @@ from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_
 from livedenoise.viewer import StreamBuffer
 
 pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
-from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow  # noqa: E402
-from livedenoise.viewer._window import NO_ATOMS_AFTER_S, NO_ATOMS_NOTE  # noqa: E402
 from livedenoise.engine import EngineConfig
 from livedenoise.testing import LOOPBACK, bind_socket
+from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow
+from livedenoise.viewer._window import NO_ATOMS_AFTER_S, NO_ATOMS_NOTE
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -65,7 +65,7 @@ class FakeDaemon:
             "received": 0, "denoised": 0, "dropped": 0, "malformed": 0, "failed": 0,
             "fps_in": 150.0, "fps_out": 149.5, "latency_ms_p50": 3.0, "latency_ms_p99": 7.5,
             "queue_depth": 0, "css": 0.8, "model": "tiny-test", "provider": "CPUExecutionProvider",
-        }  # fmt: skip
+        }
         self.sock.send_multipart(encode_published(TOPIC_STATS, {**header, **fields}))
 
     def close(self) -> None:
@@ -286,7 +286,7 @@ def test_levels_toggle_and_colour_map(qtbot, daemon, window):
     connect(qtbot, pub, window)
     for i in range(FIXED_LEVEL_FRAMES):  # one at a time: fixed levels come from the first frames drawn
         pub.frame(RAW, DENOISED, image_id=i)
-        qtbot.waitUntil(lambda: shown_id(window) == (1, i), timeout=3000)
+        qtbot.waitUntil(lambda i=i: shown_id(window) == (1, i), timeout=3000)
     fixed = window.raw_panel.levels()
     pub.frame(RAW * 3, DENOISED, image_id=FIXED_LEVEL_FRAMES)  # brighter: fixed levels stay
     qtbot.waitUntil(lambda: shown_id(window) == (1, FIXED_LEVEL_FRAMES), timeout=3000)
@@ -328,7 +328,9 @@ def test_atoms_overlay_follows_the_frame_on_screen_and_toggles(qtbot, daemon, wi
     qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == 0, timeout=3000)
     np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, first + 0.5)  # on pixel centres
     assert window.atoms_overlay.isVisible() and window.atoms_box.isChecked()
-    shown_line = lambda: window.counters.text().splitlines()[-1]  # noqa: E731
+    def shown_line() -> str:
+        return window.counters.text().splitlines()[-1]
+
     qtbot.waitUntil(lambda: shown_line().startswith("shown") and "atoms 3" in shown_line(), timeout=3000)
     for xy in first:  # the rings are on screen, over the atoms (grey image: red is only the overlay)
         assert red_rings_near(window, xy) > 5, xy
@@ -447,7 +449,7 @@ def run_view(address: str, *args: str, **env_changes) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-m", "livedenoise", "view", "--connect", address, *args],
         env={**env, **env_changes}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -598,7 +600,7 @@ def test_view_command_shows_the_stream_and_quits_cleanly_on_a_signal(sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "view", "--connect", address],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    )
     try:
         assert xpub.poll(30000), "the viewer never subscribed"
         subscription = xpub.recv()

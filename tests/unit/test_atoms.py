@@ -18,7 +18,7 @@ def test_positions_on_clean_simulated_frames_within_half_a_pixel() -> None:
         frame = movie.truth[t] / movie.truth[t].max()  # a denoised-like [0, 1] frame
         found = find_atoms(frame)
         true = movie.positions[t]
-        ti, fi, dist = match_points(true, found.positions, radius=1.5)
+        ti, _fi, dist = match_points(true, found.positions, radius=1.5)
         assert len(found) == true.shape[0]  # nothing missed, nothing extra
         assert ti.size == true.shape[0]
         assert dist.max() < 0.5

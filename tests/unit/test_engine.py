@@ -10,13 +10,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from livedenoise.testing import DEFAULT_NORM, reference_denoise
 from livedenoise.engine import (
     CPU,
     CUDA,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    TENSORRT,
     Engine,
     EngineConfig,
-    TENSORRT,
+    ModelCard,
     max_display_diff,
     provider_list,
     rewrite_transposed_convs,
@@ -24,8 +27,7 @@ from livedenoise.engine import (
     validation_batch,
 )
 from livedenoise.errors import LivedenoiseError
-from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
-from livedenoise.engine import EngineConfig
+from livedenoise.testing import DEFAULT_NORM, reference_denoise
 
 
 def build_transposed_model(path: Path, *, conv: str = "valid", overflow: bool = False, seed: int = 0) -> Path:

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livedenoise.analysis.evaluate import affine_fit, evaluate, load_positions, match_points, psnr
 from livedenoise.cli import main
 from livedenoise.errors import LivedenoiseError
-from livedenoise.analysis import css_series
-from livedenoise.analysis.evaluate import affine_fit, evaluate, load_positions, match_points, psnr
 from livedenoise.io import read_movie
 from livedenoise.sim import SimConfig, simulate_movie
 

@@ -28,7 +28,7 @@ def windows_open(monkeypatch):
 def frames(n: int) -> list[Delivered]:
     rng = np.random.default_rng(5)
     return [Delivered(1, i, rng.integers(0, 9, (8, 6)).astype("<u2"), rng.random((8, 6), np.float32), None, 1.0)
-            for i in range(n)]  # fmt: skip
+            for i in range(n)]
 
 
 def test_recorder_works_where_directories_cannot_be_fsynced(tmp_path, monkeypatch, windows_open):

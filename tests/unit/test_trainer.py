@@ -19,14 +19,14 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from livedenoise.engine import METADATA_KEY, ModelCard, Normalisation, causal_windows, normalise  # noqa: E402
-from livedenoise.errors import LivedenoiseError  # noqa: E402
-from trainer import losses  # noqa: E402
-from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames  # noqa: E402
-from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card  # noqa: E402
-from trainer.loop import Trainer, load_checkpoint, polarity  # noqa: E402
-from trainer.networks import Critic, LowPass, UNet, gaussian_kernel  # noqa: E402
-from trainer.presets import LITE, PAPER, RT, TINY, CriticConfig, NetConfig, Preset  # noqa: E402
+from livedenoise.engine import METADATA_KEY, ModelCard, Normalisation, causal_windows, normalise
+from livedenoise.errors import LivedenoiseError
+from trainer import losses
+from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames
+from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card
+from trainer.loop import Trainer, load_checkpoint, polarity
+from trainer.networks import Critic, LowPass, UNet, gaussian_kernel
+from trainer.presets import LITE, PAPER, RT, TINY, CriticConfig, NetConfig, Preset
 
 MICRO = Preset(
     name="micro",
@@ -430,7 +430,6 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     import tifffile
 
     from livedenoise.engine import Engine
-
     from trainer.run import TrainConfig, train
 
     frames = tmp_path / "movie.tif"
