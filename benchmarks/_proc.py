@@ -68,3 +68,27 @@ def run_jobs(
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         futures = {name: pool.submit(run, name, argv, log) for name, argv, log in jobs}
         return {name: f.result() for name, f in futures.items()}
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Terminate ``proc`` (kill it after ``timeout``) and return what it wrote to stderr."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err or ""
+
+
+def wait_until_serving(sub, serve: subprocess.Popen, timeout: float) -> None:
+    """Block until ``sub`` (subscribed to ``stats``) gets serve's first stats message: serve is up,
+    warmed, and the subscription is in effect. Exits with serve's stderr if serve dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sub.poll(200) and sub.recv_multipart()[0] == b"stats":
+            return
+        if serve.poll() is not None:
+            raise SystemExit(f"serve exited: {stop(serve)[-3000:]}")
+    raise SystemExit(f"serve published no stats within {timeout:g} s")

@@ -47,7 +47,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from _proc import free_addr, machine  # benchmarks/ is on sys.path when run as a script
+from _proc import free_addr, machine, stop, wait_until_serving  # benchmarks/ is on sys.path when run as a script
 
 #: Frames in the replayed stack per side (16 MiB of <u2 either way; the stack loops, one series per pass).
 STACK_FRAMES = {128: 512, 512: 32}
@@ -120,17 +120,6 @@ def start(args: list[str], cpus: str | None = None, pipeline_cpus: str | None = 
     env = dict(os.environ, LD_PIPELINE_CPUS=pipeline_cpus) if pipeline_cpus else None
     return subprocess.Popen([*pin, sys.executable, "-c", LAUNCHER, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err or ""
 
 
 def thread_ticks(pid: int) -> dict[str, int]:
@@ -224,12 +213,7 @@ def ceiling(model: Path, stack: Path, size: int, opts) -> dict:
     frames = {b"denoised": 0, b"raw": 0}
     css_none = 0
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # serve is up (warmed) and the subscription is in effect
-            if sub.poll(200) and sub.recv_multipart()[0] == b"stats":
-                break
-            if serve.poll() is not None:
-                raise SystemExit(f"serve exited: {stop(serve)[-3000:]}")
+        wait_until_serving(sub, serve, timeout=120)
         replay = start(["replay", str(stack), "--loop", "--push", "--fps", "10000000", "--bind", source],
                        cpus=opts.pin_replay)
         samples = []  # (stats, serve ticks, replay ticks, own ticks, perf_counter)

@@ -51,7 +51,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from _proc import free_addr, output_subscriber
+from _proc import free_addr, output_subscriber, stop, wait_until_serving
 
 USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
 STACK_FRAMES = {128: 64, 512: 16, 1024: 8}
@@ -154,17 +154,6 @@ def start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err or ""
-
-
 def burst_fps(recv: np.ndarray, gap: float) -> float:
     """Frames per second from receipt times where a batch's frames arrive together: the frames
     after the first burst over the time from its end to the last one (a burst: receipts less than
@@ -193,12 +182,7 @@ def run_stream(model: Path, size: int, stack: Path, provider: str, batch: int, o
     sub = output_subscriber(ctx, publish)
     err = ""
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:  # serve is up (warmed) and our subscription is in effect
-            if sub.poll(200) and sub.recv_multipart()[0] == b"stats":
-                break
-            if serve.poll() is not None:
-                raise SystemExit(f"serve exited: {stop(serve)[-3000:]}")
+        wait_until_serving(sub, serve, timeout=600)
         replay_args = ["replay", str(stack), "--loop", "--bind", source, "--count", str(count)]
         if rate is None:
             replay_args += ["--push", "--fps", "100000"]

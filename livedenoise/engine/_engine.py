@@ -58,8 +58,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -69,9 +69,11 @@ import numpy as np
 
 from ..errors import LivedenoiseError, ModelError
 from ._config import EngineConfig
+from ._history import CausalHistory
 from ._modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, normalise, to_display
-from ._providers import CPU, GPU_PROVIDERS, provider_list, register_cpu_arena, resolve_provider
+from ._providers import CPU, GPU_PROVIDERS, provider_list, resolve_provider
 from ._runner import MAX_CACHED_SHAPES, BoundRunner
+from ._session import create_session, load_proto, session_options, short_error
 from ._transforms import (
     has_unit_stride_transposed_convs,
     max_display_diff,
@@ -82,7 +84,6 @@ from ._transforms import (
 
 log = logging.getLogger("livedenoise.engine")
 
-MAX_SERIES_HISTORY = 8  # series whose previous frames are kept (multi-frame models only)
 
 
 def default_model_path() -> Path:
@@ -117,11 +118,6 @@ def _reflect_index(n: int, start: int, stop: int) -> np.ndarray:
     period = 2 * (n - 1)
     m = pos % period
     return np.where(m < n, m, period - m)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 
@@ -169,9 +165,9 @@ class Engine:
             raise ModelError(f"model file not found: {self.path}")
         self.max_batch = int(config.max_batch)
         providers = resolve_provider(config.provider)
-        self._gpu = gpu = providers[0] in GPU_PROVIDERS  # asked for (the session may still fall back)
+        gpu = providers[0] in GPU_PROVIDERS  # asked for (the session may still fall back)
 
-        proto, file_card = self._load_proto()
+        proto, file_card = load_proto(self.path)
         self.rewritten = rewrite_transposed_convs(proto) if proto is not None and config.optimise_graph else 0
         if self.rewritten:
             log.info("rewrote %d stride-1 ConvTranspose nodes as Conv (bounded memory)", self.rewritten)
@@ -179,7 +175,12 @@ class Engine:
         self.cpu_arena = True if config.cpu_arena is None else bool(config.cpu_arena)
         providers_arg = provider_list(providers, config, file_card)
         probing = config.provider is None and gpu
-        self.session = self._create(ort, source, self._session_options(ort, config), providers_arg, probing)
+
+        def new_session(source: str | bytes, probe: bool = probing) -> Any:
+            opts = session_options(ort, config, self.cpu_arena, gpu)
+            return create_session(ort, source, opts, providers_arg, probe, self.path)
+
+        self.session = new_session(source)
         meta = self.session.get_modelmeta()
         self.card = ModelCard.from_metadata(meta.custom_metadata_map, source=str(self.path))
         if (
@@ -193,7 +194,7 @@ class Engine:
             log.warning("stride-1 ConvTranspose left in the model (onnx missing or optimise_graph off): "
                         "CPU arena off to bound memory, runs are slower")
             self.cpu_arena = False
-            self.session = self._create(ort, source, self._session_options(ort, config), providers_arg, probing)
+            self.session = new_session(source)
         self.providers: list[str] = list(self.session.get_providers())
         self.provider = self.providers[0]
         if config.provider and self.provider != providers[0]:
@@ -212,7 +213,7 @@ class Engine:
         self._k = int(self.card.input_frames)
         self._mult = max(1, int(self.card.size_multiple))
         self._buffers: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._history: OrderedDict[int, deque[np.ndarray]] = OrderedDict()
+        self._history = CausalHistory(self._k)
         self.run_shapes: Counter[tuple[int, ...]] = Counter()  # session runs per input shape
         self.warmed: set[tuple[int, ...]] = set()  # input shapes run by warm_up
 
@@ -222,7 +223,7 @@ class Engine:
         self.io_binding = bool(config.io_binding if config.io_binding is not None else on_gpu)
         self.cuda_graph = bool(config.cuda_graph and on_gpu and self.io_binding)
         if config.fp16:
-            self._switch_to_fp16(ort, proto, self._session_options(ort, config), providers_arg)
+            self._switch_to_fp16(ort, proto, new_session)
         del proto, source  # the parsed model (45 MB for paper) is the session's now
         self._runner: BoundRunner | None = None
         if self.io_binding:
@@ -236,51 +237,7 @@ class Engine:
 
     # ------------------------------------------------------------------ construction
 
-    def _load_proto(self):
-        """The model as ``onnx.ModelProto`` and its card, or ``(None, None)`` where ``onnx`` is
-        missing or the file does not parse (onnxruntime then reports the error)."""
-        try:
-            import onnx
-        except ImportError:
-            log.warning("the onnx package is not installed: the model runs as exported (no ConvTranspose "
-                        "rewrite, no fp16, no TensorRT profiles); pip install onnx")
-            return None, None
-        try:
-            proto = onnx.load(str(self.path))
-        except Exception:  # noqa: BLE001 - not ONNX: InferenceSession says so, as ModelError
-            return None, None
-        props = {p.key: p.value for p in proto.metadata_props}
-        try:
-            card = ModelCard.from_metadata(props, source=str(self.path))
-        except ModelError:
-            card = None  # reported once the session is there
-        return proto, card
-
-    def _session_options(self, ort, config: EngineConfig):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(config.threads)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
-        opts.enable_cpu_mem_arena = self.cpu_arena
-        if self.cpu_arena and config.arena_extend_same:
-            register_cpu_arena(ort)
-            opts.add_session_config_entry("session.use_env_allocators", "1")
-        pattern = config.mem_pattern if config.mem_pattern is not None else self._gpu
-        opts.enable_mem_pattern = bool(pattern) and not config.cuda_graph  # a captured graph fixes its memory
-        return opts
-
-    def _create(self, ort, source, opts, provider_list, probing: bool):
-        # CUDA may be listed but unusable (no GPU, no CUDA libraries): onnxruntime then falls back
-        # to the CPU with a screenful of errors. Silence them while probing; what the session
-        # really got is checked (and logged) by the caller.
-        ort.set_default_logger_severity(4 if probing else 3)
-        try:
-            return ort.InferenceSession(source, sess_options=opts, providers=provider_list)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for protobuf/IO/graph errors
-            raise ModelError(f"cannot load model {self.path}: {_short(exc)}") from None
-        finally:
-            ort.set_default_logger_severity(3)
-
-    def _switch_to_fp16(self, ort, proto, opts, provider_list) -> None:
+    def _switch_to_fp16(self, ort: Any, proto: Any, new_session: Callable[..., Any]) -> None:
         """Convert to fp16, compare with the fp32 session on :func:`validation_batch`, keep the
         fp16 session only within ``fp16_tolerance``."""
         if proto is None:
@@ -290,12 +247,12 @@ class Engine:
         if self.cuda_graph:
             run_options.add_run_config_entry("gpu_graph_id", "-1")  # plain runs, no capture
         try:
-            session16 = self._create(ort, to_fp16(proto).SerializeToString(), opts, provider_list, probing=False)
+            session16 = new_session(to_fp16(proto).SerializeToString(), probe=False)
             x = validation_batch(self.card)
             (ref,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x}, run_options)
             (got,) = session16.run([OUTPUT_NAME], {INPUT_NAME: x}, run_options)
         except Exception as exc:  # noqa: BLE001 - conversion or an fp16 kernel missing on this provider
-            log.warning("fp16 model unusable here (%s): running fp32", _short(exc))
+            log.warning("fp16 model unusable here (%s): running fp32", short_error(exc))
             return
         self.fp16_max_abs_diff = max_display_diff(ref, got)
         if not self.fp16_max_abs_diff <= self.config.fp16_tolerance:
@@ -385,7 +342,7 @@ class Engine:
                     break
                 self.warmed.add(self._run_shape(shape, n))
                 report.append((shape, n, dt))
-            self._history.pop(-1, None)
+            self._history.reset(-1)
         if report:
             log.info("warm-up: " + ", ".join(f"{h}x{w} batch {n} {dt * 1e3:.0f} ms" for (h, w), n, dt in report))
         return report
@@ -449,7 +406,7 @@ class Engine:
             idx = [idx[j] for j in keep]
             n = len(idx)
         if k > 1:
-            self._fill_history(buf, idx, series, shape, restart)
+            self._history.fill(buf, idx, series, shape, restart)
         if hp > h:
             buf[:n, :, h:hp, :w] = buf[:n, :, _reflect_index(h, h, hp), :w]
         if wp > w:
@@ -459,7 +416,7 @@ class Engine:
         try:
             out = self._run(buf if padded_run else buf[:n])
         except Exception as exc:  # noqa: BLE001 - onnxruntime errors: wrong shape, a failing op, out of memory
-            message = _short(exc)
+            message = short_error(exc)
             for i in idx:
                 result.errors.append((i, "failed", message))
             return
@@ -475,27 +432,6 @@ class Engine:
         for j, i in enumerate(idx):
             result.outputs[i] = out[j]
 
-    def _fill_history(self, buf: np.ndarray, idx: list[int], series, shape, restart=None) -> None:
-        """Multi-frame models: channels 0..k-2 from each frame's series history (causal)."""
-        k = self._k
-        h, w = shape
-        for j, i in enumerate(idx):
-            sid = series[i] if series is not None else 0
-            hist = self._history.get(sid)
-            if hist is None or (hist and hist[-1].shape != shape) or (restart is not None and restart[i]):
-                hist = deque(maxlen=k - 1)
-                self._history[sid] = hist
-            self._history.move_to_end(sid)
-            while len(self._history) > MAX_SERIES_HISTORY:
-                self._history.popitem(last=False)
-            current = buf[j, k - 1, :h, :w]
-            past = list(hist)
-            for c in range(k - 1):
-                back = k - 1 - c  # frames before the current one
-                src = past[-back] if back <= len(past) else (past[0] if past else current)
-                buf[j, c, :h, :w] = src
-            hist.append(current.copy())
-
     def reset_series(self, series_id: int) -> None:
         """Forget a series' history now (``infer(..., restart=...)`` does it at the right frame of a batch)."""
-        self._history.pop(series_id, None)
+        self._history.reset(series_id)

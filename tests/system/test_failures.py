@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,19 @@ def test_a_push_address_in_use_is_one_clear_error(conv_model, detector):
     with pytest.raises(LivedenoiseError, match=f"cannot push on '{taken}'"):
         Daemon(ServeConfig(model=conv_model, source=source, publish=LOOPBACK, push_output=taken,
                            engine=EngineConfig(provider="cpu", shapes=())))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native thread names are set on Linux only")
+def test_stage_threads_carry_their_names_into_the_os(conv_model, detector, daemon_factory):
+    """``top -H`` and /proc name each stage, so an operator sees which one uses the CPU."""
+    _, address = detector()
+    daemon = daemon_factory(model=conv_model, source=address, pull=True)
+    names = {t.native_id: t.name for t in daemon._threads}
+
+    def comm() -> dict[int, str]:
+        return {tid: Path(f"/proc/self/task/{tid}/comm").read_text().strip() for tid in names}
+
+    deadline = time.monotonic() + 5  # each thread names itself as it starts
+    while comm() != names and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert comm() == names and {"ld-receive", "ld-infer", "ld-publish"} <= set(names.values())
