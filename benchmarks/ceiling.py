@@ -15,15 +15,14 @@ For each frame size:
    share the two cores too).
 
 Per-thread CPU time of serve, replay and this process comes from ``/proc/<pid>/task/*/stat``
-over the same window, as a percentage of one core and as CPU time per frame. serve and replay
-are started through a tiny launcher that gives each Python thread its native name (``prctl``),
-so ``ld-receive``, ``ld-infer``, ``ld-publish`` show as such; ``ZMQbg/*`` are libzmq's I/O
-threads; ``main`` is the process's first thread and ``other`` the rest (onnxruntime's pool).
+over the same window, as a percentage of one core and as CPU time per frame. serve's stage
+threads name themselves in the OS (``ld-receive``, ``ld-infer``, ``ld-publish``); ``ZMQbg/*`` are
+libzmq's I/O threads; ``main`` is the process's first thread and ``other`` the rest (onnxruntime's
+pool, numpy's BLAS pool).
 
-Placement (``taskset``-like, nothing in serve changes): ``--pin-serve``/``--pin-replay`` run a
-whole process on given CPUs; ``--pin-pipeline CPU`` has the launcher put serve's three pipeline
-threads on that CPU and every other thread of serve (main, libzmq's I/O, onnxruntime) on the
-others. The pipeline threads take turns on the GIL anyway; on separate CPUs each hand-over is a
+Placement: ``--pin-serve``/``--pin-replay`` run a whole process on given CPUs (taskset);
+``--pin-pipeline CPU`` is ``serve --pipeline-cpus CPU``: serve's three pipeline threads on that
+CPU and every other thread of serve (main, libzmq's I/O, onnxruntime) on the others. The pipeline threads take turns on the GIL anyway; on separate CPUs each hand-over is a
 wake-up across CPUs (in this VM, 27 % of serve's CPU went to the kernel's wake-up and
 context-switch paths under ``perf``)::
 
@@ -52,29 +51,6 @@ from _proc import free_addr, machine, stop, wait_until_serving  # benchmarks/ is
 #: Frames in the replayed stack per side (16 MiB of <u2 either way; the stack loops, one series per pass).
 STACK_FRAMES = {128: 512, 512: 32}
 
-#: Runs ``python -m livedenoise ARGS`` with every Python thread's native name set to its
-#: ``threading`` name, so /proc shows which stage a thread is; with ``LD_PIPELINE_CPUS`` set
-#: (``--pin-pipeline``), the pipeline threads run on those CPUs and the rest of the process (its
-#: first thread, hence the threads libzmq and onnxruntime start from it) on the other CPUs.
-LAUNCHER = """
-import ctypes, os, runpy, sys, threading
-_libc = ctypes.CDLL(None)
-_inner = threading.Thread._bootstrap_inner
-_pipeline = {int(c) for c in os.environ.get("LD_PIPELINE_CPUS", "").split(",") if c}
-if _pipeline:
-    os.sched_setaffinity(0, (os.sched_getaffinity(0) - _pipeline) or _pipeline)
-def _named(self):
-    try:
-        _libc.prctl(15, self.name.encode()[:15], 0, 0, 0)
-        if _pipeline and self.name in ("ld-receive", "ld-infer", "ld-publish"):
-            os.sched_setaffinity(0, _pipeline)
-    except Exception:
-        pass
-    _inner(self)
-threading.Thread._bootstrap_inner = _named
-sys.argv = ["livedenoise", *sys.argv[1:]]
-runpy.run_module("livedenoise", run_name="__main__", alter_sys=True)
-"""
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -113,13 +89,11 @@ def write_stack(size: int, directory: Path) -> Path:
     return path
 
 
-def start(args: list[str], cpus: str | None = None, pipeline_cpus: str | None = None) -> subprocess.Popen:
-    """``python -m livedenoise ARGS`` through :data:`LAUNCHER`, on CPUs ``cpus`` (taskset) if
-    given, its pipeline threads on ``pipeline_cpus`` if given."""
+def start(args: list[str], cpus: str | None = None) -> subprocess.Popen:
+    """``python -m livedenoise ARGS``, on CPUs ``cpus`` only (taskset) if given."""
     pin = ["taskset", "-c", cpus] if cpus else []
-    env = dict(os.environ, LD_PIPELINE_CPUS=pipeline_cpus) if pipeline_cpus else None
-    return subprocess.Popen([*pin, sys.executable, "-c", LAUNCHER, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([*pin, sys.executable, "-m", "livedenoise", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def thread_ticks(pid: int) -> dict[str, int]:
@@ -200,7 +174,8 @@ def ceiling(model: Path, stack: Path, size: int, opts) -> dict:
         "serve", "--model", str(model), "--source", source, "--publish", publish, "--lossless",
         "--queue", str(opts.queue), "--max-batch", str(opts.max_batch), "--threads", str(opts.threads),
         "--warmup-size", f"{size}x{size}", "--provider", "cpu", "--log-level", "WARNING",
-    ], cpus=opts.pin_serve, pipeline_cpus=opts.pin_pipeline)
+        *(["--pipeline-cpus", opts.pin_pipeline] if opts.pin_pipeline else []),
+    ], cpus=opts.pin_serve)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)

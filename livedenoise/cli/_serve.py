@@ -77,6 +77,14 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``--pipeline-cpus``: ``"0"`` or ``"2,3"`` as CPU numbers; ``""``: none."""
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise LivedenoiseError(f"--pipeline-cpus {text!r}: expected CPU numbers like 0 or 2,3") from None
+
+
 def launch_viewer(address: str) -> subprocess.Popen | None:
     """Start ``livedenoise view --connect address`` as a child process, if it can run here."""
     from ..viewer import viewer_unavailable_reason
@@ -122,6 +130,7 @@ def serve(
     fp16: bool = config_option(EngineConfig, "fp16", panel=ENGINE),
     cuda_graph: bool = config_option(EngineConfig, "cuda_graph", panel=ENGINE),
     trt_cache: Path | None = config_option(EngineConfig, "trt_cache", panel=ENGINE),
+    pipeline_cpus: str = config_option(ServeConfig, "pipeline_cpus", panel=ENGINE, default=""),
     record: Path | None = config_option(RecordingConfig, "directory", "--record", panel=RECORDING, default=None),
     record_raw: bool = config_option(RecordingConfig, "raw", panel=RECORDING),
     record_chunk: int = config_option(RecordingConfig, "chunk_frames", "--record-chunk", panel=RECORDING),
@@ -146,7 +155,7 @@ def serve(
         raise LivedenoiseError("--max-batch must be at least 1")
     cfg = ServeConfig(
         model=model_path(model), source=source, publish=publish, pull=pull,
-        push_output=push_output,
+        push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),
         queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
         engine=EngineConfig(
             provider=provider, max_batch=max_batch, max_batch_pixels=max_batch_pixels, threads=threads, spin=spin,

@@ -99,6 +99,12 @@ class ServeConfig:
     )
     pull: bool = option(False, "Connect a PULL socket (the detector binds PUSH) instead of SUB.")
     stats_interval: float = option(0.5, "Seconds between stats messages.")
+    pipeline_cpus: tuple[int, ...] = option(
+        (),
+        "Linux: run the receive, infer and publish threads on these CPUs and the rest of serve (libzmq's I/O, "
+        "onnxruntime's pool) on the others. The three take turns on the GIL; on one CPU they hand over without "
+        "waking another (docs/benchmarks.md: the daemon's ceiling at 128² went from ~7,800 to ~11,000 frames/s).",
+    )
     limits: Limits = option(help="Caps on detector messages, checked before allocation.", factory=lambda: DEFAULT_LIMITS)
     queue: QueueConfig = option(help="The frame queue.", factory=QueueConfig)
     engine: EngineConfig = option(help="The inference engine.", factory=EngineConfig)
@@ -111,3 +117,5 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.queue.lossless:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives
+        if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):
+            raise LivedenoiseError(f"--pipeline-cpus {self.pipeline_cpus}: expected CPU numbers like 0 or 2,3")

@@ -51,9 +51,11 @@ from ._publish import Publisher
 from ._queue import FrameQueue
 from ._receive import Received, Source, restarts
 from ._stats import Stats
-from ._threads import LogThrottle, PipelineThread
+from ._threads import LogThrottle, PipelineThread, place_pipeline
 
 log = logging.getLogger("livedenoise.daemon")
+
+PIPELINE_STAGES = ("receive", "infer", "publish")  # the threads every frame passes (pipeline_cpus)
 
 class Daemon:
     """The live pipeline. Construction loads the model and binds/connects the sockets, so a bad
@@ -61,6 +63,8 @@ class Daemon:
 
     def __init__(self, config: ServeConfig):
         self.config = config
+        # before the engine and the ZMQ context start their threads: they inherit the main thread's CPUs
+        self._pipeline_cpus = place_pipeline(config.pipeline_cpus)
         self.engine = Engine(config.model, config.engine)
         q = config.queue
         max_age = None if q.max_age_ms is None else q.max_age_ms / 1e3
@@ -245,7 +249,8 @@ class Daemon:
 
     def _spawn(self, stage: str, target) -> PipelineThread:
         """Start one stage's thread; an exception escaping it stops the pipeline (:meth:`_on_error`)."""
-        thread = PipelineThread(stage, target, self._on_error)
+        cpus = self._pipeline_cpus if stage in PIPELINE_STAGES else frozenset()
+        thread = PipelineThread(stage, target, self._on_error, cpus)
         self._threads.append(thread)
         thread.start()
         return thread

@@ -10,12 +10,16 @@ and log those and go on.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+
+from ..errors import LivedenoiseError
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -31,16 +35,23 @@ class PipelineThread(threading.Thread):
     """
 
     def __init__(
-        self, stage: str, target: Callable[[], None], on_error: Callable[[PipelineThread], None] | None = None
+        self,
+        stage: str,
+        target: Callable[[], None],
+        on_error: Callable[[PipelineThread], None] | None = None,
+        cpus: frozenset[int] = frozenset(),
     ):
         super().__init__(name=f"ld-{stage}", daemon=True)
         self.stage = stage
         self.error: BaseException | None = None
         self._run_stage = target
         self._on_error = on_error
+        self._cpus = cpus
 
     def run(self) -> None:
         _name_native_thread(self.name)
+        if self._cpus:
+            os.sched_setaffinity(0, self._cpus)  # 0: this thread (Linux)
         try:
             self._run_stage()
         except BaseException as exc:  # kept, logged and handed to the owner, who re-raises it
@@ -60,6 +71,30 @@ def _name_native_thread(name: str) -> None:
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
     except (OSError, AttributeError):
         pass  # no prctl: the name is only cosmetic
+
+
+def place_pipeline(cpus: tuple[int, ...]) -> frozenset[int]:
+    """``ServeConfig.pipeline_cpus``: move the process's threads, and so every thread started from
+    now on (libzmq's I/O threads, onnxruntime's pool), to the CPUs *not* listed, and return the
+    listed ones for the pipeline threads to take (:class:`PipelineThread` ``cpus``). Empty: nothing
+    moves. One clear error where it cannot be done (not Linux, a CPU this process may not use)."""
+    if not cpus:
+        return frozenset()
+    if not hasattr(os, "sched_setaffinity"):
+        raise LivedenoiseError("--pipeline-cpus needs Linux (sched_setaffinity)")
+    allowed = os.sched_getaffinity(0)
+    wanted = frozenset(cpus)
+    if not wanted <= allowed:
+        raise LivedenoiseError(
+            f"--pipeline-cpus {','.join(map(str, sorted(wanted)))}: this process may use CPUs "
+            f"{','.join(map(str, sorted(allowed)))} only"
+        )
+    rest = (allowed - wanted) or wanted  # one CPU in all: everything shares it
+    # every thread there is (numpy's BLAS pool started at import too), and so those started later
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), rest)
+    return wanted
 
 
 def spawn_thread(stage: str, target: Callable[[], None]) -> threading.Thread:
