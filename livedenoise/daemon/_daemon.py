@@ -202,7 +202,7 @@ class Daemon:
             self.source.socket.close(linger=0)
             self.publisher.close()
         for thread in self._threads:
-            if thread.stage in ("receive", "infer", "publish"):
+            if thread.stage in PIPELINE_STAGES:
                 thread.join(timeout)
         if self.recorder is not None:
             self.recorder.close(timeout)  # after the publisher: every published frame is written
