@@ -84,19 +84,11 @@ def css_chain(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
 
 
 def css_series(stack: np.ndarray) -> np.ndarray:
-    """CSS between each pair of consecutive frames of a ``(T, H, W)`` stack: ``T - 1`` values.
-
-    Vectorised over the frames (offline use: ``denoise``, ``css``, ``evaluate``).
-    """
+    """CSS between each pair of consecutive frames of a ``(T, H, W)`` stack: ``T - 1`` values
+    (offline: ``denoise``, ``css``, ``evaluate``), by the daemon's own :func:`css_chain`."""
     if stack.ndim != 3 or stack.shape[0] < 2:
         raise ValueError("CSS needs a stack of at least two frames")
-    x = np.asarray(stack, np.float64).reshape(stack.shape[0], -1)
-    mu = x.mean(axis=1)
-    dx = x - mu[:, None]
-    var = (dx * dx).mean(axis=1)
-    cov = (dx[:-1] * dx[1:]).mean(axis=1)
-    a, b = mu[:-1], mu[1:]
-    return ((2 * a * b + C1) * (2 * cov + C2)) / ((a**2 + b**2 + C1) * (var[:-1] + var[1:] + C2))
+    return css_chain(None, np.asarray(stack))[1:]
 
 
 def scale_to_unit(stack: np.ndarray) -> np.ndarray:
