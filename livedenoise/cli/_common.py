@@ -40,11 +40,11 @@ def config_option(
     return typer.Option(value, *param_decls, help=help_for(cls, field), rich_help_panel=panel, **kwargs)
 
 
-def model_option(panel: str | None = None) -> Any:
+def model_option(panel: str | None = None, default_note: str = "") -> Any:
     """``--model/-m``: ServeConfig.model's help, plus the shipped models' names (see :func:`model_path`)."""
     return typer.Option(
         None, "--model", "-m", rich_help_panel=panel,
-        help=f"{help_for(ServeConfig, 'model')} Or the name of a shipped one: {SHIPPED_MODELS}.",
+        help=f"{help_for(ServeConfig, 'model')} Or the name of a shipped one: {SHIPPED_MODELS}.{default_note}",
     )
 
 
