@@ -26,7 +26,6 @@ import copy
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from livedenoise.engine import Normalisation
 from livedenoise.errors import LivedenoiseError
 
 from . import losses
+from .checkpoint import CHECKPOINT_FORMAT
 from .domains import CleanDomain, NoisyDomain
 from .networks import Critic, LowPass, UNet, WindowMean, gaussian_kernel
 from .presets import Preset
@@ -48,7 +48,6 @@ CYCLE_TARGET = 0.05  # paper: "the cycle consistency loss is less than 0.05"
 LFC_TARGET = 0.1  # paper: "and the low-frequency cycle loss is less than 0.1"
 LOSS_KEYS = ("critic", "wdist", "gp", "adv", "lfc", "cycle")
 MAX_REINITS = 3  # re-initialisations on an inverted mapping per run
-CHECKPOINT_FORMAT = 1  # the "format" of :meth:`Trainer.checkpoint`; :func:`load_checkpoint` reads only this one
 
 
 def probe_batch(noisy: NoisyDomain, preset: Preset, seed: int) -> torch.Tensor:
@@ -390,36 +389,3 @@ class Trainer:
         if checkpoint_path is not None:
             self.save(checkpoint_path)
         return self.state
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :meth:`Trainer.save`, read with ``weights_only=True``: ``--resume``
-    takes a user-supplied file, and full unpickling would run whatever code a crafted file names.
-    A checkpoint holds only tensors and plain dicts, lists, strings and numbers, so nothing needs
-    allow-listing; anything else is refused with one line."""
-    try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol is refused below, not warned about
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise LivedenoiseError(f"cannot resume from {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - whatever the unpickler refuses is a user error
-        raise LivedenoiseError(f"cannot resume from {path}: not a livedenoise checkpoint ({_refusal(exc)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise LivedenoiseError(
-            f"cannot resume from {path}: not a livedenoise checkpoint (no format-{CHECKPOINT_FORMAT} dict inside)"
-        )
-    return ckpt
-
-
-def _refusal(exc: Exception) -> str:
-    """The reason in torch's multi-paragraph refusal, on one line, without its advice to load the
-    file with ``weights_only=False``."""
-    text = str(exc)
-    for marker in ("WeightsUnpickler error:", "trusted source."):
-        if marker in text:
-            text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
-            break
-    else:
-        text = f"{type(exc).__name__}: {text}"
-    return " ".join(text.split()).rstrip(".") or type(exc).__name__

@@ -133,8 +133,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
 
     import torch
 
+    from .checkpoint import load_checkpoint
     from .export import export_model
-    from .loop import load_checkpoint
 
     paths = artefact_paths(out)
     ckpt = None

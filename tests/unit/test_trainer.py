@@ -22,9 +22,10 @@ onnx = pytest.importorskip("onnx")
 from livedenoise.engine import METADATA_KEY, ModelCard, Normalisation, causal_windows, normalise
 from livedenoise.errors import LivedenoiseError
 from trainer import losses
+from trainer.checkpoint import load_checkpoint
 from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames
 from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card
-from trainer.loop import Trainer, load_checkpoint, polarity
+from trainer.loop import Trainer, polarity
 from trainer.networks import Critic, LowPass, UNet, gaussian_kernel
 from trainer.presets import LITE, PAPER, RT, TINY, CriticConfig, NetConfig, Preset
 
