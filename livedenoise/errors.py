@@ -33,3 +33,9 @@ class PipelineError(LivedenoiseError):
         text = " ".join(str(error).split())  # one line, whatever the exception says
         super().__init__(f"{stage} thread failed: {type(error).__name__}" + (f": {text}" if text else ""))
         self.__cause__ = error
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 300 characters (onnxruntime's run long)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

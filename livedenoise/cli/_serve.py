@@ -151,8 +151,6 @@ def serve(
     setup_logging(log_level)
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
-    if max_batch < 1:
-        raise LivedenoiseError("--max-batch must be at least 1")
     cfg = ServeConfig(
         model=model_path(model), source=source, publish=publish, pull=pull,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),

@@ -69,25 +69,7 @@ class FrameQueue(Generic[T]):
         Returns False if ``timeout`` expired first (lossless mode; the item is *not* queued).
         Raises :class:`QueueClosed` after :meth:`close`.
         """
-        with self._lock:
-            if self._closed:
-                raise QueueClosed
-            if len(self._items) >= self.capacity:
-                if self.lossless:
-                    deadline = None if timeout is None else time.monotonic() + timeout
-                    while len(self._items) >= self.capacity and not self._closed:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            return False
-                        self._not_full.wait(remaining)
-                    if self._closed:
-                        raise QueueClosed
-                else:
-                    self._items.popleft()
-                    self.dropped += 1
-            self._items.append((time.monotonic(), item))
-            self._not_empty.notify()
-            return True
+        return self.put_many((item,), timeout) == 1
 
     def put_many(self, items: Sequence[T], timeout: float | None = None) -> int:
         """Queue ``items`` in order under one lock and one wake-up (the receiver hands over all

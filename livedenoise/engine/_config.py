@@ -78,6 +78,6 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_batch_pixels < 1:
-            raise LivedenoiseError("max batch and max batch pixels must be at least 1")
+            raise LivedenoiseError("--max-batch and --max-batch-pixels must be at least 1")
         if any(len(s) != 2 or min(s) < 1 for s in self.shapes):
             raise LivedenoiseError(f"frame shapes must be (H, W) with H, W >= 1, not {self.shapes}")

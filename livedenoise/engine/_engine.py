@@ -67,13 +67,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivedenoiseError, ModelError
+from ..errors import LivedenoiseError, ModelError, short_error
 from ._config import EngineConfig
 from ._history import CausalHistory
 from ._modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, normalise, to_display
 from ._providers import CPU, GPU_PROVIDERS, provider_list, resolve_provider
 from ._runner import MAX_CACHED_SHAPES, BoundRunner
-from ._session import create_session, load_proto, session_options, short_error
+from ._session import create_session, load_proto, session_options
 from ._transforms import (
     has_unit_stride_transposed_convs,
     max_display_diff,
@@ -391,7 +391,7 @@ class Engine:
         # float frames only (integers are always finite): one reduction for the whole group, a
         # non-finite pixel makes its frame's sum non-finite
         if any(frames[i].dtype.kind == "f" for i in idx):
-            good = np.isfinite(buf[:n, k - 1, :h, :w].sum(axis=(1, 2), dtype=np.float64))
+            good = np.isfinite(current.sum(axis=(1, 2), dtype=np.float64))
         else:
             good = None
         if good is not None and not good.all():

@@ -6,18 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, short_error
 from ._config import EngineConfig
 from ._modelcard import ModelCard
 from ._providers import register_cpu_arena
 
 log = logging.getLogger("livedenoise.engine")
-
-
-def short_error(exc: BaseException) -> str:
-    """The first line of an exception's message, at most 300 characters (onnxruntime's run long)."""
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def load_proto(path: Path) -> tuple[Any, ModelCard | None]:

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LivedenoiseError
+from ..errors import LivedenoiseError, short_error
 from ..protocol import SUPPORTED_DTYPES
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_movie(path: str | Path, what: str = "movie") -> np.ndarray:
@@ -50,7 +46,7 @@ def read_movie(path: str | Path, what: str = "movie") -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile and numpy raise many types: all mean "not a readable movie"
         kind = "a .npy array" if npy else "TIFF"
-        raise LivedenoiseError(f"cannot read {what} {p} as {kind}: {_first_line(exc)}") from None
+        raise LivedenoiseError(f"cannot read {what} {p} as {kind}: {short_error(exc)}") from None
     if arr.size == 0:
         raise LivedenoiseError(f"cannot read {what} {p}: no image data in it")
     if arr.ndim in (3, 4) and arr.shape[-1] in (3, 4):
