@@ -20,6 +20,7 @@ standard deviation.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.nn import functional as F
 
 from livedenoise.engine import Normalisation, causal_windows, normalise
 from livedenoise.errors import LivedenoiseError
-from livedenoise.io import read_movie
+from livedenoise.io import open_movie
 
 from .networks import gaussian_kernel
 
@@ -66,17 +67,58 @@ class CleanDomain:
 
 
 def load_frames(path: str | Path) -> np.ndarray:
-    """The training movie (:func:`livedenoise.io.read_movie`), checked for what training needs:
-    at least 2 frames of at least ``MIN_SIZE`` pixels, all finite."""
-    frames = read_movie(path, "frames")
+    """The training movie (:func:`load_movie` without its pixel size)."""
+    return load_movie(path)[0]
+
+
+class TrainingMovie(NamedTuple):
+    frames: np.ndarray  # (T, H, W), T >= 2
+    pixel_size_nm: float | None
+    single_image: bool = False  # frames are the tiles of one image
+
+
+def load_movie(path: str | Path, signal: str | None = None) -> TrainingMovie:
+    """The training movie (:func:`livedenoise.io.open_movie`: any format it reads), checked for
+    what training needs: at least 2 frames of at least ``MIN_SIZE`` pixels, all finite; and its
+    pixel size in nm (None where the file does not say), for the model card.
+
+    A single image (a vendor's one HAADF frame) of at least ``2 * MIN_SIZE`` a side comes back as
+    its tiles (:func:`tile_image`), with ``single_image`` set: it has no time axis for a temporal
+    preset or the distillation."""
+    movie = open_movie(path, "frames", signal=signal)
+    frames = movie.data if isinstance(movie.data, np.ndarray) else movie.read()
     t, h, w = frames.shape
+    single = False
     if t < 2:
-        raise LivedenoiseError(f"{path} holds a single frame; training needs a movie of at least 2 frames (about 120)")
+        if min(h, w) < 2 * MIN_SIZE:
+            raise LivedenoiseError(
+                f"{path} holds a single frame of {h}x{w}; training needs a movie of at least 2 frames (about 120), "
+                f"or one image of at least {2 * MIN_SIZE}x{2 * MIN_SIZE}"
+            )
+        frames = tile_image(frames[0])
+        h, w = frames.shape[1:]
+        single = True
     if h < MIN_SIZE or w < MIN_SIZE:
         raise LivedenoiseError(f"{path}: frames are {h}x{w}, training needs frames of at least {MIN_SIZE}x{MIN_SIZE}")
     if frames.dtype.kind == "f" and not np.isfinite(frames).all():
         raise LivedenoiseError(f"{path} contains NaN or infinite pixels; clean or crop them out before training")
-    return frames
+    return TrainingMovie(frames, movie.pixel_size_nm, single)
+
+
+def tile_image(image: np.ndarray) -> np.ndarray:
+    """One large image as ``(n*n, H/n, W/n)`` tiles, n from 2 to 4 (tiles of 256 px or more where the image allows).
+
+    Domain S is random crops of frames, so a large single image trains as well as the stack of its
+    tiles (only crops across a tile border are lost); what a single image cannot give is time, so
+    temporal presets and the distillation need a movie.
+
+    >>> tile_image(np.zeros((512, 600))).shape
+    (4, 256, 300)
+    """
+    h, w = image.shape
+    n = max(2, min(4, min(h, w) // (2 * MIN_SIZE)))
+    th, tw = h // n, w // n
+    return np.stack([image[i * th : (i + 1) * th, j * tw : (j + 1) * tw] for i in range(n) for j in range(n)])
 
 
 def frame_statistics(frames: np.ndarray, flatten_sigma: float | None = None) -> Normalisation:

@@ -14,7 +14,7 @@ import numpy as np
 from livedenoise.engine import ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.errors import LivedenoiseError
 
-from .domains import frame_statistics, gather, load_frames, sample_frames
+from .domains import frame_statistics, gather, load_movie, sample_frames
 from .presets import Preset, get_preset
 
 
@@ -40,6 +40,7 @@ class TrainConfig:
     check_every: int = 100
     progress: bool = True
     figures: bool = True
+    signal: str | None = None  # the signal to train on, in a file that holds several
 
 
 def artefact_paths(out: Path) -> dict[str, Path]:
@@ -128,7 +129,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         lo, hi = cfg.peak_variance
         if not 0 < lo <= hi:
             raise LivedenoiseError(f"--peak-variance {lo:g} {hi:g}: need 0 < LO <= HI (px^2)")
-    frames_all = load_frames(cfg.frames)
+    frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
     device = pick_device(cfg.device)
 
     import torch
@@ -195,6 +196,16 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         preset = replace(preset, teachers=cfg.teachers)
     elif not preset.distil_window:
         preset = replace(preset, teachers=1)  # --distil 0: the paper's Ms2c of one run is exported
+    if single_image:
+        if preset.generator.input_frames > 1:
+            raise LivedenoiseError(
+                f"{cfg.frames} holds one image: preset {preset.name!r} reads {preset.generator.input_frames} "
+                "consecutive frames; train a single-frame preset (tiny, paper) on it, or give a movie"
+            )
+        if preset.distil_window:
+            log(f"{cfg.frames} holds one image (trained as its {len(frames_all)} tiles): no distillation, which "
+                "averages consecutive frames; one stage-1 run, its Ms2c exported")
+            preset = replace(preset, distil_window=0, teachers=1)
     if preset.teachers > 1 and not preset.distil_window:
         raise LivedenoiseError(f"--teachers {preset.teachers}: several stage-1 runs need the distillation (--distil 5)")
     k = preset.generator.input_frames
@@ -299,6 +310,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         input_frames=preset.generator.input_frames,
         size_multiple=m,
         training=training,
+        pixel_size_nm=pixel_size_nm,  # serve warns when a stream's pixels differ
     )
     check = normalise(frames[: min(2, len(frames))], norm)
     check = check if k > 1 else check[:, None]

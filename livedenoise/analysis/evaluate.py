@@ -57,16 +57,34 @@ import numpy as np
 from ..errors import LivedenoiseError
 from ._css import css_series, scale_to_unit
 from ._detection import CALIB_FRAMES, MATCH_RADIUS, detection_scores, match_points
+from ._trackscore import (
+    TrueHop,
+    evidence_scores,
+    hop_scores,
+    identity_switches,
+    label_detections,
+    precision_at_recall,
+    roc_auc,
+    true_hops,
+)
 
 __all__ = [
     "MATCH_RADIUS",
     "EvalReport",
+    "TrueHop",
     "affine_fit",
     "detection_scores",
     "evaluate",
+    "evidence_scores",
+    "hop_scores",
+    "identity_switches",
+    "label_detections",
     "load_positions",
     "match_points",
+    "precision_at_recall",
     "psnr",
+    "roc_auc",
+    "true_hops",
 ]
 
 

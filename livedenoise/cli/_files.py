@@ -1,5 +1,6 @@
 """Commands on files: ``denoise`` (a stack, offline), ``css`` (a stack's consecutive similarity) and
-``inspect`` (a recording written by ``serve --record``). Heavy imports stay inside the bodies.
+``inspect`` (a recording written by ``serve --record``). Movies are read by :func:`livedenoise.io.open_movie`
+(TIFF, .npy, Nion, and with the formats extra every image format RosettaSciIO reads). Heavy imports stay inside the bodies.
 """
 
 from __future__ import annotations
@@ -18,42 +19,61 @@ app = typer.Typer()
 PANEL = "Files"
 
 
+MOVIE_HELP = (
+    "Movie: TIFF, .npy, Nion .ndata/.h5, or (formats extra) any image file RosettaSciIO reads: "
+    "Velox/NCEM .emd, .dm3/.dm4, .ser/.emi, .mrc, .hspy, .zspy ..."
+)
+SIGNAL_HELP = "In a file with several signals (HAADF, BF, EDS ...): the one to read, by title or index."
+
+
 @app.command(rich_help_panel=PANEL)
 def denoise(
-    tiff: Annotated[Path, typer.Argument(help="Multi-page TIFF stack to denoise.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the denoised float32 TIFF.")],
+    movie: Annotated[Path, typer.Argument(help=MOVIE_HELP, metavar="MOVIE")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the denoised float32 TIFF (ImageJ, with the input's pixel size).")
+    ],
     model: Path | None = model_option(),
     max_batch: int = config_option(EngineConfig, "max_batch"),
     provider: str | None = config_option(EngineConfig, "provider"),
+    signal: Annotated[str | None, typer.Option("--signal", help=SIGNAL_HELP)] = None,
 ) -> None:
     """Denoise a stack offline; print the mean CSS of input and output.
 
     The input's CSS is computed after scaling the raw stack to [0, 1] by its own min and max
-    (CSS's constants assume that range); the output is already in [0, 1].
+    (CSS's constants assume that range); the output is already in [0, 1]. The output keeps the
+    input's pixel size and frame interval (ImageJ metadata: Fiji shows them in Image > Properties).
     """
     import numpy as np
-    import tifffile
     from rich.progress import Progress
 
     from ..analysis import css_series, scale_to_unit
     from ..engine import Engine
-    from ..io import read_movie, to_wire_dtype
+    from ..io import open_movie, to_wire_dtype, write_imagej
 
-    stack = to_wire_dtype(read_movie(tiff), tiff)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise LivedenoiseError(f"{output}: denoise writes TIFF (.tif); `livedenoise export` writes .hspy/.zspy/.emd")
+    source = open_movie(movie, signal=signal)
+    typer.echo(f"read {movie.name}: {source.describe()}")
     engine = Engine(model_path(model), provider=provider, max_batch=max_batch)
-    out = np.empty(stack.shape, np.float32)
+    _warn_pixel_size(engine.card.pixel_size_nm, source.pixel_size_nm)
+    stack = np.empty(source.shape, np.float32)  # the input, for its CSS (as float32: any dtype fits)
+    out = np.empty(source.shape, np.float32)
     with Progress(transient=False) as progress:
-        task = progress.add_task(f"denoising {tiff.name}", total=len(stack))
-        for start in range(0, len(stack), max_batch):
-            chunk = list(stack[start : start + max_batch])
-            result = engine.infer(chunk, [0] * len(chunk))
+        task = progress.add_task(f"denoising {movie.name}", total=len(source))
+        for start in range(0, len(source), max_batch):
+            chunk = to_wire_dtype(source.frames(start, start + max_batch), movie)
+            stack[start : start + len(chunk)] = chunk
+            result = engine.infer(list(chunk), [0] * len(chunk))
             if result.errors:
                 i, kind, message = result.errors[0]
                 raise LivedenoiseError(f"frame {start + i} {kind}: {message}")
             out[start : start + len(chunk)] = result.outputs
             progress.advance(task, len(chunk))
     try:
-        tifffile.imwrite(output, out)
+        write_imagej(
+            output, out, pixel_size_nm=source.pixel_size_nm, frame_time_s=source.frame_time_s,
+            info=f"livedenoise denoise {movie.name} (model {engine.name})",
+        )
     except OSError as exc:
         raise LivedenoiseError(f"cannot write {output}: {exc.strerror or exc}") from None
     if len(stack) >= 2:
@@ -61,23 +81,35 @@ def denoise(
         typer.echo(f"mean CSS output: {css_series(out).mean():.4f}")
     else:
         typer.echo("CSS needs at least two frames")
-    typer.echo(f"wrote {output} ({len(out)} frames, float32 in [0, 1], model {engine.name} on {engine.provider})")
+    size = f", {source.pixel_size_nm:.5g} nm/px" if source.pixel_size_nm else ""
+    typer.echo(f"wrote {output} ({len(out)} frames, float32 in [0, 1]{size}, model {engine.name} on {engine.provider})")
+
+
+def _warn_pixel_size(model_nm: float | None, movie_nm: float | None) -> None:
+    """The model learnt atoms of a size in pixels: say so when the movie's pixels differ (>5 %)."""
+    if model_nm and movie_nm and abs(movie_nm / model_nm - 1) > 0.05:
+        typer.echo(
+            f"warning: the movie's pixel size ({movie_nm:.4g} nm) differs from the model's training frames' "
+            f"({model_nm:.4g} nm): atoms have another size in pixels than it learnt",
+            err=True,
+        )
 
 
 @app.command("css", rich_help_panel=PANEL)
 def css_command(
-    tiff: Annotated[Path, typer.Argument(help="Multi-page TIFF stack.")],
+    movie: Annotated[Path, typer.Argument(help=MOVIE_HELP, metavar="MOVIE")],
     scale: Annotated[
         bool, typer.Option(help="Scale the stack to [0,1] by its min/max first (CSS assumes [0,1]).")
     ] = True,
+    signal: Annotated[str | None, typer.Option("--signal", help=SIGNAL_HELP)] = None,
 ) -> None:
     """Print the CSS (consecutive structural similarity) series of a stack, and its mean."""
     from ..analysis import css_series, scale_to_unit
     from ..io import read_movie
 
-    stack = read_movie(tiff)
+    stack = read_movie(movie, signal=signal)
     if len(stack) < 2:
-        raise LivedenoiseError(f"{tiff}: CSS needs at least two frames, found {len(stack)}")
+        raise LivedenoiseError(f"{movie}: CSS needs at least two frames, found {len(stack)}")
     series = css_series(scale_to_unit(stack) if scale else stack.astype("float32"))
     for i, value in enumerate(series):
         typer.echo(f"{i}\t{i + 1}\t{value:.6f}")

@@ -7,6 +7,7 @@ a child process, ``livedenoise view``).
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import typer
 
 from .._options import default_for, help_for
 from .._signals import stop_on_signals
-from ..daemon import AtomsConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from ..daemon import AtomsConfig, DectrisConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..sim import ReplayConfig
@@ -59,6 +60,56 @@ def atoms_config(atoms: bool, threshold: str | None) -> AtomsConfig | None:
             f"--atoms-threshold {threshold!r}: expected a number (0.4) or a percentage (30%)"
         ) from None
     return AtomsConfig(threshold=value / 100 if relative else value, relative=relative)
+
+
+SOURCE_FORMATS = ("native", "dectris")
+
+
+def _numbers(text: str, sep: str, n: int, option: str, example: str) -> tuple[float, ...]:
+    parts = text.split(sep)
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != n or not all(map(math.isfinite, values)):
+        raise LivedenoiseError(f"{option} {text!r}: expected {example}")
+    return values
+
+
+def dectris_config(
+    source_format: str, scan: str | None, annulus: str | None, centre: str | None, mask: Path | None, channel: str | None
+) -> DectrisConfig | None:
+    """``--source-format`` and the DECTRIS options as a :class:`~livedenoise.daemon.DectrisConfig`
+    (None: the livedenoise protocol); one ``error:`` line for anything that does not parse or fit.
+
+    >>> dectris_config("dectris", "64x32", "10:40", None, None, None).scan
+    (64, 32)
+    """
+    fmt = source_format.strip().lower()
+    if fmt not in SOURCE_FORMATS:
+        raise LivedenoiseError(f"--source-format {source_format!r}: expected one of {', '.join(SOURCE_FORMATS)}")
+    given = [name for name, v in (("--scan", scan), ("--annulus", annulus), ("--centre", centre), ("--mask", mask),
+                                  ("--channel", channel)) if v is not None]
+    if fmt == "native":
+        if given:
+            raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris")
+        return None
+    rows_cols = None
+    if scan is not None:
+        try:
+            rows_cols = parse_shapes(scan)
+        except LivedenoiseError:
+            rows_cols = ()
+        if len(rows_cols) != 1 or min(rows_cols[0]) < 1:
+            raise LivedenoiseError(f"--scan {scan!r}: expected ROWSxCOLS, like 64x64")
+        rows_cols = rows_cols[0]
+    inner = outer = None
+    if annulus is not None:
+        inner, outer = _numbers(annulus, ":", 2, "--annulus", "INNER:OUTER radii in pixels, like 10:40")
+    xy = None if centre is None else _numbers(centre, ",", 2, "--centre", "X,Y in pixels, like 47.5,48")
+    if mask is not None and not mask.is_file():
+        raise LivedenoiseError(f"--mask {mask}: no such file")
+    return DectrisConfig(scan=rows_cols, inner=inner, outer=outer, centre=xy, mask=mask, channel=channel)
 
 
 def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
@@ -116,6 +167,18 @@ def serve(
     publish: str = config_option(ServeConfig, "publish", panel=STREAM),
     push_output: str | None = config_option(ServeConfig, "push_output", panel=STREAM),
     pull: bool = config_option(ServeConfig, "pull", panel=STREAM),
+    source_format: str = typer.Option(
+        "native", help="The detector's stream: native (the livedenoise protocol) or dectris (SIMPLON Stream v1 or "
+        "v2, told apart by its messages; implies --pull). docs/dectris.md.", rich_help_panel=STREAM,
+    ),
+    scan: str | None = config_option(DectrisConfig, "scan", panel=STREAM, metavar="ROWSxCOLS"),
+    annulus: str | None = typer.Option(
+        None, help="Virtual detector (with --scan): the annulus' INNER:OUTER radii in detector pixels, like 10:40.",
+        rich_help_panel=STREAM,
+    ),
+    centre: str | None = config_option(DectrisConfig, "centre", panel=STREAM, metavar="X,Y"),
+    mask: Path | None = config_option(DectrisConfig, "mask", panel=STREAM),
+    channel: str | None = config_option(DectrisConfig, "channel", panel=STREAM),
     lossless: bool = config_option(QueueConfig, "lossless", panel=QUEUE),
     queue: int = config_option(QueueConfig, "capacity", "--queue", panel=QUEUE),
     max_wait_ms: float = config_option(QueueConfig, "max_wait_ms", panel=QUEUE),
@@ -151,8 +214,9 @@ def serve(
     setup_logging(log_level)
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
+    dectris = dectris_config(source_format, scan, annulus, centre, mask, channel)
     cfg = ServeConfig(
-        model=model_path(model), source=source, publish=publish, pull=pull,
+        model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),
         queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
         engine=EngineConfig(

@@ -17,7 +17,8 @@ app = typer.Typer()
 
 @app.command("train", rich_help_panel="Models")
 def train(
-    frames: Path = typer.Option(..., "--frames", help="Noisy movie: multi-page TIFF or .npy (T, H, W), frames >= 128x128."),
+    frames: Path = typer.Option(..., "--frames", help="Noisy movie (T, H, W), frames >= 128x128: TIFF, .npy, Nion .ndata/.h5, or (formats extra) any image file RosettaSciIO reads (.emd, .dm3/.dm4, .ser/.emi, .mrc, .hspy, .zspy ...). Its pixel size goes into the model card."),
+    signal: str = typer.Option(None, "--signal", help="In a file with several signals (HAADF, BF, EDS ...): the one to train on, by title or index."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
     preset: str = typer.Option(None, "--preset", help="paper | lite | tiny | rt (tiny distilled into a 2x faster CPU net) | temporal (tiny on the mean of the current and 2 previous frames); default tiny; on --resume, the checkpoint's (a tiny checkpoint may be distilled anew as rt)."),
     steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
@@ -67,5 +68,6 @@ def train(
             distil_steps=distil_steps,
             teachers=teachers,
             checkpoint_every=checkpoint_every,
+            signal=signal,
         )
     )

@@ -1,6 +1,7 @@
 """What ``serve`` is configured with, grouped by concern.
 
-:class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the queue
+:class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the input's
+format (:class:`DectrisConfig` for a DECTRIS detector, else the livedenoise protocol), the queue
 between receiving and inference (:class:`QueueConfig`), the engine
 (:class:`~livedenoise.engine.EngineConfig`), recording, atoms and security; ``None`` for an
 optional stage means it is off. Each field's help text is declared once here
@@ -19,6 +20,45 @@ from ..protocol import DEFAULT_LIMITS, Limits
 
 DEFAULT_SOURCE = "tcp://127.0.0.1:5555"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+
+
+@dataclass(slots=True)
+class DectrisConfig:
+    """``--source-format dectris``: a DECTRIS SIMPLON stream (v1 or v2, told apart by its messages)
+    and, for 4D-STEM, the virtual detector (:mod:`livedenoise.detectors`)."""
+
+    scan: tuple[int, int] | None = option(
+        None, "4D-STEM: the scan's ROWSxCOLS (the detector does not know it); each scan of diffraction patterns "
+        "becomes one virtual image. Without it, each detector frame is a frame."
+    )
+    inner: float | None = option(None, "Virtual detector: the annulus' inner radius, detector pixels.")
+    outer: float | None = option(None, "Virtual detector: the annulus' outer radius, detector pixels.")
+    centre: tuple[float, float] | None = option(
+        None, "Virtual detector: the annulus' centre X,Y in detector pixels (default: found from each series' first patterns)."
+    )
+    mask: Path | None = option(None, "Virtual detector: a mask or weights file (.npy or .tif) instead of an annulus.")
+    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
+    centre_frames: int = option(16, "Patterns averaged to find the annulus' centre.")
+
+    def __post_init__(self) -> None:
+        annulus = self.inner is not None or self.outer is not None
+        if self.scan is not None:
+            if len(self.scan) != 2 or any(type(n) is not int or n < 1 for n in self.scan):
+                raise LivedenoiseError(f"--scan {self.scan}: expected ROWSxCOLS, like 64x64")
+            if not annulus and self.mask is None:
+                raise LivedenoiseError("--scan needs a virtual detector: --annulus INNER:OUTER or --mask FILE")
+        elif annulus or self.mask is not None or self.centre is not None:
+            raise LivedenoiseError("--annulus, --centre and --mask need --scan ROWSxCOLS (a 4D-STEM stream)")
+        if annulus and self.mask is not None:
+            raise LivedenoiseError("--annulus and --mask: one virtual detector or the other")
+        if annulus:
+            inner = 0.0 if self.inner is None else self.inner
+            if self.outer is None or not (0 <= inner < self.outer):
+                raise LivedenoiseError(f"--annulus {inner:g}:{self.outer}: expected 0 <= INNER < OUTER, in pixels")
+        if self.centre is not None and self.mask is not None:
+            raise LivedenoiseError("--centre goes with --annulus, not --mask")
+        if self.centre_frames < 1:
+            raise LivedenoiseError("centre_frames must be at least 1")
 
 
 @dataclass(slots=True)
@@ -98,6 +138,9 @@ class ServeConfig:
         "so a slow consumer holds the daemon back (and, with --lossless, the detector) instead of losing frames.",
     )
     pull: bool = option(False, "Connect a PULL socket (the detector binds PUSH) instead of SUB.")
+    dectris: DectrisConfig | None = option(
+        None, "A DECTRIS detector's stream (implies pull: the detector binds PUSH); None: the livedenoise protocol."
+    )
     stats_interval: float = option(0.5, "Seconds between stats messages.")
     pipeline_cpus: tuple[int, ...] = option(
         (),
@@ -115,7 +158,7 @@ class ServeConfig:
     security: SecurityConfig = option(help="CURVE encryption and authentication.", factory=SecurityConfig)
 
     def __post_init__(self) -> None:
-        if self.queue.lossless:
-            self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives
+        if self.queue.lossless or self.dectris is not None:
+            self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives; DECTRIS binds PUSH
         if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):
             raise LivedenoiseError(f"--pipeline-cpus {self.pipeline_cpus}: expected CPU numbers like 0 or 2,3")

@@ -49,8 +49,8 @@ from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._publish import Publisher
 from ._queue import FrameQueue
-from ._receive import Received, Source, restarts
-from ._stats import Stats
+from ._receive import Received, Source, make_decoder, restarts
+from ._stats import CalibrationCheck, Stats
 from ._threads import LogThrottle, PipelineThread, place_pipeline
 
 log = logging.getLogger("livedenoise.daemon")
@@ -88,13 +88,16 @@ class Daemon:
 
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
             rcvhwm = max(2, config.engine.max_batch) if q.lossless else 1000
+            decoder, max_part = make_decoder(config.dectris, config.limits)  # None: the livedenoise protocol
             self.source = Source(
                 self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
-                configure=configure_source,
+                configure=configure_source, decoder=decoder, max_part=max_part,
             )
             self.stats = Stats(
                 model=self.engine.name, provider=self.engine.provider, source=self.source, frame_queue=self.queue
             )
+            if decoder is not None:
+                self.stats.extras.append(self.source.counters)
             try:
                 self.publisher = Publisher(
                     self.ctx, config.publish, self.stats, interval=config.stats_interval,
@@ -105,6 +108,10 @@ class Daemon:
                 raise
             if config.push_output is not None:
                 self.stats.extras.append(self.publisher.push_counters)
+            if self.engine.card.pixel_size_nm is not None:  # frames at another pixel size: warned, counted
+                check = CalibrationCheck(self.engine.card.pixel_size_nm)
+                self.publisher.calibration_check = check
+                self.stats.extras.append(check.counters)
             if config.recording is not None:
                 from ..recording import Recorder
 

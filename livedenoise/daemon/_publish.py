@@ -40,7 +40,7 @@ import zmq
 
 from ..analysis import css_chain
 from ..errors import LivedenoiseError
-from ..protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_published, pack
+from ..protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, Calibration, encode_published, pack
 from ._stats import Stats
 from ._threads import LogThrottle
 
@@ -67,6 +67,7 @@ class Delivered:
     css: float | None
     latency_ms: float
     start_time: int | None = None
+    calibration: Calibration | None = None  # the input's (pixel size, frame time), if it sent one
 
 
 class Publisher:
@@ -99,6 +100,8 @@ class Publisher:
         self.linger_ms = linger_ms
         self.hooks: list[Callable[[Delivered], None]] = []
         self.finishers: list[Callable[[], None]] = []  # run at the end, before the last stats
+        # called with (series_id, calibration) for each frame that carries one (the pixel-size check)
+        self.calibration_check: Callable[[int, Calibration], None] | None = None
         self._in: queue.Queue = queue.Queue(maxsize=backlog)
         self._posted: deque[list] = deque()  # messages other threads asked to send (post)
         self._previous: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()  # series -> (epoch, last frame)
@@ -271,6 +274,11 @@ class Publisher:
             ids: dict[str, Any] = {"series_id": sid, "image_id": frame.image_id}
             if frame.start_time is not None:
                 ids["start_time"] = frame.start_time
+            calibration = frame.calibration
+            if calibration is not None:
+                ids["calibration"] = calibration.to_header()
+                if self.calibration_check is not None:
+                    self.calibration_check(sid, calibration)
             topic, head, payload = encode_published(TOPIC_RAW, ids, frame.data)
             send(topic, _MORE)
             send(head, _MORE)
@@ -287,7 +295,9 @@ class Publisher:
                 self._push(message)
             self.stats.record(now, latency_ms, value)
             if self.hooks:
-                delivered = Delivered(sid, frame.image_id, frame.data, out, value, latency_ms, frame.start_time)
+                delivered = Delivered(
+                    sid, frame.image_id, frame.data, out, value, latency_ms, frame.start_time, calibration
+                )
                 for hook in self.hooks:
                     try:
                         hook(delivered)

@@ -2,10 +2,16 @@
 
 One thread owns the input socket: SUB by default (the detector binds PUB), PULL with ``pull``
 (detectors that bind PUSH, and ``--lossless``). Messages are received without copying
-(``recv_multipart(copy=False)``) and decoded by :func:`~livedenoise.protocol.decode_detector_message`
-into read-only numpy views on the ZMQ buffers; nothing else touches the pixels here.
+(``recv_multipart(copy=False)``) and handed to a *decoder*: :class:`NativeDecoder` (the
+livedenoise protocol, :func:`~livedenoise.protocol.decode_detector_message`: read-only numpy views
+on the ZMQ buffers, nothing else touches the pixels here) or another stream's, such as
+:class:`~livedenoise.detectors.DectrisDecoder` (``serve --source-format dectris``). A decoder's
+``feed(parts)`` returns the messages the parts complete, however the sender grouped its parts,
+and :class:`~livedenoise.detectors.Skip` entries for what it passed over.
 
-Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going.
+Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going. So
+are a decoder's skips: ``malformed``, ``gaps`` (added to the receiver's own), and
+``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats).
 Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
 (counted as ``gaps``), loudly rather than silently. Every frame carries its series' *epoch*
 (:attr:`Received.epoch`), a counter the receiver advances at each ``start`` message (a series
@@ -36,20 +42,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import zmq
 
+from ..detectors import Skip
 from ..errors import LivedenoiseError, MalformedMessage
 from ..protocol import (
     DEFAULT_LIMITS,
     SUPPORTED_DTYPES,
+    Buffer,
+    DetectorMessage,
     ImageFrame,
     Limits,
     SeriesEnd,
     SeriesStart,
     decode_detector_message,
 )
+from ._config import DectrisConfig
 from ._queue import FrameQueue, QueueClosed
 from ._threads import LogThrottle
 
@@ -76,6 +86,54 @@ class Received(NamedTuple):
     t_recv: float
     epoch: int = 0
 
+
+
+class Decoder(Protocol):
+    """The receiver's decoding step: the parts of one ZeroMQ message in, the messages they
+    complete out (with :class:`Skip` entries); :class:`MalformedMessage` for a message it rejects
+    whole. ``counters()``: more figures for the stats (none for the native protocol)."""
+
+    def feed(self, parts: Sequence[Buffer]) -> Sequence[DetectorMessage | Skip]: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+class NativeDecoder:
+    """The livedenoise frame protocol (``docs/protocol.md``): one message, one detector message."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+        self.limits = limits
+
+    def feed(self, parts: Sequence[Buffer]) -> tuple[DetectorMessage]:
+        return (decode_detector_message(parts, self.limits),)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+def make_decoder(dectris: DectrisConfig | None, limits: Limits = DEFAULT_LIMITS) -> tuple[Decoder | None, int | None]:
+    """The decoder ``serve`` reads its source with, and the largest message part to accept: the
+    native protocol's (``None, None``), or a DECTRIS stream's (a v2 message carries every channel:
+    up to 4 frames). Fails here, not in the receiver thread, where the ``dectris`` extra is missing
+    or a mask file is unreadable."""
+    if dectris is None:
+        return None, None
+    from ..detectors import DectrisDecoder, VirtualDetector, read_mask
+
+    virtual = None
+    if dectris.scan is not None:
+        virtual = VirtualDetector(
+            dectris.scan, inner=dectris.inner, outer=dectris.outer, centre=dectris.centre,
+            mask=None if dectris.mask is None else read_mask(dectris.mask), centre_frames=dectris.centre_frames,
+        )
+        what = f"mask {dectris.mask}" if dectris.mask else f"annulus {dectris.inner or 0:g}-{dectris.outer:g} px"
+        log.info("DECTRIS stream (v1 or v2): virtual detector (%s), %dx%d scan positions per image", what, *dectris.scan)
+    else:
+        log.info("DECTRIS stream (v1 or v2): each detector frame is a frame")
+    decoder = DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits)
+    return decoder, 4 * max_part_bytes(limits) + limits.max_header_bytes
 
 
 MAX_EPOCHS_TRACKED = 64  # series whose last epoch restarts() remembers (more than any history kept)
@@ -108,7 +166,9 @@ class Source:
     once; afterwards only the receiver thread (:meth:`run`) uses it.
 
     Counters (each written by the receiver thread only): ``received`` (valid image frames),
-    ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series).
+    ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series),
+    ``incomplete`` (scan frames a decoder gave up on). ``decoder``: :class:`NativeDecoder` by
+    default; ``max_part``: the largest message part libzmq accepts (default :func:`max_part_bytes`).
     """
 
     def __init__(
@@ -122,15 +182,19 @@ class Source:
         limits: Limits = DEFAULT_LIMITS,
         configure: Callable[[zmq.Socket], None] | None = None,
         drain: int = 32,
+        decoder: Decoder | None = None,
+        max_part: int | None = None,
     ):
         self.address = address
         self.drain = max(1, drain)  # messages taken per wake-up at most
         self.queue = queue
         self.pull = pull
         self.limits = limits
+        self.decoder: Decoder = decoder if decoder is not None else NativeDecoder(limits)
         self.received = 0
         self.malformed = 0
         self.gaps = 0
+        self.incomplete = 0
         self.disconnects = 0  # connections to the detector lost (it went away, or libzmq dropped it)
         self.series_id: int | None = None
         self.epoch = 0  # advanced by each start message and change of series id
@@ -142,7 +206,7 @@ class Source:
         self.socket = ctx.socket(zmq.PULL if pull else zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_part_bytes(limits))
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_part or max_part_bytes(limits))
         if not pull:
             self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         try:
@@ -155,6 +219,10 @@ class Source:
         except zmq.ZMQError as exc:
             self.socket.close()
             raise LivedenoiseError(f"cannot connect to detector address {address!r}: {exc}") from None
+
+    def counters(self) -> dict[str, int]:
+        """The decoder's figures and ``scan_incomplete``, for the stats (a non-native decoder)."""
+        return {"scan_incomplete": self.incomplete, **self.decoder.counters()}
 
     def stop(self) -> None:
         """Stop receiving (the thread finishes the message in hand, then closes the socket)."""
@@ -210,7 +278,7 @@ class Source:
     def _drain(self, sock: zmq.Socket) -> list[Received]:
         """Decode what the socket holds, up to ``drain`` messages, without waiting."""
         items: list[Received] = []
-        limits, recv = self.limits, sock.recv
+        feed, recv = self.decoder.feed, sock.recv
         try:
             for _ in range(self.drain):
                 # part by part rather than recv_multipart (its RCVMORE queries and IntFlag arithmetic):
@@ -226,27 +294,43 @@ class Source:
                     parts.append(part)
                 t_recv = time.perf_counter()
                 try:
-                    msg = decode_detector_message(parts, limits)
+                    msgs = feed(parts)
                 except MalformedMessage as exc:
                     self.malformed += 1
                     self._bad.warning("malformed message rejected: %s", exc)
                     continue
-                if type(msg) is ImageFrame:
-                    self._track(msg)
-                    self.received += 1
-                    items.append(Received(msg, t_recv, self.epoch))
-                elif type(msg) is SeriesStart:
-                    log.info("series %d: start", msg.series_id)
-                    self.series_id, self._last_image_id = msg.series_id, None
-                    self.epoch += 1
-                elif type(msg) is SeriesEnd:
-                    log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+                for msg in msgs:
+                    kind = type(msg)
+                    if kind is ImageFrame:
+                        self._track(msg)
+                        self.received += 1
+                        items.append(Received(msg, t_recv, self.epoch))
+                    elif kind is SeriesStart:
+                        log.info("series %d: start", msg.series_id)
+                        self.series_id, self._last_image_id = msg.series_id, None
+                        self.epoch += 1
+                    elif kind is SeriesEnd:
+                        log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+                    elif kind is Skip:
+                        self._skip(msg)
         except BaseException:
             if items:  # counted as received already: queue them before the failure surfaces
                 with contextlib.suppress(QueueClosed):
                     self._enqueue(items)
             raise
         return items
+
+    def _skip(self, skip: Skip) -> None:
+        """A decoder's skipped input: counted by kind, logged (throttled)."""
+        if skip.kind == "gaps":
+            self.gaps += skip.count
+            self._gap_log.warning("%s", skip.reason)
+        elif skip.kind == "incomplete":
+            self.incomplete += skip.count
+            self._gap_log.warning("%s", skip.reason)
+        else:
+            self.malformed += skip.count
+            self._bad.warning("malformed input skipped: %s", skip.reason)
 
     def _enqueue(self, items: list[Received]) -> None:
         # Lossless: wait for room however long it takes (the inference thread drains the queue,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,3 +73,48 @@ class Stats:
             "series_id": self.source.series_id if self.source else None,
             "uptime_s": round(now - self._t0, 3),
         } | {k: v for extra in self.extras for k, v in extra().items()}
+
+
+class CalibrationCheck:
+    """Warns when a stream's pixel size differs from the one the model was trained at.
+
+    Noise2Atom learns atoms of a given size in pixels: frames at another magnification get
+    atoms of another size, and the denoiser may smear or invent them. The model card's
+    ``pixel_size_nm`` (the training frames') is compared with each frame's ``calibration``
+    header field; a difference over ``tolerance`` (relative) is logged once per series and
+    every such frame counted (``calibration_mismatch`` in ``stats``). Frames without a pixel
+    size are not judged. Called in the publisher thread: a float comparison per frame.
+
+    >>> check = CalibrationCheck(0.1)
+    >>> from livedenoise.protocol import Calibration
+    >>> check(1, Calibration(0.104)); check(1, Calibration(0.2)); check.counters()
+    {'calibration_mismatch': 1}
+    """
+
+    MAX_SERIES_WARNED = 1024  # series ids remembered as already warned about (then forgotten, oldest first)
+
+    def __init__(self, model_pixel_size_nm: float, tolerance: float = 0.05, logger: logging.Logger | None = None):
+        self.expected = float(model_pixel_size_nm)
+        self.tolerance = float(tolerance)
+        self.mismatched = 0
+        self._warned: dict[int, None] = {}
+        self._log = logger or logging.getLogger("livedenoise.publish")
+
+    def __call__(self, series_id: int, calibration) -> None:
+        size = calibration.pixel_size_nm
+        if size is None or abs(size - self.expected) <= self.tolerance * self.expected:
+            return
+        self.mismatched += 1
+        if series_id in self._warned:
+            return
+        self._warned[series_id] = None
+        if len(self._warned) > self.MAX_SERIES_WARNED:
+            del self._warned[next(iter(self._warned))]
+        self._log.warning(
+            "series %d: pixel size %.4g nm, but the model was trained at %.4g nm (%+.0f %%): atoms have "
+            "another size in pixels than it learnt; retrain on frames at this magnification, or check the scan",
+            series_id, size, self.expected, 100 * (size / self.expected - 1),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {"calibration_mismatch": self.mismatched}

@@ -18,6 +18,7 @@ constants C1 = 1e-4 and C2 = 9e-4 assume, so CSS is computed on what is publishe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,9 +55,20 @@ class ModelCard:
     size_multiple: int = 8
     format_version: int = FORMAT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
+    #: The training frames' pixel size (nm; None when their file did not say): ``serve`` warns
+    #: when a stream's ``calibration`` differs, since the model learnt atoms of a size in pixels.
+    pixel_size_nm: float | None = None
+
+    def __post_init__(self) -> None:
+        size = self.pixel_size_nm
+        if size is not None and not (isinstance(size, int | float) and not isinstance(size, bool) and math.isfinite(size) and size > 0):
+            raise ModelError(f"model card pixel_size_nm must be a positive number or null, got {size!r:.40}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        raw = asdict(self)
+        if raw["pixel_size_nm"] is None:
+            del raw["pixel_size_nm"]  # a card without it stays readable by versions before the field
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
@@ -64,6 +76,8 @@ class ModelCard:
             raw = json.loads(text)
             norm = Normalisation(**raw.pop("normalisation"))
             card = cls(normalisation=norm, **raw)
+        except ModelError:
+            raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelError(f"model metadata {METADATA_KEY!r} is not a valid model card: {exc}") from None
         if card.format_version > FORMAT_VERSION:

@@ -1,5 +1,10 @@
-"""Reading movies from files: :func:`read_movie` is the one reader every command uses."""
+"""Movies in and out: :func:`open_movie` (and :func:`read_movie` for the array alone) is the one
+reader every command uses; :func:`write_imagej` writes TIFF that Fiji opens with its scale, and
+:func:`write_rsciio` ``.hspy``/``.zspy``/``.emd`` (``formats`` extra). RosettaSciIO is imported
+only when such a file is opened or written, so this package imports without it."""
 
-from ._movie import read_movie, to_wire_dtype
+from ._movie import Movie, open_movie, read_movie, to_wire_dtype
+from ._rsciio import write_rsciio
+from ._tiff import write_imagej
 
-__all__ = ["read_movie", "to_wire_dtype"]
+__all__ = ["Movie", "open_movie", "read_movie", "to_wire_dtype", "write_imagej", "write_rsciio"]

@@ -8,7 +8,7 @@ Input (detector -> daemon):
 
 * image: ``[header, payload]``; ``header`` a msgpack map with ``htype="image"``, ``series_id``,
   ``image_id``, ``shape=[height, width]``, ``dtype`` (one of :data:`SUPPORTED_DTYPES`), optional
-  ``start_time`` (ns) and ``user_data``; ``payload`` exactly ``height*width*itemsize`` C-order bytes.
+  ``start_time`` (ns), ``user_data`` and ``calibration`` (:class:`Calibration`); ``payload`` exactly ``height*width*itemsize`` C-order bytes.
 * series framing: one-part ``{htype: "start", series_id, ...}`` and ``{htype: "end", series_id}``.
 
 Output (daemon PUB socket, ``[topic, header(, payload)]``): topics :data:`TOPIC_DENOISED`,
@@ -66,6 +66,65 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
+class Calibration:
+    """What one pixel and one frame are in physical units: the optional ``calibration`` field.
+
+    On the wire a msgpack map ``{"pixel_size_nm": float, "frame_time_s": float}``, each key
+    optional. Pixels are square, and the size is always in nanometres whatever the source unit,
+    so a receiver never converts. Decoding ignores unknown keys (the map can grow) and rejects a
+    value that is not a positive finite number.
+
+    >>> Calibration(0.0384, 1.5).to_header()
+    {'pixel_size_nm': 0.0384, 'frame_time_s': 1.5}
+    >>> Calibration.from_header({"pixel_size_nm": 0.1, "detector": "HAADF"})
+    Calibration(pixel_size_nm=0.1, frame_time_s=None)
+    """
+
+    pixel_size_nm: float | None = None
+    frame_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_size_nm", "frame_time_s"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise ValueError(f"calibration {name} must be a number, got {value!r:.40}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"calibration {name} must be a positive finite number, got {value!r:.40}")
+            object.__setattr__(self, name, float(value))  # numpy scalars become plain floats
+
+    def to_header(self) -> dict[str, float]:
+        """The wire map: only the keys that are known."""
+        out: dict[str, float] = {}
+        if self.pixel_size_nm is not None:
+            out["pixel_size_nm"] = float(self.pixel_size_nm)
+        if self.frame_time_s is not None:
+            out["frame_time_s"] = float(self.frame_time_s)
+        return out
+
+    @classmethod
+    def from_header(cls, value: Any) -> Calibration | None:
+        """Decode the ``calibration`` map; ``None`` stays ``None`` (and so does an empty map).
+
+        Raises :class:`MalformedMessage` for anything but a map of positive finite numbers.
+        """
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise MalformedMessage(f"calibration must be a map, got {type(value).__name__}")
+        fields: dict[str, float] = {}
+        for key in ("pixel_size_nm", "frame_time_s"):
+            item = value.get(key)
+            if item is None:
+                continue
+            if type(item) not in (int, float) or not (math.isfinite(item) and item > 0):
+                raise MalformedMessage(f"calibration {key} must be a positive finite number, got {item!r:.40}")
+            fields[key] = float(item)
+        return cls(**fields) if fields else None
+
+
+@dataclass(frozen=True, slots=True)
 class ImageFrame:
     """One detector frame. ``data`` is a read-only view on the received payload (zero-copy)."""
 
@@ -74,6 +133,7 @@ class ImageFrame:
     data: np.ndarray
     start_time: int | None = None
     user_data: Any = None
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +207,13 @@ def encode_image(
     image_id: int,
     start_time: int | None = None,
     user_data: Any = None,
+    calibration: Calibration | None = None,
 ) -> list[Buffer]:
-    """Build the two-part image message a detector sends (payload is not copied)."""
+    """Build the two-part image message a detector sends (payload is not copied).
+
+    ``calibration`` (pixel size in nm, frame time in s) goes into the optional header field of
+    the same name; ``serve`` passes it through to its outputs and its recording.
+    """
     arr = np.ascontiguousarray(data)
     dtype = arr.dtype.str
     if dtype not in SUPPORTED_DTYPES or arr.ndim != 2:
@@ -164,6 +229,8 @@ def encode_image(
         header["start_time"] = int(start_time)
     if user_data is not None:
         header["user_data"] = user_data
+    if calibration is not None and (cal := calibration.to_header()):
+        header["calibration"] = cal
     return [pack(header), memoryview(arr).cast("B")]
 
 
@@ -223,7 +290,8 @@ def decode_detector_message(
     start_time = header.get("start_time")
     if start_time is not None and type(start_time) is not int:
         raise MalformedMessage("start_time must be an integer (ns)")
-    return ImageFrame(series_id, image_id, data, start_time, header.get("user_data"))
+    calibration = Calibration.from_header(header.get("calibration"))
+    return ImageFrame(series_id, image_id, data, start_time, header.get("user_data"), calibration)
 
 
 # --------------------------------------------------------------------------- daemon output

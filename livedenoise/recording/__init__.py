@@ -1,17 +1,21 @@
 """Recording: every published frame to disk in chunks that survive ``kill -9`` (:class:`Recorder`,
 fed by a publisher hook), and reading a recording back (:func:`read_index`, :func:`iter_frames`,
-:func:`summarize`)."""
+:func:`summarize`), and writing it as one standard file (:func:`export_recording`)."""
 
+from ._export import EXPORT_SUFFIXES, Exported, export_recording
 from ._read import ChunkEntry, SeriesSummary, iter_frames, read_index, summarize
 from ._recorder import INDEX, KINDS, MARKER, Recorder
 
 __all__ = [
+    "EXPORT_SUFFIXES",
     "INDEX",
     "KINDS",
     "MARKER",
     "ChunkEntry",
+    "Exported",
     "Recorder",
     "SeriesSummary",
+    "export_recording",
     "iter_frames",
     "read_index",
     "summarize",

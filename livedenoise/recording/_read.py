@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LivedenoiseError
+from ..errors import LivedenoiseError, MalformedMessage
+from ..protocol import Calibration
 from ._recorder import INDEX, KINDS, MARKER, read_marker
 
 
@@ -19,6 +20,8 @@ class ChunkEntry:
     kind: str
     path: Path
     image_ids: tuple[int, ...]
+    start_times: tuple[int | None, ...] | None = None  # ns, where the detector sent them
+    calibration: Calibration | None = None  # pixel size and frame time, where the detector sent them
 
 
 @dataclass(slots=True)
@@ -52,10 +55,17 @@ def read_index(directory: str | Path) -> list[ChunkEntry]:
     for line in lines:
         try:
             e = json.loads(line)
+            image_ids = tuple(int(i) for i in e["image_ids"])
+            times = e.get("start_times")
+            if times is not None:
+                times = tuple(None if t is None else int(t) for t in times)
+                if len(times) != len(image_ids):
+                    times = None  # not this recorder's line: the ids still hold
             entry = ChunkEntry(
-                int(e["series_id"]), str(e["kind"]), directory / e["file"], tuple(int(i) for i in e["image_ids"])
+                int(e["series_id"]), str(e["kind"]), directory / e["file"], image_ids, times,
+                Calibration.from_header(e.get("calibration")),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, MalformedMessage):
             continue
         if entry.kind in KINDS and entry.path.resolve().is_relative_to(directory.resolve()):
             entries.append(entry)

@@ -7,6 +7,10 @@ Layout of a recording directory (``serve --record DIR``)::
     DIR/series_<sid>/<kind>_<run>_<seq>.tif  a chunk: consecutive frames of one series, one TIFF page each
 
 ``kind`` is ``denoised`` (float32 in [0, 1]) or ``raw`` (the input's dtype, with ``--record-raw``).
+An index line lists the chunk's image ids and, where the detector sent them, the frames'
+``start_times`` (ns) and the ``calibration`` map of the protocol (pixel size in nm, frame time in
+s; a change of calibration closes the chunk, so one map holds for all its frames): what
+``livedenoise export`` writes into a standard file.
 A chunk is written under a temporary name (``*.tif.part``), flushed and fsynced, renamed
 atomically (:func:`os.replace`) and the directory fsynced (not on Windows, which cannot open a
 directory and journals NTFS metadata itself); only *then* is its index line appended
@@ -83,21 +87,24 @@ def _writer_thread(stage: str, target: Callable[[], None]) -> threading.Thread:
 class _Chunk:
     """One open chunk file: frames are written page by page, so memory stays bounded."""
 
-    def __init__(self, final: Path, series_id: int, kind: str):
+    def __init__(self, final: Path, series_id: int, kind: str, calibration: dict[str, float] | None = None):
         import tifffile
 
         self.final = final
         self.part = final.with_name(final.name + ".part")
         self.series_id, self.kind = series_id, kind
+        self.calibration = calibration  # the protocol's map, the same for every frame of the chunk
         self.image_ids: list[int] = []
+        self.start_times: list[int | None] = []
         self.nbytes = 0
         self.opened = time.monotonic()
         self._fh = open(self.part, "wb")  # noqa: SIM115 - open across many writes; close() or abort() closes it
         self._tw = tifffile.TiffWriter(self._fh)
 
-    def write(self, image_id: int, frame: np.ndarray) -> None:
+    def write(self, image_id: int, frame: np.ndarray, start_time: int | None = None) -> None:
         self._tw.write(frame, contiguous=False, metadata=None)
         self.image_ids.append(image_id)
+        self.start_times.append(start_time)
         self.nbytes += frame.nbytes
 
     def close(self) -> None:
@@ -165,7 +172,7 @@ class Recorder:
         self.errors = 0
         self.queue_size = max(1, int(queue_size))
         self.queue_bytes = int(queue_bytes)
-        self._items: deque = deque()  # (series_id, image_id, raw, denoised, nbytes)
+        self._items: deque = deque()  # (series_id, image_id, raw, denoised, start_time, calibration, nbytes)
         self._bytes = 0
         self._stopping = False
         self._cv = threading.Condition()
@@ -199,7 +206,11 @@ class Recorder:
     def submit(self, delivered) -> None:
         """Publisher hook: queue one :class:`~livedenoise.daemon.Delivered` frame for writing."""
         nbytes = delivered.denoised.nbytes + (delivered.raw.nbytes if self.raw else 0)
-        item = (delivered.series_id, delivered.image_id, delivered.raw, delivered.denoised, nbytes)
+        calibration = delivered.calibration
+        item = (
+            delivered.series_id, delivered.image_id, delivered.raw, delivered.denoised,
+            delivered.start_time, None if calibration is None else calibration.to_header(), nbytes,
+        )
         with self._cv:
             if self._failed:
                 self.overflow += 1
@@ -224,9 +235,9 @@ class Recorder:
             if not self._items:
                 return self._STOP if self._stopping else None
             item = self._items.popleft()
-            self._bytes -= item[4]
+            self._bytes -= item[-1]
             self._cv.notify_all()
-            return item[:4]
+            return item[:-1]
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, close every open chunk, stop the thread. Idempotent."""
@@ -287,7 +298,7 @@ class Recorder:
             self._cv.notify_all()
         for i, item in enumerate(items):
             try:
-                self._write(*item[:4])
+                self._write(*item[:-1])
             except Exception:
                 with self._cv:  # submit() counts overflow too
                     self.overflow += len(items) - i
@@ -300,15 +311,32 @@ class Recorder:
         oldest = min(c.opened for c in self._open.values())
         return max(0.0, oldest + self.chunk_seconds - time.monotonic())
 
-    def _write(self, series_id: int, image_id: int, raw: np.ndarray, denoised: np.ndarray) -> None:
-        # a new series ends the others: close their chunks so they become durable now
-        for key in [k for k in self._open if k[0] != series_id]:
+    def _write(
+        self,
+        series_id: int,
+        image_id: int,
+        raw: np.ndarray,
+        denoised: np.ndarray,
+        start_time: int | None = None,
+        calibration: dict[str, float] | None = None,
+    ) -> None:
+        # a new series ends the others (close their chunks so they become durable now); a new
+        # calibration ends the series' own, so that one index line's map holds for all its frames
+        for key in [k for k, c in self._open.items() if k[0] != series_id or c.calibration != calibration]:
             self._finish(key)
-        self._append(series_id, "denoised", image_id, denoised)
+        self._append(series_id, "denoised", image_id, denoised, start_time, calibration)
         if self.raw:
-            self._append(series_id, "raw", image_id, raw)
+            self._append(series_id, "raw", image_id, raw, start_time, calibration)
 
-    def _append(self, series_id: int, kind: str, image_id: int, frame: np.ndarray) -> None:
+    def _append(
+        self,
+        series_id: int,
+        kind: str,
+        image_id: int,
+        frame: np.ndarray,
+        start_time: int | None = None,
+        calibration: dict[str, float] | None = None,
+    ) -> None:
         key = (series_id, kind)
         chunk = self._open.get(key)
         try:
@@ -316,9 +344,9 @@ class Recorder:
                 folder = self.directory / f"series_{series_id}"
                 folder.mkdir(exist_ok=True)
                 self._seq += 1
-                chunk = _Chunk(folder / f"{kind}_{self.run_token}_{self._seq:06d}.tif", series_id, kind)
+                chunk = _Chunk(folder / f"{kind}_{self.run_token}_{self._seq:06d}.tif", series_id, kind, calibration)
                 self._open[key] = chunk
-            chunk.write(image_id, frame)
+            chunk.write(image_id, frame, start_time)
         except (OSError, ValueError) as exc:
             self._fail(key, exc)
             return
@@ -346,6 +374,10 @@ class Recorder:
                 "image_ids": chunk.image_ids,
                 "closed": time.time(),
             }
+            if any(t is not None for t in chunk.start_times):
+                entry["start_times"] = chunk.start_times
+            if chunk.calibration:
+                entry["calibration"] = chunk.calibration
             os.write(self._index_fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
             os.fsync(self._index_fd)
         except (OSError, ValueError) as exc:

@@ -1,11 +1,22 @@
 """Simulators: a detector that replays a movie or simulated frames over ZeroMQ (:class:`Replayer`),
 simulated low-dose HAADF-STEM movies with their ground truth (:func:`simulate_movie`), and
-malformed detector messages for testing readers of the protocol (:func:`malformed_message`).
+malformed detector messages for testing readers of the protocol (:func:`malformed_message`), and
+a simulated 4D-STEM scan with DECTRIS Stream v1/v2 senders (:func:`simulate_4dstem`).
 
 Runtime code (daemon, engine) never imports this package; the CLI, the tests, the benchmarks and
 the trainer do.
 """
 
+from ._dectris import (
+    DectrisV2Sender,
+    Scan4D,
+    dectris_v1_messages,
+    dectris_v2_messages,
+    encode_bslz4,
+    encode_lz4_h5,
+    simulate_4dstem,
+    write_dectris_dump,
+)
 from ._fuzz import KINDS, malformed_message
 from ._movie import Movie, SimConfig, as_dtype, movie_metadata, render_atoms, simulate_movie, stream_frames
 from ._replay import DEFAULT_BIND, ReplayConfig, Replayer
@@ -13,14 +24,22 @@ from ._replay import DEFAULT_BIND, ReplayConfig, Replayer
 __all__ = [
     "DEFAULT_BIND",
     "KINDS",
+    "DectrisV2Sender",
     "Movie",
     "ReplayConfig",
     "Replayer",
+    "Scan4D",
     "SimConfig",
     "as_dtype",
+    "dectris_v1_messages",
+    "dectris_v2_messages",
+    "encode_bslz4",
+    "encode_lz4_h5",
     "malformed_message",
     "movie_metadata",
     "render_atoms",
+    "simulate_4dstem",
     "simulate_movie",
     "stream_frames",
+    "write_dectris_dump",
 ]

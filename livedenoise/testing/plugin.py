@@ -21,6 +21,12 @@ Fixtures
     factory: a :class:`~livedenoise.testing.Subscriber`, closed after the test.
 ``daemon_factory(**ServeConfig fields)``
     factory: a started :class:`~livedenoise.daemon.Daemon` publishing on port 0, stopped after the test.
+``dectris_sim(messages)``
+    factory: LiberTEM's ``DectrisSim`` (the ``libertem-dectris`` package) replaying DECTRIS Stream v1
+    ``messages`` (:func:`~livedenoise.sim.dectris_v1_messages`) from a dump file in the test's tmp
+    dir, bound on port 0 (``get_uri()``); the test is skipped without the package.
+``dectris_v2_sender()``
+    factory: a :class:`~livedenoise.sim.DectrisV2Sender` (Stream v2, PUSH on port 0), closed after the test.
 """
 
 from __future__ import annotations
@@ -141,3 +147,36 @@ def daemon_factory() -> Iterator[Callable[..., object]]:
     yield make
     for d in daemons:
         d.stop(timeout=10)
+
+
+@pytest.fixture
+def dectris_sim(tmp_path: Path) -> Callable[..., object]:
+    """Factory: ``dectris_sim(messages, dwelltime_us=None)`` -> a ``libertem_dectris.DectrisSim``
+    replaying the Stream v1 ``messages``: send with ``send_headers()``, ``send_frames()``, ``send_footer()``."""
+    libertem_dectris = pytest.importorskip("libertem_dectris")
+    from livedenoise.sim import write_dectris_dump
+
+    counter = iter(range(10**6))
+
+    def make(messages, dwelltime_us: int | None = None):
+        path = write_dectris_dump(tmp_path / f"dectris{next(counter)}.dump", messages)
+        return libertem_dectris.DectrisSim("tcp://127.0.0.1", str(path), dwelltime=dwelltime_us, random_port=True)
+
+    return make
+
+
+@pytest.fixture
+def dectris_v2_sender() -> Iterator[Callable[..., object]]:
+    """Factory: ``dectris_v2_sender()`` -> a bound :class:`~livedenoise.sim.DectrisV2Sender`, closed after the test."""
+    from livedenoise.sim import DectrisV2Sender
+
+    senders: list[DectrisV2Sender] = []
+
+    def make() -> DectrisV2Sender:
+        sender = DectrisV2Sender()
+        senders.append(sender)
+        return sender
+
+    yield make
+    for s in senders:
+        s.close(linger=0)

@@ -14,7 +14,7 @@ import tifffile
 import zmq
 
 from livedenoise.analysis import css_series
-from livedenoise.daemon import AtomsConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from livedenoise.daemon import AtomsConfig, DectrisConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
 from livedenoise.engine import EngineConfig
 from livedenoise.sim import ReplayConfig
 from livedenoise.testing import LOOPBACK, REPLAY_BIND, read_address
@@ -132,6 +132,10 @@ SERVE_OPTIONS = {
     "publish": (ServeConfig, "publish", "Stream"),
     "push_output": (ServeConfig, "push_output", "Stream"),
     "pull": (ServeConfig, "pull", "Stream"),
+    "scan": (DectrisConfig, "scan", "Stream"),
+    "centre": (DectrisConfig, "centre", "Stream"),
+    "mask": (DectrisConfig, "mask", "Stream"),
+    "channel": (DectrisConfig, "channel", "Stream"),
     "lossless": (QueueConfig, "lossless", "Queue"),
     "queue": (QueueConfig, "capacity", "Queue"),
     "max_wait_ms": (QueueConfig, "max_wait_ms", "Queue"),
@@ -165,7 +169,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
         assert param.help == help_for(cls, field) and param.help, name
         assert param.default == default_for(cls, field), name
         assert param.rich_help_panel == panel, name
-    partial = {"model": "Engine", "warmup_size": "Engine", "pipeline_cpus": "Engine", "record": "Recording", "atoms": "Atoms",
+    partial = {"source_format": "Stream", "annulus": "Stream", "model": "Engine", "warmup_size": "Engine", "pipeline_cpus": "Engine", "record": "Recording", "atoms": "Atoms",
                "atoms_threshold": "Atoms", "view": "Viewer and logging", "log_level": "Viewer and logging"}
     assert set(params) == set(SERVE_OPTIONS) | set(partial)  # every option sits in a panel
     for name, panel in partial.items():

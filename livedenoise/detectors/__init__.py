@@ -1,0 +1,36 @@
+"""Detectors that speak their own stream protocol, read by ``serve --source-format``.
+
+DECTRIS (SIMPLON Stream v1 and v2, :class:`DectrisDecoder`) and the virtual detector that turns
+a 4D-STEM stream of diffraction patterns into scan images (:class:`VirtualDetector`). numpy
+only at import; the DECTRIS codecs (cbor2, lz4, bitshuffle: the ``dectris`` extra) load when a
+decoder is made. The daemon's receiver takes a decoder's messages and :class:`Skip` entries.
+"""
+
+from ._base import Skip
+from ._dectris import (
+    BSLZ4_HEADER,
+    TYPED_ARRAY_TAGS,
+    DectrisDecoder,
+    decompress_bslz4,
+    decompress_lz4_block,
+    decompress_lz4_h5,
+    load_codecs,
+    single_thread_bitshuffle,
+)
+from ._virtual import VirtualDetector, annular_mask, find_centre, read_mask
+
+__all__ = [
+    "BSLZ4_HEADER",
+    "TYPED_ARRAY_TAGS",
+    "DectrisDecoder",
+    "Skip",
+    "VirtualDetector",
+    "annular_mask",
+    "decompress_bslz4",
+    "decompress_lz4_block",
+    "decompress_lz4_h5",
+    "find_centre",
+    "load_codecs",
+    "read_mask",
+    "single_thread_bitshuffle",
+]
