@@ -38,7 +38,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -110,6 +109,7 @@ class Sim:
         self.parent, child = mp.Pipe()
         self.proc = mp.get_context("spawn").Process(target=_sender, args=(dump, child), daemon=True)
         self.proc.start()
+        child.close()  # so that a child that dies is an EOFError here, not a wait
         self.uri = self.parent.recv()
 
     def go(self) -> float:
@@ -131,7 +131,7 @@ def ours_loopback(dump: str, scan4d, n: int) -> float:
     time.sleep(0.2)  # connected before the first message
     vd = VirtualDetector(SCAN, inner=scan4d.inner, outer=scan4d.outer, centre=scan4d.centre)
     feed, recv = DectrisDecoder(virtual=vd).feed, sock.recv
-    images, patterns = 0, 0
+    images = 0
     t0 = sim.go()
     while vd.patterns < n:
         part = recv(0, copy=False)

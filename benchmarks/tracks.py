@@ -3,8 +3,9 @@ trackpy, and how well they do against the simulator's truth.
 
     python benchmarks/tracks.py [--conditions dose300,dose100,dose300-grad,dev-D] [--frames 48]
                                 [--skip-quality] [--skip-cost] [--skip-trackpy] [--json out.json]
+    python benchmarks/tracks.py --live [--live-sizes 128:150,512:15] [--live-seconds 30]
 
-Prints three parts (issue 17, first half; nothing here is wired into the daemon yet):
+Prints three parts (issue 17), or with ``--live`` a fourth alone:
 
 1. **Cost per frame** of what the daemon will run per denoised frame: ``find_atoms`` (the
    daemon's absolute threshold 0.4 on the [0, 1] output), ``atom_evidence`` on the raw frame,
@@ -28,6 +29,14 @@ Prints three parts (issue 17, first half; nothing here is wired into the daemon 
    along the track (Stouffer's z so far: what the operator sees live); hops: recall,
    precision, placement error, delay and the share placed within 1 px and 2 frames; identity
    switches per 100 atom-frames. Targets: AUC >= 0.9 at dose 300 and >= 0.8 at dose 100.
+4. ``--live`` (only that part): the daemon itself, ``serve --model rt --atoms`` (evidence and
+   tracks on, the defaults) fed by ``replay --synthetic`` (PUB, dose 300 frames with hops) at
+   each SIZE:FPS for ``--live-seconds``, both as child processes like a detector and a daemon.
+   Printed: frames sent, received, denoised, dropped; atom frames, skipped, failed; the atom
+   thread's time per frame (find + evidence + tracks, from each ``atoms`` message's
+   ``analysis_ms`` (wall) and ``analysis_cpu_ms`` (the thread's CPU time: what it costs on a
+   machine that others share), all frames of the run) p50 / p99; hops, track resets, weak atoms. Targets: nothing dropped at
+   150 fps at 128^2; atoms + evidence + tracks <= 2 ms p99 per 128^2 frame.
 """
 
 from __future__ import annotations
@@ -243,6 +252,74 @@ def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memor
     return rows
 
 
+# ---------------------------------------------------------------------------- 4. live
+
+
+#: ``--live-variants``: what serve runs beside denoising
+LIVE_VARIANTS = {
+    "none": [],
+    "atoms": ["--atoms", "--no-atoms-evidence", "--no-atoms-tracks"],
+    "full": ["--atoms"],  # evidence and tracks are on by default
+}
+
+
+def live(size: int, fps: float, seconds: float, model: str = "rt", variant: str = "full") -> dict:
+    """serve (children: serve and replay --synthetic) at ``fps``; stats and the atom thread's per-frame times."""
+    import subprocess
+
+    import msgpack
+    import zmq
+    from _proc import free_addr, output_subscriber, stop, wait_until_serving
+
+    source, publish = free_addr(), free_addr()
+    py = [sys.executable, "-m", "livedenoise"]
+    serve_cmd = [*py, "serve", "--model", model, *LIVE_VARIANTS[variant], "--source", source, "--publish", publish,
+                 "--warmup-size", f"{size}x{size}", "--log-level", "WARNING"]
+    replay_cmd = [*py, "replay", "--synthetic", "--fps", f"{fps:g}", "--size", str(size), "--bind", source,
+                  "--count", str(int(fps * seconds)), "--wait-subscriber", "10"]
+    print(f"$ {' '.join(serve_cmd[1:])}\n$ {' '.join(replay_cmd[1:])}", flush=True)
+    serve = subprocess.Popen(serve_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sub = output_subscriber(zmq.Context.instance(), publish, (b"stats", b"atoms", b"hops"))
+    replay = None
+    ms, cpu, hops_msgs, last = [], [], 0, {}
+    try:
+        wait_until_serving(sub, serve, 120)
+        replay = subprocess.Popen(replay_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        quiet_since = None
+        deadline = time.monotonic() + seconds + 60
+        while time.monotonic() < deadline:
+            if not sub.poll(200):
+                continue
+            topic, head = sub.recv_multipart()[:2]
+            h = msgpack.unpackb(head)
+            if topic == b"atoms":
+                ms.append(h["analysis_ms"])
+                cpu.append(h["analysis_cpu_ms"])
+            elif topic == b"hops":
+                hops_msgs += 1
+            else:
+                last = h
+                done = replay.poll() is not None and h["queue_depth"] == 0 and h["fps_out"] == 0
+                quiet_since = (quiet_since or time.monotonic()) if done else None
+                if quiet_since is not None and time.monotonic() - quiet_since > 1.0:
+                    break
+    finally:
+        if replay is not None:
+            stop(replay)
+        err = stop(serve)
+        sub.close(linger=0)
+    if not ms and variant != "none":
+        raise SystemExit(f"no atoms messages from serve: {err[-2000:]}")
+    ms, cpu = ms or [float("nan")], cpu or [float("nan")]
+    keys = ("received", "denoised", "dropped", "failed", "atoms_frames", "atoms_skipped", "atoms_failed",
+            "atoms_capped", "hops", "tracks_resets", "tracks_live", "atoms_last", "atoms_weak_last")
+    return {"size": size, "fps": fps, "variant": variant, "sent": int(fps * seconds),
+            "stats": {k: last.get(k) for k in keys},
+            "analysis_ms_p50": pct(ms, 50), "analysis_ms_p99": pct(ms, 99), "analysis_ms_max": max(ms),
+            "analysis_cpu_ms_p50": pct(cpu, 50), "analysis_cpu_ms_p99": pct(cpu, 99),
+            "atoms_messages": len(ms), "hops_messages": hops_msgs, "zmq": zmq.zmq_version()}
+
+
 def fmt(v, n: int = 3) -> str:
     return "-" if v is None else f"{v:.{n}f}"
 
@@ -259,7 +336,33 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-trackpy", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--live", action="store_true", help="only part 4: serve --atoms fed by replay, per SIZE:FPS")
+    ap.add_argument("--live-sizes", default="128:150,512:15")
+    ap.add_argument("--live-seconds", type=float, default=30.0)
+    ap.add_argument("--live-model", default="rt")
+    ap.add_argument("--live-variants", default="full",
+                    help=f"comma-separated, each run in turn at every size: {', '.join(LIVE_VARIANTS)}")
     args = ap.parse_args(argv)
+
+    if args.live:
+        print(f"machine: {machine()}; load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        rows = []
+        runs = [(item.split(":"), v) for item in args.live_sizes.split(",") for v in args.live_variants.split(",")]
+        for (size, fps), variant in runs:
+            r = live(int(size), float(fps), args.live_seconds, args.live_model, variant)
+            rows.append(r)
+            st = r["stats"]
+            print(f"live {r['size']}^2 at {r['fps']:g} fps ({args.live_model}, {variant}): sent {r['sent']},"
+                  f" received {st['received']}, denoised {st['denoised']}, dropped {st['dropped']}, failed {st['failed']};"
+                  f" atom frames {st['atoms_frames']}, skipped {st['atoms_skipped']}, failed {st['atoms_failed']},"
+                  f" capped {st['atoms_capped']}; atom thread per frame: wall p50 {r['analysis_ms_p50']:.3f} ms,"
+                  f" p99 {r['analysis_ms_p99']:.3f} ms, max {r['analysis_ms_max']:.3f} ms; CPU p50"
+                  f" {r['analysis_cpu_ms_p50']:.3f} ms, p99 {r['analysis_cpu_ms_p99']:.3f} ms ({r['atoms_messages']} frames);"
+                  f" {st['atoms_last']} atoms, {st['atoms_weak_last']} weak in the last frame; hops {st['hops']},"
+                  f" track resets {st['tracks_resets']}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "live": rows}, indent=1, default=str))
+        return {"live": rows}
 
     from livedenoise.engine import Engine
 

@@ -42,6 +42,16 @@ once would see. ``calib_frames=n`` chooses on n frames spread evenly over the mo
 (not the first ones: a causal temporal filter is still warming up at the start); fewer frames
 were measured to be unstable (on 8 of 48 frames the F1 of a 3-frame temporal mean moved by
 0.13). A float ``threshold`` uses that fixed height above the frame median instead.
+
+**Evidence, hops and tracks** (issue 17; rules in :mod:`livedenoise.analysis._trackscore`). The
+atoms found at that threshold are linked into tracks as ``serve --atoms`` links them
+(:func:`~livedenoise.analysis.link_frames`: greedy nearest first within ``max_disp`` px, gaps of
+2 frames), and scored against the truth: hop events (a link longer than ``hop_px``) for recall,
+precision, placement error, delay and the share placed within 1 px and 2 frames; identity
+switches of the tracks per 100 true atom-frames. Given the *raw* frames (detector counts), each
+atom's evidence (:func:`~livedenoise.analysis.atom_evidence`, accumulated along its track as the
+daemon publishes it) is scored for how well it separates true atoms from invented ones: ROC
+AUC, and the precision when the evidence threshold keeps 90 % of the true atoms.
 """
 
 from __future__ import annotations
@@ -55,8 +65,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import LivedenoiseError
+from ._atoms import find_atoms
 from ._css import css_series, scale_to_unit
-from ._detection import CALIB_FRAMES, MATCH_RADIUS, detection_scores, match_points
+from ._detection import CALIB_FRAMES, HOP_PX, MATCH_RADIUS, detection_scores, match_points
+from ._evidence import ATOM_SIGMA, accumulate_evidence, atom_evidence
+from ._tracks import link_frames
 from ._trackscore import (
     TrueHop,
     evidence_scores,
@@ -115,6 +128,22 @@ class EvalReport:
     hop_loc_error_px: float | None = None  # their mean localisation error
     threshold: float | None = None  # peak height above the frame median used for detection
     threshold_rule: str | None = None
+    # tracks of the atoms found (with positions): hop events and identity switches
+    n_hop_events: int | None = None  # hop events the tracks gave
+    hop_events_recall: float | None = None  # true hops matched by an event within 5 frames
+    hop_events_precision: float | None = None  # events matched to a true hop
+    hop_events_placement_px: float | None = None  # mean landing error of the matched events
+    hop_events_delay_frames: float | None = None  # mean frames from the true hop to its event
+    hop_events_placed: float | None = None  # share of true hops placed within 1 px and 2 frames
+    id_switches: int | None = None
+    id_switches_per_100: float | None = None  # per 100 true atom-frames
+    # evidence (with positions and raw frames): true against invented atoms
+    evidence_auc: float | None = None  # accumulated along tracks, as serve --atoms publishes it
+    evidence_auc_frame: float | None = None  # each frame's own
+    evidence_precision_at_90: float | None = None  # precision keeping 90 % of the true atoms (tracks)
+    evidence_threshold_at_90: float | None = None  # the evidence z of that cut
+    evidence_precision_all: float | None = None  # precision keeping every atom (true / (true + invented))
+    n_invented: int | None = None  # atoms found with no true atom within 3 px
     match_radius: float = MATCH_RADIUS
     per_frame: dict[str, list[float]] = field(default_factory=dict)
 
@@ -189,12 +218,20 @@ def evaluate(
     css_normalise: str = "minmax",
     ssim: bool = True,
     groups: np.ndarray | None = None,
+    raw: np.ndarray | None = None,
+    max_disp: float = 7.0,
+    hop_px: float = HOP_PX,
+    sigma: float = ATOM_SIGMA,
+    read_noise: float = 0.0,
 ) -> EvalReport:
     """Score a denoised (T, H, W) stack; see the module docstring for every rule.
 
     ``truth``: noise-free stack of the same shape (any units). ``positions``: (T, K, 2) true
     atom positions, [x, y] = [column, row] in pixels, same frame count as ``denoised``.
-    ``groups``: (K,) cluster ids (-1 = single atom) for separate recalls.
+    ``groups``: (K,) cluster ids (-1 = single atom) for separate recalls. ``raw``: the noisy
+    input frames in detector counts (same shape), for the evidence scores; ``max_disp`` and
+    ``hop_px`` as ``serve --track-max-disp`` and ``--hop-px``; ``sigma`` and ``read_noise``
+    (counts) for :func:`~livedenoise.analysis.atom_evidence`.
     """
     den = _as_stack(denoised, "denoised")
     t_count = den.shape[0]
@@ -254,7 +291,46 @@ def evaluate(
         rep.per_frame["f1"] = det.pop("per_frame_f1")
         for k, v in det.items():
             setattr(rep, k, v)
+        raw_stack = None
+        if raw is not None:
+            raw_stack = _as_stack(raw, "raw")
+            if raw_stack.shape != den.shape:
+                raise LivedenoiseError(f"raw has shape {raw_stack.shape}, denoised has {den.shape}")
+        _track_scores(rep, den, pos, raw_stack, match_radius, max_disp, hop_px, sigma, read_noise)
     return rep
+
+
+def _track_scores(
+    rep: EvalReport, den: np.ndarray, pos: np.ndarray, raw: np.ndarray | None, match_radius: float,
+    max_disp: float, hop_px: float, sigma: float, read_noise: float,
+) -> None:
+    """Tracks, hops, identity switches and (with ``raw``) evidence of the atoms found at
+    ``rep.threshold``, into ``rep``."""
+    if not 0 < hop_px < max_disp:
+        raise LivedenoiseError(f"need 0 < hop_px < max_disp, got {hop_px:g} and {max_disp:g}")
+    found = [find_atoms(d, threshold=rep.threshold).positions.astype(np.float64) for d in den]
+    ids, events = link_frames(found, max_disp=max_disp, hop_distance=hop_px)
+    hs = hop_scores(events, pos, hop_px=hop_px, radius=match_radius)
+    rep.n_hop_events = hs["n_detected"]
+    rep.hop_events_recall = hs["recall"]
+    rep.hop_events_precision = hs["precision"]
+    rep.hop_events_placement_px = hs["placement_error_px"]
+    rep.hop_events_delay_frames = hs["delay_frames"]
+    rep.hop_events_placed = hs["recall_placed"]
+    sw = identity_switches(found, ids, pos, match_radius)
+    rep.id_switches, rep.id_switches_per_100 = sw["switches"], sw["per_100"]
+    if raw is None:
+        return
+    ev = [atom_evidence(r, f, sigma, read_noise=read_noise) for r, f in zip(raw, found)]
+    z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
+    frame = evidence_scores(found, [e.z for e in ev], pos, match_radius)
+    track = evidence_scores(found, z_acc, pos, match_radius)
+    rep.evidence_auc_frame = frame["auc"]
+    rep.evidence_auc = track["auc"]
+    rep.evidence_precision_at_90 = track["precision_at_recall"]
+    rep.evidence_threshold_at_90 = track["threshold_at_recall"]
+    rep.evidence_precision_all = track["precision_all"]
+    rep.n_invented = track["n_invented"]
 
 
 # ---------------------------------------------------------------------------- files

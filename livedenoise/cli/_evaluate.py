@@ -2,8 +2,8 @@
 
 ``livedenoise simulate movie --out noisy.tif --truth truth.tif --positions atoms.json`` writes a
 simulated movie with its ground truth (see ``docs/simulation.md``); ``livedenoise evaluate
---denoised out.tif [--truth truth.tif] [--positions atoms.json] [--json report.json]`` scores a
-denoised stack (rules in :mod:`livedenoise.analysis.evaluate`). Heavy imports stay inside the bodies.
+--denoised out.tif [--truth truth.tif] [--positions atoms.json [--raw noisy.tif]] [--json report.json]``
+scores a denoised stack (rules in :mod:`livedenoise.analysis.evaluate`). Heavy imports stay inside the bodies.
 """
 
 from __future__ import annotations
@@ -112,20 +112,40 @@ def evaluate_cmd(
         int | None,
         typer.Option("--calib-frames", min=1, help="Frames used to choose the auto threshold (default: all)."),
     ] = None,
+    raw: Annotated[
+        Path | None,
+        typer.Option("--raw", help="With --positions: the noisy input stack in detector counts, to score each atom's "
+                     "evidence (true against invented atoms)."),
+    ] = None,
+    hop_px: Annotated[
+        float, typer.Option("--hop-px", min=0.1, help="With --positions: a track step longer than this is a hop (px).")
+    ] = 2.5,
+    track_max_disp: Annotated[
+        float, typer.Option("--track-max-disp", min=0.1, help="With --positions: longest link of a track between "
+                            "two frames (px), as serve --atoms.")
+    ] = 7.0,
+    read_noise: Annotated[
+        float, typer.Option("--read-noise", min=0.0, help="With --raw: Gaussian read noise of the counts (std).")
+    ] = 0.0,
 ) -> None:
-    """Score a denoised stack: CSS; with --truth PSNR/SSIM after an affine fit; with --positions atom F1."""
+    """Score a denoised stack: CSS; with --truth PSNR/SSIM after an affine fit; with --positions atom F1,
+    hops and tracks; with --raw too, the evidence of each atom."""
     from rich.console import Console
     from rich.table import Table
 
     from ..analysis.evaluate import evaluate, load_positions
     from ..io import read_movie
 
+    if raw is not None and positions is None:
+        raise LivedenoiseError("--raw needs --positions (the evidence is scored against the true atoms)")
     den = read_movie(denoised, "denoised")
     tru = read_movie(truth, "truth") if truth is not None else None
+    noisy = read_movie(raw, "raw") if raw is not None else None
     pos, groups = load_positions(positions) if positions is not None else (None, None)
     rep = evaluate(
         den, tru, pos, threshold="auto" if threshold is None else threshold,
-        match_radius=radius, calib_frames=calib_frames, groups=groups,
+        match_radius=radius, calib_frames=calib_frames, groups=groups, raw=noisy, max_disp=track_max_disp,
+        hop_px=hop_px, read_noise=read_noise,
     )
     table = Table(title=f"evaluate {denoised.name} ({rep.frames} frames)", show_header=True)
     table.add_column("metric")
@@ -152,6 +172,29 @@ def evaluate_cmd(
                 f"{rep.n_hops} atom(s) moved > 2.5 px between frames",
             )
         table.add_row("threshold", _fmt(rep.threshold), rep.threshold_rule or "")
+        table.add_row(
+            "hop events: recall / precision",
+            f"{_fmt(rep.hop_events_recall)} / {_fmt(rep.hop_events_precision)}",
+            f"{rep.n_hop_events} event(s) from the tracks (steps > {hop_px:g} px), within 5 frames of a true hop",
+        )
+        table.add_row(
+            "hop events: placement / delay",
+            f"{_fmt(rep.hop_events_placement_px, 2)} px / {_fmt(rep.hop_events_delay_frames, 2)} fr",
+            f"placed within 1 px and 2 frames: {_fmt(rep.hop_events_placed)} of the true hops",
+        )
+        table.add_row(
+            "identity switches / 100", _fmt(rep.id_switches_per_100, 2),
+            f"{rep.id_switches} switch(es) of the tracks over the true atom-frames",
+        )
+        if noisy is not None:
+            table.add_row(
+                "evidence AUC track / frame", f"{_fmt(rep.evidence_auc)} / {_fmt(rep.evidence_auc_frame)}",
+                f"true against {rep.n_invented} invented atom(s) (none within 3 px)",
+            )
+            table.add_row(
+                "precision at 90 % recall", _fmt(rep.evidence_precision_at_90),
+                f"evidence z >= {_fmt(rep.evidence_threshold_at_90, 2)}; keeping all: {_fmt(rep.evidence_precision_all)}",
+            )
     Console().print(table)
     if json_out is not None:
         try:

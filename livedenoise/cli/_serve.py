@@ -43,15 +43,32 @@ def atoms_threshold_option(panel: str | None = None) -> Any:
     )
 
 
-def atoms_config(atoms: bool, threshold: str | None) -> AtomsConfig | None:
-    """``--atoms`` and ``--atoms-threshold`` as an :class:`~livedenoise.daemon.AtomsConfig` (None: off).
+#: The ``AtomsConfig`` fields beside the threshold that ``serve`` and ``demo`` take as options.
+ATOMS_FIELDS = {
+    "atoms_evidence": "evidence", "atoms_tracks": "tracks", "atoms_weak_z": "weak_z", "hop_px": "hop_px",
+    "track_max_disp": "track_max_disp",
+}
 
-    ``"0.4"`` is an absolute height, ``"30%"`` a share of each frame's highest peak.
+
+def atoms_config(
+    atoms: bool, threshold: str | None, *, given: tuple[str, ...] = (), **fields: Any
+) -> AtomsConfig | None:
+    """``--atoms``, ``--atoms-threshold`` and the evidence and track options (``fields``, by
+    :class:`~livedenoise.daemon.AtomsConfig` field) as an ``AtomsConfig`` (None: off).
+
+    ``"0.4"`` is an absolute height, ``"30%"`` a share of each frame's highest peak. ``given``:
+    the options set on the command line, refused without ``--atoms``.
+
+    >>> atoms_config(True, "30%", hop_px=3.0)
+    AtomsConfig(threshold=0.3, relative=True, evidence=True, tracks=True, weak_z=3.0, hop_px=3.0, track_max_disp=7.0)
     """
-    if threshold is None:
-        return AtomsConfig() if atoms else None
     if not atoms:
-        raise LivedenoiseError("--atoms-threshold needs --atoms")
+        if threshold is not None or given:
+            names = (["--atoms-threshold"] if threshold is not None else []) + [f"--{g}" for g in given]
+            raise LivedenoiseError(f"{', '.join(names)} needs --atoms")
+        return None
+    if threshold is None:
+        return AtomsConfig(**fields)
     relative = threshold.strip().endswith("%")
     try:
         value = float(threshold.strip().removesuffix("%"))
@@ -59,7 +76,17 @@ def atoms_config(atoms: bool, threshold: str | None) -> AtomsConfig | None:
         raise LivedenoiseError(
             f"--atoms-threshold {threshold!r}: expected a number (0.4) or a percentage (30%)"
         ) from None
-    return AtomsConfig(threshold=value / 100 if relative else value, relative=relative)
+    return AtomsConfig(threshold=value / 100 if relative else value, relative=relative, **fields)
+
+
+def atoms_fields(ctx: typer.Context, **values: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The evidence and track options as ``AtomsConfig`` fields, and those given on the command line."""
+    # by name: typer may bring its own copy of click, and so its own ParameterSource enum
+    given = tuple(
+        ("no-" if value is False else "") + name.replace("_", "-") for name, value in values.items()
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    )
+    return {ATOMS_FIELDS[name]: value for name, value in values.items()}, given
 
 
 SOURCE_FORMATS = ("native", "dectris")
@@ -163,6 +190,7 @@ WARMUP_SIZE = format_shapes(default_for(EngineConfig, "shapes"))
 
 @app.command(rich_help_panel=PANEL)
 def serve(
+    ctx: typer.Context,
     source: str = config_option(ServeConfig, "source", panel=STREAM),
     publish: str = config_option(ServeConfig, "publish", panel=STREAM),
     push_output: str | None = config_option(ServeConfig, "push_output", panel=STREAM),
@@ -200,6 +228,11 @@ def serve(
     record_chunk_seconds: float = config_option(RecordingConfig, "chunk_seconds", panel=RECORDING),
     atoms: bool = config_option(ServeConfig, "atoms", panel=ATOMS, default=False),
     atoms_threshold: str | None = atoms_threshold_option(ATOMS),
+    atoms_evidence: bool = config_option(AtomsConfig, "evidence", "--atoms-evidence/--no-atoms-evidence", panel=ATOMS),
+    atoms_tracks: bool = config_option(AtomsConfig, "tracks", "--atoms-tracks/--no-atoms-tracks", panel=ATOMS),
+    atoms_weak_z: float = config_option(AtomsConfig, "weak_z", "--atoms-weak-z", panel=ATOMS),
+    hop_px: float = config_option(AtomsConfig, "hop_px", panel=ATOMS),
+    track_max_disp: float = config_option(AtomsConfig, "track_max_disp", panel=ATOMS),
     curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
     curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
     source_curve_server_key: Path | None = config_option(
@@ -212,6 +245,11 @@ def serve(
     from ..daemon import Daemon
 
     setup_logging(log_level)
+    fields, given = atoms_fields(
+        ctx, atoms_evidence=atoms_evidence, atoms_tracks=atoms_tracks, atoms_weak_z=atoms_weak_z, hop_px=hop_px,
+        track_max_disp=track_max_disp,
+    )
+    atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
     dectris = dectris_config(source_format, scan, annulus, centre, mask, channel)
@@ -226,7 +264,7 @@ def serve(
         recording=None if record is None else RecordingConfig(
             record, raw=record_raw, chunk_frames=record_chunk, chunk_seconds=record_chunk_seconds
         ),
-        atoms=atoms_config(atoms, atoms_threshold),
+        atoms=atoms_cfg,
         security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
     )
     daemon = Daemon(cfg)
@@ -245,6 +283,7 @@ DEMO_MODEL = "rt"
 
 @app.command(rich_help_panel=PANEL)
 def demo(
+    ctx: typer.Context,
     model: Path | None = model_option(default_note=f" Default here: {DEMO_MODEL}, which keeps up with 150 fps on 2 CPU cores."),
     fps: float = config_option(ReplayConfig, "fps"),
     size: int = config_option(ReplayConfig, "size"),
@@ -254,13 +293,22 @@ def demo(
     view: Annotated[bool, typer.Option(help="Open the live monitor when it can run here.")] = True,
     atoms: bool = config_option(ServeConfig, "atoms", default=True),
     atoms_threshold: str | None = atoms_threshold_option(),
+    atoms_evidence: bool = config_option(AtomsConfig, "evidence", "--atoms-evidence/--no-atoms-evidence"),
+    atoms_tracks: bool = config_option(AtomsConfig, "tracks", "--atoms-tracks/--no-atoms-tracks"),
+    atoms_weak_z: float = config_option(AtomsConfig, "weak_z", "--atoms-weak-z"),
+    hop_px: float = config_option(AtomsConfig, "hop_px"),
+    track_max_disp: float = config_option(AtomsConfig, "track_max_disp"),
 ) -> None:
     """Synthetic detector -> serve (shipped model, atom finding) -> live monitor, or a status line per second."""
     from ..daemon import Daemon
     from ..sim import Replayer
 
     setup_logging("WARNING")
-    atoms_cfg = atoms_config(atoms, atoms_threshold)
+    fields, given = atoms_fields(
+        ctx, atoms_evidence=atoms_evidence, atoms_tracks=atoms_tracks, atoms_weak_z=atoms_weak_z, hop_px=hop_px,
+        track_max_disp=track_max_disp,
+    )
+    atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     path = model_path(model if model is not None else Path(DEMO_MODEL))
     replayer = Replayer(
         ReplayConfig(synthetic=True, fps=fps, size=size, bind="tcp://127.0.0.1:*", wait_subscriber=10.0)
@@ -312,6 +360,8 @@ def format_stats(s: dict) -> str:
         f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
         f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
         + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
+        + (f", weak {num(s.get('atoms_weak_last'), 'd')}" if "atoms_weak_last" in s else "")
+        + (f", hops {s['hops']}" if "hops" in s else "")
     )
 
 

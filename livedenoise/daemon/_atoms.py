@@ -1,4 +1,5 @@
-"""``serve --atoms``: the atoms of every published frame, found in a thread of their own."""
+"""``serve --atoms``: the atoms of every published frame, their evidence and tracks, found in a
+thread of their own."""
 
 from __future__ import annotations
 
@@ -13,34 +14,55 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..analysis import find_atoms
-from ..protocol import encode_atoms
+from ..analysis import WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
+from ..protocol import MAX_ATOMS_ANNOTATED, MAX_HOPS, encode_atoms, encode_hops
 from ._publish import Delivered, Publisher
 from ._threads import LogThrottle, Spawn, spawn_thread
 
 log = logging.getLogger("livedenoise.analysis")
 
+_ID_WRAP = 1 << 31  # track (and hop image) ids go out as int32: they wrap there
+
 
 class _AtomsJob(NamedTuple):
-    """What the atom finder keeps of a :class:`Delivered` frame (not the raw one: less memory held)."""
+    """What the atom thread keeps of a :class:`Delivered` frame (the raw one only for evidence)."""
 
     series_id: int
     image_id: int
     start_time: int | None
+    epoch: int
     denoised: np.ndarray
+    raw: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.denoised.nbytes + (0 if self.raw is None else self.raw.nbytes)
 
 
 class AtomFinder:
-    """``serve --atoms``: the atoms of every published denoised frame, found in a thread of their own.
+    """``serve --atoms``: the atoms of every published denoised frame, their evidence in the raw
+    counts and their tracks, in a thread of their own.
 
-    :meth:`submit` is a publisher hook (O(1)): it queues the denoised frame, keeping at most
-    ``backlog`` frames and ``backlog_bytes``; when the finder falls behind, the oldest waiting frame
-    is skipped and counted (``atoms_skipped``), so atom finding never holds back publishing,
-    inference or the detector, lossless mode included. (A batch arrives at once: ``backlog``
-    should hold at least two.) The finder thread runs :func:`~livedenoise.analysis.find_atoms` on the
-    denoised frame ([0, 1], background near 0, an atom's peak near 1), at a lower OS priority on
-    Linux, and hands ``[b"atoms", header]`` (:func:`~livedenoise.protocol.encode_atoms`) to
-    :meth:`Publisher.post`. A failure is counted (``atoms_failed``) and logged, never raised.
+    :meth:`submit` is a publisher hook (O(1)): it queues the frame (the denoised one, and the raw
+    one when evidence is on), keeping at most ``backlog`` frames and ``backlog_bytes``; when the
+    thread falls behind, the oldest waiting frame is skipped and counted (``atoms_skipped``), so
+    atom finding never holds back publishing, inference or the detector, lossless mode included.
+    (A batch arrives at once: ``backlog`` should hold at least two.) The thread runs, at a lower OS
+    priority on Linux:
+
+    1. :func:`~livedenoise.analysis.find_atoms` on the denoised frame ([0, 1], background near 0,
+       an atom's peak near 1);
+    2. with ``evidence``, :func:`~livedenoise.analysis.atom_evidence` of each atom in the raw frame
+       (detector counts): the z-score of "an atom here" against "background only";
+    3. with ``tracks``, :class:`~livedenoise.analysis.Tracker` links the atoms to the previous
+       frames' (reset at a series restart, a new epoch, and a change of frame size), the evidence
+       is accumulated along each track (:class:`~livedenoise.analysis.TrackEvidence`), and each
+       hop goes out as ``[b"hops", header]`` (:func:`~livedenoise.protocol.encode_hops`);
+
+    and hands ``[b"atoms", header]`` (:func:`~livedenoise.protocol.encode_atoms`) to
+    :meth:`Publisher.post`. Evidence and tracks are computed for the :data:`MAX_ATOMS_ANNOTATED`
+    tallest atoms of a frame at most (a noise frame can give thousands): such a frame is counted
+    (``atoms_capped``) and logged. A failure is counted (``atoms_failed``) and logged, never raised.
 
     Parameters
     ----------
@@ -49,7 +71,7 @@ class AtomFinder:
         ``relative``, a fraction of the frame's highest peak instead.
     """
 
-    RECENT = 256  # finder times kept for the stats percentiles
+    RECENT = 256  # per-frame times kept for the stats percentiles
 
     def __init__(
         self,
@@ -57,11 +79,19 @@ class AtomFinder:
         *,
         threshold: float = 0.4,
         relative: bool = False,
+        evidence: bool = False,
+        tracks: bool = False,
+        weak_z: float = WEAK_Z,
+        hop_px: float = 2.5,
+        track_max_disp: float = 7.0,
         backlog: int = 16,
         backlog_bytes: int = 256 << 20,
     ):
         self.publisher = publisher
         self.threshold, self.relative = threshold, relative
+        self.evidence, self.weak_z = evidence, float(weak_z)
+        self.tracker = Tracker(max_disp=track_max_disp, hop_distance=hop_px, max_atoms=MAX_ATOMS_ANNOTATED) if tracks else None
+        self.track_evidence = TrackEvidence() if tracks and evidence else None
         self.backlog, self.backlog_bytes = max(1, backlog), backlog_bytes
         self._items: deque[_AtomsJob] = deque()
         self._bytes = 0
@@ -69,27 +99,39 @@ class AtomFinder:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failures = LogThrottle(log)
-        self.frames = 0  # frames whose atoms were posted (finder thread)
-        self.failed = 0  # frames whose atom finding failed (finder thread)
-        self.skipped = 0  # frames left out because the finder was behind (publisher thread)
+        self._capped_log = LogThrottle(log)
+        self._run_key: tuple[int, int, tuple[int, ...]] | None = None  # (series, epoch, shape) of the last frame
+        self.frames = 0  # frames whose atoms were posted (atom thread)
+        self.failed = 0  # frames whose atom finding failed (atom thread)
+        self.skipped = 0  # frames left out because the thread was behind (publisher thread)
+        self.capped = 0  # frames with more atoms than evidence and tracks are computed for (atom thread)
+        self.hops = 0  # hop events published (atom thread)
         self.last_count: int | None = None
+        self.last_weak: int | None = None
         self._ms: deque[float] = deque(maxlen=self.RECENT)
 
+    @property
+    def annotated(self) -> bool:
+        """Evidence or tracks on: the atoms handled are capped at :data:`MAX_ATOMS_ANNOTATED`."""
+        return self.evidence or self.tracker is not None
+
     def start(self, spawn: Spawn = spawn_thread) -> None:
-        """Start the finder thread through ``spawn`` (the daemon's reports a failure of the thread)."""
+        """Start the atom thread through ``spawn`` (the daemon's reports a failure of the thread)."""
         self._thread = spawn("atoms", self.run)
 
     def submit(self, delivered: Delivered) -> None:
         """Publisher hook: queue one frame; skip the oldest waiting ones beyond the backlog."""
-        item = _AtomsJob(delivered.series_id, delivered.image_id, delivered.start_time, delivered.denoised)
+        item = _AtomsJob(
+            delivered.series_id, delivered.image_id, delivered.start_time, delivered.epoch, delivered.denoised,
+            delivered.raw if self.evidence else None,
+        )
+        size = item.nbytes
         with self._cv:
-            while self._items and (
-                len(self._items) >= self.backlog or self._bytes + item.denoised.nbytes > self.backlog_bytes
-            ):
-                self._bytes -= self._items.popleft().denoised.nbytes
+            while self._items and (len(self._items) >= self.backlog or self._bytes + size > self.backlog_bytes):
+                self._bytes -= self._items.popleft().nbytes
                 self.skipped += 1
             self._items.append(item)
-            self._bytes += item.denoised.nbytes
+            self._bytes += size
             self._cv.notify()
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -101,10 +143,11 @@ class AtomFinder:
             self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
-        """Stats fields: frames done, skipped and failed, the newest count, finder time (last 256 frames)."""
+        """Stats fields: frames done, skipped, failed and capped, the newest count, time per frame
+        (find + evidence + tracks, last 256 frames); the weak count, hops and tracks when on."""
         ms = np.array(self._ms, dtype=np.float64)
         p50, p99 = (round(float(v), 3) for v in np.percentile(ms, [50, 99])) if ms.size else (None, None)
-        return {
+        out: dict[str, Any] = {
             "atoms_frames": self.frames,
             "atoms_skipped": self.skipped,
             "atoms_failed": self.failed,
@@ -112,6 +155,13 @@ class AtomFinder:
             "atoms_ms_p50": p50,
             "atoms_ms_p99": p99,
         }
+        if self.annotated:
+            out["atoms_capped"] = self.capped
+        if self.evidence:
+            out["atoms_weak_last"] = self.last_weak
+        if self.tracker is not None:
+            out |= {"hops": self.hops, "tracks_live": self.tracker.live, "tracks_resets": self.tracker.resets}
+        return out
 
     def run(self) -> None:
         if sys.platform.startswith("linux"):  # Linux nice values are per thread: inference goes first
@@ -124,30 +174,93 @@ class AtomFinder:
                 if not self._items:
                     return  # stopping, and everything queued is done
                 item = self._items.popleft()
-                self._bytes -= item.denoised.nbytes
+                self._bytes -= item.nbytes
             try:
-                parts = self._find(item)
+                messages = self._find(item)
             except Exception as exc:  # noqa: BLE001 - a bug, or a frame the finder cannot take: count, go on
                 self.failed += 1
                 self._failures.warning(
                     "atom finding failed on series %s image %s: %r", item.series_id, item.image_id, exc
                 )
                 continue
-            self.publisher.post(parts)
+            for parts in messages:
+                self.publisher.post(parts)
 
-    def _find(self, item: _AtomsJob) -> list:
-        t0 = time.perf_counter()
+    def _new_run(self, item: _AtomsJob) -> None:
+        """End every track where a new run of frames starts: another series or epoch (a restart),
+        another frame size. (The tracker also resets itself when image ids go back.)"""
+        key = (item.series_id, item.epoch, item.denoised.shape)
+        if self._run_key is not None and key != self._run_key and self.tracker is not None:
+            self.tracker.reset()
+        self._run_key = key
+
+    def _find(self, item: _AtomsJob) -> list[list]:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         if self.relative:
             atoms = find_atoms(item.denoised, threshold=None, rel_threshold=self.threshold)
         else:
             atoms = find_atoms(item.denoised, threshold=self.threshold)
-        ms = (time.perf_counter() - t0) * 1e3
-        header: dict[str, Any] = {"series_id": item.series_id, "image_id": item.image_id}
+        finder_ms = (time.perf_counter() - t0) * 1e3
+        n = len(atoms)
+        ids: dict[str, Any] = {"series_id": item.series_id, "image_id": item.image_id}
         if item.start_time is not None:
-            header["start_time"] = item.start_time
-        header |= {"time_ns": time.time_ns(), "background": atoms.background, "finder_ms": round(ms, 3)}
-        parts = encode_atoms(header, atoms.positions, atoms.intensities, atoms.heights, threshold=atoms.threshold)
+            ids["start_time"] = item.start_time
+        header = ids | {"time_ns": time.time_ns(), "background": atoms.background, "finder_ms": round(finder_ms, 3)}
+        extra: dict[str, Any] = {}
+        messages = []
+        if self.annotated:
+            k = min(n, MAX_ATOMS_ANNOTATED)
+            if n > k:
+                self.capped += 1
+                self._capped_log.warning(
+                    "series %s image %s: %d atoms; evidence and tracks for the %d tallest only (a noise frame?)",
+                    item.series_id, item.image_id, n, k,
+                )
+            positions = atoms.positions[:k]
+            z = llr = None
+            if self.evidence:
+                assert item.raw is not None
+                ev = atom_evidence(item.raw, positions)
+                z, llr = ev.z, ev.llr
+            if self.tracker is not None:
+                resets = self.tracker.resets
+                self._new_run(item)
+                track_ids = self.tracker.update(positions, image_id=item.image_id, shape=item.denoised.shape)
+                if self.track_evidence is not None:
+                    if self.tracker.resets != resets:
+                        self.track_evidence.reset()
+                    assert z is not None and llr is not None
+                    z, _, _ = self.track_evidence.update(track_ids, z, llr)
+                extra["track_ids"] = np.where(track_ids >= 0, track_ids % _ID_WRAP, -1).astype(np.int32)
+                if self.tracker.hops:
+                    messages.append(self._hops_message(ids, self.tracker.hops))
+            if z is not None:
+                weak = int(np.count_nonzero(~(z >= self.weak_z)))
+                extra |= {"evidence": z, "weak": weak, "weak_z": self.weak_z}
+                self.last_weak = weak
+            listed = slice(0, k)  # the tallest k: what the message lists anyway
+        else:
+            listed = slice(None)
+        ms = (time.perf_counter() - t0) * 1e3
+        header |= {"analysis_ms": round(ms, 3), "analysis_cpu_ms": round((time.thread_time() - cpu0) * 1e3, 3)}
+        messages.append(encode_atoms(
+            header, atoms.positions[listed], atoms.intensities[listed], atoms.heights[listed],
+            threshold=atoms.threshold, count=n, **extra,
+        ))
         self._ms.append(ms)
         self.frames += 1
-        self.last_count = len(atoms)
-        return parts
+        self.last_count = n
+        return messages
+
+    def _hops_message(self, ids: dict[str, Any], hops: list) -> list:
+        """``[b"hops", header]`` for this frame's hop events (the first :data:`MAX_HOPS` listed)."""
+        listed = hops[:MAX_HOPS]
+        self.hops += len(hops)
+        return encode_hops(
+            ids | {"time_ns": time.time_ns()},
+            np.array([h.track_id % _ID_WRAP for h in listed], np.int64),
+            np.array([h.before for h in listed], np.float64).reshape(-1, 2),
+            np.array([h.after for h in listed], np.float64).reshape(-1, 2),
+            np.array([h.image_id_before % _ID_WRAP for h in listed], np.int64),
+            count=len(hops),
+        )

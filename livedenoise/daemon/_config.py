@@ -10,10 +10,12 @@ optional stage means it is off. Each field's help text is declared once here
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._options import option
+from ..analysis import WEAK_Z
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..protocol import DEFAULT_LIMITS, Limits
@@ -99,11 +101,36 @@ class AtomsConfig:
         "or 'N%': that share of each frame's highest peak.",
     )
     relative: bool = option(False, "The threshold is a share of each frame's highest peak ('N%' on the command line).")
+    evidence: bool = option(
+        True,
+        "Test each atom against the raw frame's counts (an atom of the expected profile against background only) "
+        "and publish its evidence z-score, accumulated along its track; the raw frame must be in detector counts.",
+    )
+    tracks: bool = option(
+        True, "Link each frame's atoms to the previous frames' into tracks (ids published with the atoms) and publish "
+        "hops on 'hops'.",
+    )
+    weak_z: float = option(
+        WEAK_Z, "An atom whose evidence z-score is below this is weakly supported ('weak' on 'atoms', "
+        "'atoms_weak_last' in stats).",
+    )
+    hop_px: float = option(2.5, "A tracked atom that moves more than this many pixels between two frames hops.")
+    track_max_disp: float = option(
+        7.0, "Longest link of a track between two frames, in pixels: above the longest hop to follow, below the "
+        "spacing of atoms.",
+    )
 
     def __post_init__(self) -> None:
         if not (0 <= self.threshold <= (1 if self.relative else float("inf"))):
             shown = f"{self.threshold:.0%}" if self.relative else f"{self.threshold:g}"
             raise LivedenoiseError(f"--atoms-threshold {shown}: must be at least 0, and a percentage at most 100%")
+        if not math.isfinite(self.weak_z):
+            raise LivedenoiseError(f"--atoms-weak-z {self.weak_z}: must be a finite number")
+        if not (0 < self.track_max_disp < 1e4 and 0 < self.hop_px < self.track_max_disp):
+            raise LivedenoiseError(
+                f"--hop-px {self.hop_px:g}, --track-max-disp {self.track_max_disp:g}: need 0 < hop < max displacement"
+                " (a track cannot follow a longer hop)"
+            )
 
 
 @dataclass(slots=True)

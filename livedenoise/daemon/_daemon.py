@@ -128,8 +128,10 @@ class Daemon:
                 self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
                 self.stats.extras.append(self.recorder.counters)
             if config.atoms is not None:
+                a = config.atoms
                 self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
-                    self.publisher, threshold=config.atoms.threshold, relative=config.atoms.relative,
+                    self.publisher, threshold=a.threshold, relative=a.relative, evidence=a.evidence, tracks=a.tracks,
+                    weak_z=a.weak_z, hop_px=a.hop_px, track_max_disp=a.track_max_disp,
                     backlog=2 * config.engine.max_batch,
                 )
                 self.publisher.hooks.append(self.atoms.submit)
@@ -190,7 +192,11 @@ class Daemon:
         if self.atoms is not None:
             self.atoms.start(self._spawn)
             thr = f"{cfg.atoms.threshold:.0%} of the highest" if cfg.atoms.relative else f"{cfg.atoms.threshold:g}"
-            log.info("finding atoms: peaks higher than %s above the background, published on 'atoms'", thr)
+            log.info(
+                "finding atoms: peaks higher than %s above the background, published on 'atoms'%s%s", thr,
+                "; evidence from the raw counts" if cfg.atoms.evidence else "",
+                "; tracks, hops on 'hops'" if cfg.atoms.tracks else "",
+            )
         self._spawn("publish", self.publisher.run)
         self._spawn("infer", self._infer)
         self._spawn("receive", self.source.run)

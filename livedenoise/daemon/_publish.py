@@ -68,6 +68,7 @@ class Delivered:
     latency_ms: float
     start_time: int | None = None
     calibration: Calibration | None = None  # the input's (pixel size, frame time), if it sent one
+    epoch: int = 0  # the receiver's series epoch (:class:`Received`): a new one at each series restart
 
 
 class Publisher:
@@ -296,7 +297,8 @@ class Publisher:
             self.stats.record(now, latency_ms, value)
             if self.hooks:
                 delivered = Delivered(
-                    sid, frame.image_id, frame.data, out, value, latency_ms, frame.start_time, calibration
+                    sid, frame.image_id, frame.data, out, value, latency_ms, frame.start_time, calibration,
+                    received.epoch,
                 )
                 for hook in self.hooks:
                     try:

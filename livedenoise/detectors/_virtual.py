@@ -119,7 +119,7 @@ class VirtualDetector:
         centre: tuple[float, float] | None = None,
         mask: np.ndarray | None = None,
         centre_frames: int = 16,
-        batch_bytes: int = 1 << 20,
+        batch_bytes: int = 2 << 20,
     ):
         if (mask is None) == (outer is None):
             raise LivedenoiseError("the virtual detector needs an annulus (inner:outer radius) or a mask, not both")

@@ -7,8 +7,9 @@ the hand-over to the GUI thread is a queued signal; no QSocketNotifier on the ZM
 
 The receiver drains the socket as fast as messages come and keeps only the newest frame pair:
 a slow display drops frames here, never in the daemon (a PUB socket never waits for a subscriber)
-and never accumulates lag. ``atoms`` messages (``serve --atoms``) are decoded here too, off the GUI
-thread; the recent ones are kept so the window can draw the atoms of the frame on screen.
+and never accumulates lag. ``atoms`` and ``hops`` messages (``serve --atoms``) are decoded here too,
+off the GUI thread; the recent ones are kept (a fixed number: bounded memory) so the window can draw
+the atoms of the frame on screen, the trails of their tracks and the hops of the last second.
 
 >>> import numpy as np
 >>> from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, encode_published
@@ -39,17 +40,21 @@ from ..errors import MalformedMessage
 from ..protocol import (
     TOPIC_ATOMS,
     TOPIC_DENOISED,
+    TOPIC_HOPS,
     TOPIC_RAW,
     TOPIC_STATS,
     AtomsMessage,
     Buffer,
+    HopsMessage,
     Published,
     decode_atoms,
+    decode_hops,
     decode_published,
 )
+from ._overlay import WEAK_Z, weak_mask
 
 #: Topics the viewer subscribes to.
-SUBSCRIBED: tuple[bytes, ...] = (TOPIC_RAW, TOPIC_DENOISED, TOPIC_STATS, TOPIC_ATOMS)
+SUBSCRIBED: tuple[bytes, ...] = (TOPIC_RAW, TOPIC_DENOISED, TOPIC_STATS, TOPIC_ATOMS, TOPIC_HOPS)
 
 #: Stats fields kept as time series for the throughput and latency plots.
 STATS_SERIES: tuple[str, ...] = ("fps_in", "fps_out", "latency_ms_p50", "latency_ms_p99", "css")
@@ -80,6 +85,12 @@ class History:
     stats: dict[str, np.ndarray]
     atoms_t: np.ndarray = field(default_factory=lambda: np.empty(0))  # one point per atoms message
     atoms: np.ndarray = field(default_factory=lambda: np.empty(0))  # its count
+    atoms_weak: np.ndarray = field(default_factory=lambda: np.empty(0))  # its weak atoms (NaN: no evidence)
+
+    @property
+    def atoms_supported(self) -> np.ndarray:
+        """Atoms per message that are not weak (all of them where the daemon sent no evidence)."""
+        return self.atoms - np.nan_to_num(self.atoms_weak)
 
 
 def _ids(msg: Published) -> tuple[Any, Any]:
@@ -97,10 +108,12 @@ class StreamBuffer:
         How many recent frames per topic are remembered to pair raw with denoised by id.
     atoms_kept:
         How many recent ``atoms`` messages are remembered to find those of the frame on screen
-        (they arrive a little after their frame).
+        (they arrive a little after their frame) and the trails of their tracks.
+    hops_kept:
+        How many recent ``hops`` messages are remembered (each lists at most ``MAX_HOPS``).
     """
 
-    def __init__(self, history: int = 3000, pairing: int = 16, atoms_kept: int = 64) -> None:
+    def __init__(self, history: int = 3000, pairing: int = 16, atoms_kept: int = 64, hops_kept: int = 64) -> None:
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._recent: dict[bytes, deque[Published]] = {
@@ -113,8 +126,11 @@ class StreamBuffer:
         self._css: deque[tuple[float, float]] = deque(maxlen=history)
         self._stats: deque[tuple[float, dict[str, Any]]] = deque(maxlen=history)
         self._atoms: deque[AtomsMessage] = deque(maxlen=atoms_kept)
-        self._atoms_count: deque[tuple[float, int]] = deque(maxlen=history)
+        self._atoms_count: deque[tuple[float, int, float]] = deque(maxlen=history)  # t, count, weak
         self.atoms_version = 0  # bumped by every atoms message (the window redraws the overlay then)
+        self._hops: deque[tuple[float, HopsMessage]] = deque(maxlen=hops_kept)  # (received, message)
+        self.hops_version = 0  # bumped by every hops message
+        self.hops_heard = 0  # hop events (the messages' counts)
         self.counts: Counter[str] = Counter()  # messages per topic name, plus "malformed"
         self.last_stats: dict[str, Any] = {}
         self.last_atoms: AtomsMessage | None = None
@@ -133,14 +149,16 @@ class StreamBuffer:
         self.ingest(msg, time.monotonic() if now is None else now)
 
     def ingest(self, msg: Published, now: float) -> None:
-        atoms = None
-        if msg.topic == TOPIC_ATOMS:
-            try:
+        atoms = hops = None
+        try:
+            if msg.topic == TOPIC_ATOMS:
                 atoms = decode_atoms(msg)
-            except MalformedMessage:
-                with self._lock:
-                    self.counts["malformed"] += 1
-                return
+            elif msg.topic == TOPIC_HOPS:
+                hops = decode_hops(msg)
+        except MalformedMessage:
+            with self._lock:
+                self.counts["malformed"] += 1
+            return
         with self._lock:
             self.last_message = now
             self.counts[msg.topic.decode("ascii", "replace")] += 1
@@ -156,8 +174,12 @@ class StreamBuffer:
             elif atoms is not None:
                 self.last_atoms = atoms
                 self._atoms.append(atoms)
-                self._atoms_count.append((now - self._t0, atoms.count))
+                self._atoms_count.append((now - self._t0, atoms.count, weak_count(atoms)))
                 self.atoms_version += 1
+            elif hops is not None:
+                self._hops.append((now, hops))
+                self.hops_version += 1
+                self.hops_heard += hops.count
 
     def claim_notification(self) -> bool:
         """True once per batch of new frames: the receiver then notifies the GUI (coalescing)."""
@@ -215,19 +237,34 @@ class StreamBuffer:
                     earlier = atoms
             return earlier
 
+    def atoms_history(self, series_id: Any, image_id: Any, frames: int) -> list[AtomsMessage]:
+        """The atoms messages kept of series ``series_id`` for the ``frames`` frames up to ``image_id``
+        (the trails of the tracks on screen are drawn from them)."""
+        if not isinstance(image_id, int):
+            return []
+        with self._lock:
+            return [
+                a for a in self._atoms if a.series_id == series_id and image_id - frames < a.image_id <= image_id
+            ]
+
+    def recent_hops(self, series_id: Any, now: float, span: float) -> list[tuple[float, HopsMessage]]:
+        """``(age in s, message)`` of the hops of series ``series_id`` received in the last ``span`` s."""
+        with self._lock:
+            return [(now - t, h) for t, h in self._hops if h.series_id == series_id and now - t < span]
+
     def history(self) -> History:
         with self._lock:
             css = list(self._css)
             stats = list(self._stats)
             atoms = list(self._atoms_count)
         css_arr = np.array(css, dtype=np.float64).reshape(-1, 2)
-        atoms_arr = np.array(atoms, dtype=np.float64).reshape(-1, 2)
+        atoms_arr = np.array(atoms, dtype=np.float64).reshape(-1, 3)
         series = {
             key: np.array([_number(h.get(key)) for _, h in stats], dtype=np.float64) for key in STATS_SERIES
         }
         return History(
             css_arr[:, 0], css_arr[:, 1], np.array([t for t, _ in stats], np.float64), series,
-            atoms_arr[:, 0], atoms_arr[:, 1],
+            atoms_arr[:, 0], atoms_arr[:, 1], atoms_arr[:, 2],
         )
 
     def idle_for(self, now: float | None = None) -> float:
@@ -240,6 +277,16 @@ class StreamBuffer:
     def elapsed(self, now: float | None = None) -> float:
         """Seconds since the buffer began (the plots' time axis)."""
         return (time.monotonic() if now is None else now) - self._t0
+
+
+def weak_count(atoms: AtomsMessage) -> float:
+    """The weak atoms of a frame: the daemon's ``weak`` where it sent one, else counted from the
+    evidence listed; NaN when there is no evidence at all (an older daemon)."""
+    if atoms.weak is not None:
+        return float(atoms.weak)
+    if atoms.evidence is not None:
+        return float(np.count_nonzero(weak_mask(atoms.evidence, WEAK_Z if atoms.weak_z is None else atoms.weak_z)))
+    return np.nan
 
 
 def _number(value: Any) -> float:

@@ -8,9 +8,13 @@ counters line. Frames that arrive faster than that are dropped in
 :class:`~livedenoise.viewer.StreamBuffer`, so the window never lags.
 
 With ``serve --atoms``, the atoms of the frame on screen are drawn over the denoised image (a
-:class:`pyqtgraph.ScatterPlotItem` of fixed-size rings; key O or the *atoms* box toggles it). Each
-draw tick only compares the shown frame's ids and the buffer's atoms counter with the last ones;
-the points are replaced only when the atoms to show change. A daemon started without ``--atoms``
+:class:`pyqtgraph.ScatterPlotItem` of fixed-size rings; key O or the *atoms* box toggles it), each
+ringed in the colour of its evidence (:mod:`._overlay`; key W or the *weak* box hides the weakly
+supported ones), with the trail of its track over the last TRAIL_FRAMES frames (one
+:class:`pyqtgraph.PlotCurveItem`) and an arrow for every hop of the last HOP_FADE_S seconds, fading
+out (:class:`~._panels.HopMarkers`). Each draw tick only compares the shown frame's ids and the
+buffer's atoms counter with the last ones; rings and trails are replaced only when the atoms to
+show change, the hop markers only while one is fading (HOP_FADE_HZ). A daemon started without ``--atoms``
 publishes none: after NO_ATOMS_AFTER_S seconds of frames without any, a note next to the box says
 so, rather than leave an empty overlay unexplained.
 """
@@ -26,8 +30,9 @@ import pyqtgraph as pg
 import tifffile
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from ._panels import COLORMAPS, FIXED_LEVEL_FRAMES, ImagePanel, colormap, fit_y, moving_mean
-from ._receiver import FramePair, Receiver, StreamBuffer
+from ._overlay import NO_EVIDENCE, PALETTE, WEAK_Z, evidence_index, fade, strong_z, trails, weak_mask
+from ._panels import COLORMAPS, FIXED_LEVEL_FRAMES, HopMarkers, ImagePanel, RingsItem, colormap, fit_y, moving_mean
+from ._receiver import FramePair, Receiver, StreamBuffer, weak_count
 
 __all__ = ["FIXED_LEVEL_FRAMES", "MonitorWindow"]
 
@@ -37,12 +42,34 @@ PLOT_HZ = 2  # the rolling plots (each refresh repaints six axes: the costliest 
 WAITING_AFTER_S = 1.5  # nothing received for this long: "waiting for stream…"
 PLOT_SPAN_S = 30.0  # the rolling plots show the last this many seconds
 CSS_SMOOTH = 25  # frames in the CSS moving mean (and the atom count's)
-ATOM_PEN = (255, 70, 70)  # the overlay's rings: red reads on every colour map offered
+ATOM_PEN = NO_EVIDENCE  # the rings of atoms without evidence: red reads on every colour map offered
 ATOM_SIZE = 11  # ring diameter in screen pixels, whatever the zoom
+TRAIL_FRAMES = 10  # a track's trail: its positions in the last this many frames
+TRAIL_PEN = (255, 220, 0, 230)  # yellow, over the rings (a jittering atom's trail lies inside its ring)
+HOP_FADE_S = 1.0  # a hop's arrow fades out over this many seconds after it arrived
+HOP_FADE_HZ = 20  # fading arrows are redrawn this often (new hops at once)
+HOP_COLOR = (255, 110, 0)  # orange arrows: apart from the rings' ramps and the trails
+MAX_HOP_MARKERS = 512  # the newest hops drawn at once (a noise storm must not stall the GUI)
 NO_ATOMS_AFTER_S = 2.0  # frames for this long and no atoms message: "the daemon publishes no atoms"
 NO_ATOMS_NOTE = "the daemon publishes no atoms (serve --atoms)"
 
 _BANNER_STYLE = "QLabel {{ background: {bg}; color: white; font-size: 15pt; padding: 4px; }}"
+
+
+def _legend(weak_z: float) -> str:
+    """The colour key in the status bar: both ramps of the rings (the boundary at ``weak_z``), trail, hop."""
+    def swatch(rgb) -> str:
+        return f"<span style='color: rgb({rgb[0]}, {rgb[1]}, {rgb[2]})'>&#9632;</span>"
+
+    return (
+        f"rings: evidence z {swatch(PALETTE[0])}&le;0 {swatch(PALETTE[len(PALETTE) // 2 - 1])}&lt;{weak_z:g} weak"
+        f" · {swatch(PALETTE[len(PALETTE) // 2])}{weak_z:g} {swatch(PALETTE[-1])}&ge;{strong_z(weak_z):g} supported"
+        f" · {_swatch_text(TRAIL_PEN, '&#8212;')} trail · {_swatch_text(HOP_COLOR, '&#8594;')} hop "
+    )
+
+
+def _swatch_text(rgb, glyph: str) -> str:
+    return f"<span style='color: rgb({rgb[0]}, {rgb[1]}, {rgb[2]})'><b>{glyph}</b></span>"
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
@@ -75,8 +102,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._display_fps: deque[tuple[float, float]] = deque(maxlen=int(PLOT_SPAN_S) * 4)
         self._histograms_at = 0
         self.show_atoms = True
+        self.show_weak = True
         self.atoms_shown = None  # the AtomsMessage drawn over the denoised frame, if any
+        self.atoms_drawn = np.zeros(0, bool)  # which of its atoms have a ring (weak ones may be hidden)
         self._overlay_key: tuple | None = None
+        self._overlay_drawn: tuple | None = None
+        self._hops_key: tuple | None = None
+        self._hops_live = False  # a hop marker is still fading: redraw the markers at HOP_FADE_HZ
+        self._hops_next = 0.0  # monotonic time of the next fading step
         self._atoms_heard = 0  # atoms messages counted at the last info tick
         self._no_atoms_since: float | None = None  # frames flowing, and no atoms message, since then
 
@@ -112,11 +145,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.denoised_panel.view.setXLink(self.raw_panel.view)
         self.denoised_panel.view.setYLink(self.raw_panel.view)
         self.panels = (self.raw_panel, self.denoised_panel)
-        self.atoms_overlay = pg.ScatterPlotItem(
-            pxMode=True, symbol="o", size=ATOM_SIZE, pen=pg.mkPen(ATOM_PEN, width=1.5), brush=pg.mkBrush(None)
-        )
+        self.atoms_overlay = RingsItem([*PALETTE, ATOM_PEN], size=ATOM_SIZE, width=1.5)  # last: no evidence
         self.atoms_overlay.setZValue(10)
-        self.denoised_panel.view.addItem(self.atoms_overlay)
+        self.trails = pg.PlotCurveItem(pen=pg.mkPen(TRAIL_PEN, width=2), antialias=True)
+        self.trails.setZValue(10.5)  # rings 10, hop arrows 11
+        self.hop_markers = HopMarkers(HOP_COLOR, width=2.0, head=6.0)
+        self.hop_markers.setZValue(11)
+        for item in (self.trails, self.atoms_overlay, self.hop_markers):
+            self.denoised_panel.view.addItem(item)
         self.set_colormap("grey")
 
     def _build_plots(self) -> None:
@@ -130,10 +166,15 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.css_line = self.css_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
         self.atoms_plot = self.plots.addPlot(row=0, col=1, title="atoms per frame")
         self.atoms_plot.addLegend(**legend)
-        self.atoms_points = self.atoms_plot.plot(
-            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(255, 110, 110, 110), name="per frame"
+        supported, weak = tuple(int(c) for c in PALETTE[-1]), tuple(int(c) for c in PALETTE[0])
+        self.atoms_points = self.atoms_plot.plot(  # all atoms where the daemon sends no evidence
+            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(*supported, 110), name="supported"
         )
-        self.atoms_line = self.atoms_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
+        self.atoms_weak_points = self.atoms_plot.plot(
+            pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(*weak, 130), name="weak"
+        )
+        self.atoms_line = self.atoms_plot.plot(pen=pg.mkPen(supported, width=2), name=f"means of {CSS_SMOOTH}")
+        self.atoms_weak_line = self.atoms_plot.plot(pen=pg.mkPen(weak, width=2), connect="finite")
         self.fps_plot = self.plots.addPlot(row=0, col=2, title="throughput (frames/s)")
         self.fps_plot.addLegend(**legend)
         self.fps_in = self.fps_plot.plot(pen=pg.mkPen((150, 150, 150), width=2), name="in")
@@ -169,11 +210,20 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.atoms_note.setToolTip("Atoms are found by the daemon: restart it with serve --atoms to see them here")
         self._atoms_note_action = bar.addWidget(self.atoms_note)  # a toolbar widget shows through its action
         self._atoms_note_action.setVisible(False)
-        toggle_atoms = QtGui.QAction("Atoms overlay", self)
-        toggle_atoms.setShortcut(QtGui.QKeySequence("O"))
-        toggle_atoms.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
-        toggle_atoms.triggered.connect(self.atoms_box.toggle)
-        self.addAction(toggle_atoms)  # a shortcut of the window; the box is its button
+        self.weak_box = QtWidgets.QCheckBox("weak [W]")
+        self.weak_box.setToolTip(
+            f"Show the atoms whose raw counts support them weakly (evidence z below {WEAK_Z:g}: perhaps invented)"
+        )
+        self.weak_box.setChecked(self.show_weak)
+        self.weak_box.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.weak_box.toggled.connect(self.set_show_weak)
+        bar.addWidget(self.weak_box)
+        for key, box in (("O", self.atoms_box), ("W", self.weak_box)):
+            toggle = QtGui.QAction(box.text(), self)
+            toggle.setShortcut(QtGui.QKeySequence(key))
+            toggle.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+            toggle.triggered.connect(box.toggle)
+            self.addAction(toggle)  # a shortcut of the window; the box is its button
         bar.addSeparator()
         bar.addWidget(QtWidgets.QLabel(" colour map "))
         self.colormap_box = QtWidgets.QComboBox()
@@ -187,6 +237,13 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.counters.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status = QtWidgets.QLabel()
         self.statusBar().addPermanentWidget(self.status, 1)
+        self.evidence_legend = QtWidgets.QLabel(_legend(WEAK_Z))  # the rings' colour key, bottom right
+        self.evidence_legend.setToolTip(
+            "Ring colour: how strongly the raw counts support the atom (evidence z-score, accumulated along its "
+            "track); yellow lines: the tracks' last frames; orange arrows: hops of the last second"
+        )
+        self.statusBar().addPermanentWidget(self.evidence_legend)
+        self.evidence_legend.setVisible(False)  # shown while the atoms on screen carry evidence
 
         splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         splitter.addWidget(self.images)
@@ -235,7 +292,15 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.show_atoms = bool(show)
         if self.atoms_box.isChecked() != self.show_atoms:
             self.atoms_box.setChecked(self.show_atoms)
-        self.atoms_overlay.setVisible(self.show_atoms)
+        for item in (self.atoms_overlay, self.trails, self.hop_markers):
+            item.setVisible(self.show_atoms)
+        self._update_overlay()
+
+    def set_show_weak(self, show: bool) -> None:
+        """Ring the weakly supported atoms too (evidence below the daemon's ``weak_z``), or hide them."""
+        self.show_weak = bool(show)
+        if self.weak_box.isChecked() != self.show_weak:
+            self.weak_box.setChecked(self.show_weak)
         self._update_overlay()
 
     def set_colormap(self, name: str) -> None:
@@ -285,6 +350,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             self._dirty = False
             self._draw_frames()
         self._update_overlay()
+        self._update_hops()
 
     def _draw_frames(self) -> None:
         frame = self.buffer.take_frames()
@@ -307,19 +373,59 @@ class MonitorWindow(QtWidgets.QMainWindow):
         """
         frame = self.frame
         ids = None if frame is None or frame.denoised is None else (frame.series_id, frame.image_id)
-        key = (ids, self.buffer.atoms_version, self.show_atoms)
+        key = (ids, self.buffer.atoms_version, self.show_atoms, self.show_weak)
         if key == self._overlay_key:
             return
         self._overlay_key = key
         atoms = self.buffer.atoms_for(*ids) if ids is not None and self.show_atoms else None
-        if atoms is self.atoms_shown:
+        if atoms is self.atoms_shown and key[2:] == self._overlay_drawn:
             return
-        self.atoms_shown = atoms
+        self.atoms_shown, self._overlay_drawn = atoms, key[2:]
         if atoms is None or len(atoms) == 0:
+            self.atoms_drawn = np.zeros(0, bool)
             self.atoms_overlay.clear()
+            self.trails.setData([], [])
+            return
+        weak_z = WEAK_Z if atoms.weak_z is None else atoms.weak_z
+        drawn = np.ones(len(atoms), bool)
+        if atoms.evidence is not None and not self.show_weak:
+            drawn = ~weak_mask(atoms.evidence, weak_z)
+        self.atoms_drawn = drawn
+        # [x, y] has pixel centres at integers; the image item puts pixel (i, j) on [j, j+1] x [i, i+1]
+        pos = atoms.positions[drawn] + np.float32(0.5)
+        if atoms.evidence is None:
+            self.atoms_overlay.setData(pos, len(PALETTE))
         else:
-            # [x, y] has pixel centres at integers; the image item puts pixel (i, j) on [j, j+1] x [i, i+1]
-            self.atoms_overlay.setData(pos=atoms.positions + np.float32(0.5))
+            self.atoms_overlay.setData(pos, evidence_index(atoms.evidence[drawn], weak_z))
+        history = self.buffer.atoms_history(atoms.series_id, atoms.image_id, TRAIL_FRAMES)
+        points, connect = trails(history, atoms, TRAIL_FRAMES, keep=drawn)
+        points = points + np.float32(0.5)
+        self.trails.setData(points[:, 0], points[:, 1], connect=connect)
+
+    def _update_hops(self, now: float | None = None) -> None:
+        """Arrows for the hops of the shown series received in the last HOP_FADE_S seconds, fading.
+
+        O(1) when no hop arrived since the last call and none is still fading.
+        """
+        frame = self.frame
+        series = None if frame is None else frame.series_id
+        key = (series, self.buffer.hops_version, self.show_atoms)
+        now = time.monotonic() if now is None else now
+        if key == self._hops_key and (not self._hops_live or now < self._hops_next):
+            return
+        self._hops_key, self._hops_next = key, now + 1.0 / HOP_FADE_HZ
+        recent = self.buffer.recent_hops(series, now, HOP_FADE_S) if self.show_atoms and series is not None else []
+        recent = [(age, hops) for age, hops in recent if len(hops)]
+        if not recent:
+            self._hops_live = False
+            if len(self.hop_markers):
+                self.hop_markers.set_markers(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+            return
+        self._hops_live = True
+        before = np.concatenate([h.before for _, h in recent])[-MAX_HOP_MARKERS:]
+        after = np.concatenate([h.after for _, h in recent])[-MAX_HOP_MARKERS:]
+        alpha = np.concatenate([np.full(len(h), fade(age, HOP_FADE_S)) for age, h in recent])[-MAX_HOP_MARKERS:]
+        self.hop_markers.set_markers(before + 0.5, after + 0.5, alpha)
 
     @property
     def waiting(self) -> bool:
@@ -336,6 +442,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         now = time.monotonic()
         self._refresh_banner()
         self._refresh_atoms_note(now)
+        with_evidence = self.atoms_shown is not None and self.atoms_shown.evidence is not None
+        if with_evidence != self.evidence_legend.isVisible():
+            self.evidence_legend.setVisible(with_evidence)
         if self._histograms_at != self.frames_drawn:  # only when a new frame was drawn
             self._histograms_at = self.frames_drawn
             for panel in self.panels:
@@ -389,8 +498,12 @@ class MonitorWindow(QtWidgets.QMainWindow):
         shown = np.array(self._display_fps, dtype=np.float64).reshape(-1, 2)
         self.css_points.setData(hist.css_t, hist.css)
         self.css_line.setData(hist.css_t, moving_mean(hist.css, CSS_SMOOTH))
-        self.atoms_points.setData(hist.atoms_t, hist.atoms)
-        self.atoms_line.setData(hist.atoms_t, moving_mean(hist.atoms, CSS_SMOOTH))
+        supported, weak = hist.atoms_supported, hist.atoms_weak
+        self.atoms_points.setData(hist.atoms_t, supported)
+        self.atoms_line.setData(hist.atoms_t, moving_mean(supported, CSS_SMOOTH))
+        has_weak = np.isfinite(weak)
+        self.atoms_weak_points.setData(hist.atoms_t[has_weak], weak[has_weak])
+        self.atoms_weak_line.setData(hist.atoms_t[has_weak], moving_mean(weak[has_weak], CSS_SMOOTH))
         self.fps_in.setData(hist.stats_t, hist.stats["fps_in"], connect="finite")
         self.fps_out.setData(hist.stats_t, hist.stats["fps_out"], connect="finite")
         self.fps_shown.setData(shown[:, 0], shown[:, 1])
@@ -399,7 +512,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.css_plot.setXRange(start, max(elapsed, 1.0), padding=0.02)  # the other two are linked
         recent = hist.stats_t >= start
         fit_y(self.css_plot, hist.css[hist.css_t >= start])
-        fit_y(self.atoms_plot, hist.atoms[hist.atoms_t >= start], zero=True)
+        fit_y(self.atoms_plot, supported[hist.atoms_t >= start], weak[hist.atoms_t >= start], zero=True)
         fit_y(self.fps_plot, hist.stats["fps_in"][recent], hist.stats["fps_out"][recent], shown[shown[:, 0] >= start, 1], zero=True)
         fit_y(self.latency_plot, hist.stats["latency_ms_p50"][recent], hist.stats["latency_ms_p99"][recent], zero=True)
 
@@ -420,12 +533,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
             f"  | in {stat('fps_in', '{:.1f}')} fps  out {stat('fps_out', '{:.1f}')} fps"
             f"  p50 {stat('latency_ms_p50', '{:.1f}')} ms  p99 {stat('latency_ms_p99', '{:.1f}')} ms",
             f"viewer  raw {counts['raw']}  denoised {counts['denoised']}  stats {counts['stats']}"
-            f"  atoms {counts['atoms']}  bad {counts['malformed']}  drawn {self.frames_drawn}"
+            f"  atoms {counts['atoms']}  hops {self.buffer.hops_heard}  bad {counts['malformed']}  drawn {self.frames_drawn}"
             f"  display {self.display_fps(now):.0f} fps",
         ]
-        if "atoms_frames" in stats:
-            lines[0] += f"  | atoms {stat('atoms_last')}  finder p50 {stat('atoms_ms_p50', '{:.2f}')} ms"
-            lines[0] += f"  skipped {stat('atoms_skipped')}  failed {stat('atoms_failed')}"
+        if "atoms_frames" in stats:  # a line of its own: the window's width stays that of the images
+            atoms_line = (
+                f"atoms   newest {stat('atoms_last')}  finder p50 {stat('atoms_ms_p50', '{:.2f}')} ms"
+                f"  skipped {stat('atoms_skipped')}  failed {stat('atoms_failed')}"
+            )
+            if "atoms_weak_last" in stats:
+                atoms_line += f"  weak {stat('atoms_weak_last')}"
+            if "tracks_live" in stats:
+                atoms_line += f"  tracks {stat('tracks_live')} (resets {stat('tracks_resets')})  hops {stat('hops')}"
+            lines.insert(1, atoms_line)
         frame = self.frame
         if frame is not None:
             css, latency = frame.denoised_header.get("css"), frame.denoised_header.get("latency_ms")
@@ -446,9 +566,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         atoms = self.atoms_shown
         if atoms is None:
             return ""
+        weak = weak_count(atoms)
+        text = f"  atoms {atoms.count}" + ("" if np.isnan(weak) else f" ({weak:.0f} weak)")
         if atoms.image_id == frame.image_id:
-            return f"  atoms {atoms.count}"
-        return f"  atoms {atoms.count} (of image {atoms.image_id})"
+            return text
+        return f"{text} (of image {atoms.image_id})"
 
     # ------------------------------------------------------------------ lifetime
 

@@ -21,13 +21,18 @@ import numpy as np
 import pytest
 
 import livedenoise.daemon._atoms
+from livedenoise.analysis import HopEvent
+from livedenoise.analysis.evaluate import hop_scores, identity_switches, match_points, true_hops
 from livedenoise.daemon import AtomsConfig, QueueConfig
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 from livedenoise.errors import LivedenoiseError, MalformedMessage
 from livedenoise.protocol import (
     MAX_ATOMS,
+    MAX_ATOMS_ANNOTATED,
     TOPIC_ATOMS,
+    TOPIC_HOPS,
     decode_atoms,
+    decode_hops,
     encode_atoms,
     encode_image,
     encode_published,
@@ -39,8 +44,8 @@ from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tanh_model(path: Path, scale: float = 3.0) -> Path:
-    """A real ONNX "denoiser" close to identity: ``clean = tanh(scale * frame)``, no convolution.
+def tanh_model(path: Path, scale: float = 3.0, offset: float = 0.0) -> Path:
+    """A real ONNX "denoiser" close to identity: ``clean = tanh(scale * (frame - offset))``, no convolution.
 
     Atoms keep their positions and stay Gaussian-like (tanh only compresses the peaks a little):
     published at ``(clean + 1) / 2``, a frame in [0, 1] has background 0.5 and an atom ~0.95
@@ -57,7 +62,7 @@ def tanh_model(path: Path, scale: float = 3.0) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    card = ModelCard(preset="tanh-identity", normalisation=Normalisation(offset=0.0, scale=scale))
+    card = ModelCard(preset="tanh-identity", normalisation=Normalisation(offset=offset, scale=scale))
     helper.set_model_props(model, {METADATA_KEY: card.to_json()})
     onnx.save(model, str(path))
     return path
@@ -169,6 +174,138 @@ def test_relative_threshold_counts_against_the_frame_s_highest_peak(
     assert msg.count == 3 and nearest_distance(true_xy, msg.positions).max() < 0.1
     assert nearest_distance(true_xy[:1], msg.positions[:1])[0] < 0.1  # the brightest first
     assert msg.heights[1] < 0.4 and msg.threshold == pytest.approx(0.1 * msg.heights[0])  # the absolute one applied
+
+
+# --------------------------------------------------------------------------- evidence, tracks and hops
+
+#: Dose (e-/px/frame) of the counting movie below: an atom's peak is ~80 counts over ~3, so the
+#: near-identity model's output has atoms ~0.5 above the background and noise well under 0.4.
+COUNTS_DOSE = 10_000.0
+
+
+@pytest.fixture
+def counts_model(tmp_path) -> Path:
+    """:func:`tanh_model` for raw counts at :data:`COUNTS_DOSE`: the background (~3 counts) maps to
+    0.5 when published, an atom's peak (~80) to ~1."""
+    return tanh_model(tmp_path / "tanh-counts.onnx", scale=0.05, offset=3.0)
+
+
+def send_and_wait(push, sub, frame: np.ndarray, series_id: int, image_id: int) -> tuple[object, list]:
+    """Send one frame, read until its atoms message: ``(AtomsMessage, [HopsMessage of that frame])``.
+
+    Lockstep, so the atom thread (which skips frames when behind) sees every frame."""
+    push.send_multipart(encode_image(frame, series_id=series_id, image_id=image_id))
+    hops = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        msg = sub.recv(0.2)
+        if msg is None or msg.header.get("image_id") != image_id or msg.header.get("series_id") != series_id:
+            continue
+        if msg.topic == TOPIC_HOPS:
+            hops.append(decode_hops(msg))
+        elif msg.topic == TOPIC_ATOMS:
+            return decode_atoms(msg), hops
+    raise AssertionError(f"no atoms message for series {series_id} image {image_id}")
+
+
+def test_evidence_tracks_and_hops_of_a_simulated_movie_and_resets(counts_model, detector, daemon_factory, subscriber):
+    """A counting movie with hops through a real daemon: evidence and track ids on every atom, a
+    hops message for each true hop, tracks reset at a series restart and a size change, and a
+    frame of thousands of "atoms" capped and counted."""
+    movie = simulate_movie(
+        SimConfig(frames=14, seed=5, dose=COUNTS_DOSE, clusters=(), hop_prob=0.12, line_shift=0.0)
+    )
+    raw = movie.noisy_as("<u2")
+    truth_hops = true_hops(movie.positions)
+    assert len(truth_hops) >= 5  # the seed's draw: enough hops to score
+    _daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, counts_model)
+    push.send_multipart(encode_start(7))
+    found, ids, events = [], [], []
+    for t in range(len(raw)):
+        msg, hops = send_and_wait(push, sub, raw[t], 7, t)
+        assert msg.evidence is not None and msg.track_ids is not None
+        assert msg.evidence.dtype == np.float32 and msg.track_ids.dtype == np.int32
+        assert len(msg.evidence) == len(msg.track_ids) == len(msg) == msg.count
+        assert msg.weak == int(np.count_nonzero(~(msg.evidence >= 3.0))) and msg.weak_z == 3.0
+        assert msg.header["analysis_ms"] >= msg.header["finder_ms"] and msg.header["analysis_cpu_ms"] > 0
+        # every true atom is found, and the raw counts support it strongly
+        ti, fi, _ = match_points(movie.positions[t], msg.positions, 1.5)
+        assert ti.size == len(movie.positions[t]), f"frame {t}: {ti.size} of {len(movie.positions[t])} atoms"
+        assert np.all(msg.evidence[fi] > 10), msg.evidence[fi]
+        found.append(np.array(msg.positions))
+        ids.append(np.array(msg.track_ids))
+        for h in hops:
+            assert (h.series_id, h.image_id, h.count) == (7, t, len(h))
+            events.extend(
+                HopEvent(int(i), int(b_id), t, tuple(map(float, b)), tuple(map(float, a)), 0.0)
+                for i, b, a, b_id in zip(h.track_ids, h.before, h.after, h.before_image_ids)
+            )
+    assert np.all(ids[0] >= 0) and len(np.unique(np.concatenate(ids))) == len(movie.positions[0])  # one track per atom
+    assert identity_switches(found, ids, movie.positions)["switches"] == 0
+    scores = hop_scores(events, movie.positions, max_delay=0)
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0, scores  # every hop, in its frame, and no other
+    assert scores["placement_error_px"] < 0.3
+    n_tracks = int(np.concatenate(ids).max()) + 1
+    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw))
+    assert stats["hops"] == len(truth_hops) and stats["tracks_resets"] == 0 and stats["atoms_capped"] == 0
+    assert stats["tracks_live"] == len(movie.positions[0])
+    assert stats["atoms_weak_last"] == msg.weak
+
+    # a series restart (start, image ids from 0 again): every track ends, new ids from here
+    push.send_multipart(encode_start(7))
+    again, _ = send_and_wait(push, sub, raw[0], 7, 0)
+    assert len(again) == len(movie.positions[0]) and again.track_ids.min() >= n_tracks
+    # a restart whose image ids go on counting up: the start message alone ends the tracks
+    push.send_multipart(encode_start(7))
+    restarted, _ = send_and_wait(push, sub, raw[1], 7, 1)
+    assert restarted.track_ids.min() > again.track_ids.max()
+    # a frame of another size: the tracks end again
+    crop, _ = send_and_wait(push, sub, np.ascontiguousarray(raw[2, :96, :112]), 7, 2)
+    assert crop.track_ids.min() > restarted.track_ids.max()
+    # a noise frame: thousands of one-pixel spikes, each an "atom" on the identity model's output
+    rng = np.random.default_rng(3)
+    noise = np.full((192, 192), 3, "<u2")
+    yy, xx = np.mgrid[1:192:3, 1:192:3]
+    noise[yy + rng.integers(-1, 2, yy.shape), xx + rng.integers(-1, 2, xx.shape)] = 60
+    spikes, _ = send_and_wait(push, sub, noise, 7, 3)
+    assert spikes.count > MAX_ATOMS_ANNOTATED and len(spikes) == MAX_ATOMS_ANNOTATED
+    assert len(spikes.evidence) == len(spikes.track_ids) == MAX_ATOMS_ANNOTATED and spikes.weak is not None
+    assert np.all(spikes.track_ids > crop.track_ids.max())
+    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw) + 4)
+    assert stats["tracks_resets"] == 4 and stats["atoms_capped"] == 1 and stats["atoms_failed"] == 0
+    assert stats["tracks_live"] == MAX_ATOMS_ANNOTATED and stats["atoms_last"] == spikes.count
+    push.close()
+
+
+def test_atoms_without_evidence_and_tracks_are_the_plain_message(counts_model, detector, daemon_factory, subscriber):
+    _daemon, push, sub = start_atoms_daemon(
+        daemon_factory, subscriber, detector, counts_model, atoms=AtomsConfig(evidence=False, tracks=False)
+    )
+    frame = (3 + render_atoms(np.array([[20.3, 30.6], [40.0, 12.0]]), 64, peak=80.0)).astype("<u2")
+    msg, hops = send_and_wait(push, sub, frame, 1, 0)
+    push.close()
+    assert msg.count == 2 and not hops
+    assert msg.evidence is msg.track_ids is msg.weak is msg.weak_z is None
+    assert not {"evidence", "track_ids", "weak", "weak_z"} & set(msg.header)
+    stats = sub.stats_until(lambda s: s["atoms_frames"] == 1)
+    assert not {"hops", "tracks_live", "tracks_resets", "atoms_weak_last", "atoms_capped"} & set(stats)
+
+
+def test_evidence_without_tracks_is_each_frame_s_own(counts_model, detector, daemon_factory, subscriber):
+    """Evidence on, tracks off: the z-score of the frame alone, as atom_evidence gives it."""
+    from livedenoise.analysis import atom_evidence
+
+    _daemon, push, sub = start_atoms_daemon(
+        daemon_factory, subscriber, detector, counts_model, atoms=AtomsConfig(tracks=False, weak_z=50.0)
+    )
+    rng = np.random.default_rng(2)
+    xy = np.array([[20.3, 30.6], [40.0, 12.0], [50.5, 50.2]])
+    frame = rng.poisson(3 + render_atoms(xy, 64, peak=80.0)).astype("<u2")
+    msg, hops = send_and_wait(push, sub, frame, 1, 0)
+    push.close()
+    assert msg.count == 3 and not hops and msg.track_ids is None
+    np.testing.assert_allclose(msg.evidence, atom_evidence(frame, msg.positions).z, rtol=1e-5)
+    assert msg.weak_z == 50.0 and msg.weak == int(np.count_nonzero(msg.evidence < 50.0))
 
 
 # --------------------------------------------------------------------------- faults
@@ -347,6 +484,15 @@ def test_atoms_threshold_option():
             AtomsConfig(threshold=thr, relative=rel)
     line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61})
     assert line.endswith("| atoms 27 (0.6 ms)")
+    line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61, "atoms_weak_last": 2, "hops": 5})
+    assert line.endswith("| atoms 27 (0.6 ms), weak 2, hops 5")
+    # evidence and tracks: options given without --atoms are refused; bad values are one-line errors
+    assert atoms_config(True, "0.3", hop_px=3.0, tracks=False) == AtomsConfig(threshold=0.3, hop_px=3.0, tracks=False)
+    with pytest.raises(LivedenoiseError, match="--hop-px, --atoms-weak-z needs --atoms"):
+        atoms_config(False, None, given=("hop-px", "atoms-weak-z"), hop_px=3.0)
+    for fields in ({"hop_px": 8.0}, {"hop_px": 0.0}, {"track_max_disp": -1.0}, {"weak_z": float("inf")}):
+        with pytest.raises(LivedenoiseError):
+            AtomsConfig(**fields)
     assert "atoms" not in format_stats({"fps_in": 150.0})
 
 

@@ -151,6 +151,11 @@ SERVE_OPTIONS = {
     "record_raw": (RecordingConfig, "raw", "Recording"),
     "record_chunk": (RecordingConfig, "chunk_frames", "Recording"),
     "record_chunk_seconds": (RecordingConfig, "chunk_seconds", "Recording"),
+    "atoms_evidence": (AtomsConfig, "evidence", "Atoms"),
+    "atoms_tracks": (AtomsConfig, "tracks", "Atoms"),
+    "atoms_weak_z": (AtomsConfig, "weak_z", "Atoms"),
+    "hop_px": (AtomsConfig, "hop_px", "Atoms"),
+    "track_max_disp": (AtomsConfig, "track_max_disp", "Atoms"),
     "curve_secret": (SecurityConfig, "curve_secret", "Security"),
     "curve_allow": (SecurityConfig, "curve_allow", "Security"),
     "source_curve_server_key": (SecurityConfig, "source_server_key", "Security"),
@@ -259,6 +264,8 @@ def test_errors_are_one_line_with_exit_code_2(conv_model, build_model, write_tif
     assert_one_line_error(run_cli("serve", "--model", conv_model, "--atoms-threshold", "0.2"), "needs --atoms")
     assert_one_line_error(run_cli("demo", "--no-atoms", "--atoms-threshold", "0.2"), "needs --atoms")
     assert_one_line_error(run_cli("demo", "--atoms-threshold", "lots"), "expected a number (0.4) or a percentage")
+    assert_one_line_error(run_cli("serve", "--model", conv_model, "--hop-px", "3"), "--hop-px needs --atoms")
+    assert_one_line_error(run_cli("demo", "--hop-px", "9"), "need 0 < hop < max displacement")
     assert_one_line_error(run_cli("view", "--after", "1"), "--after needs --screenshot")
     assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "no" / "shot.png"), "cannot write screenshot")
     assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "shot.png", "--after", "-1"), "at least 0")

@@ -22,7 +22,15 @@ import pytest
 import tifffile
 import zmq
 
-from livedenoise.protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, encode_atoms, encode_published
+from livedenoise.protocol import (
+    TOPIC_DENOISED,
+    TOPIC_HOPS,
+    TOPIC_RAW,
+    TOPIC_STATS,
+    encode_atoms,
+    encode_hops,
+    encode_published,
+)
 from livedenoise.viewer import StreamBuffer
 
 pg = pytest.importorskip("pyqtgraph", reason="the viewer extra is not installed")
@@ -31,7 +39,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from livedenoise.engine import EngineConfig
 from livedenoise.testing import LOOPBACK, bind_socket
 from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow
-from livedenoise.viewer._window import NO_ATOMS_AFTER_S, NO_ATOMS_NOTE
+from livedenoise.viewer._window import HOP_COLOR, HOP_FADE_S, NO_ATOMS_AFTER_S, NO_ATOMS_NOTE, TRAIL_FRAMES
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -53,11 +61,20 @@ class FakeDaemon:
         self.sock.send_multipart(encode_published(TOPIC_DENOISED, {**ids, "css": css, "latency_ms": latency_ms}, denoised))
         self.sock.send_multipart(encode_published(TOPIC_RAW, ids, raw))
 
-    def atoms(self, positions, *, series_id=1, image_id=0) -> None:
+    def atoms(self, positions, *, series_id=1, image_id=0, **extra) -> None:
+        """An atoms message; ``extra``: evidence, track_ids, weak, weak_z (serve --atoms with evidence and tracks)."""
         k = len(positions)
         ids = {"series_id": series_id, "image_id": image_id}
         self.sock.send_multipart(
-            encode_atoms(ids, np.reshape(positions, (k, 2)), np.ones(k), np.ones(k), threshold=0.3)
+            encode_atoms(ids, np.reshape(positions, (k, 2)), np.ones(k), np.ones(k), threshold=0.3, **extra)
+        )
+
+    def hops(self, track_ids, before, after, *, series_id=1, image_id=1) -> None:
+        ids = {"series_id": series_id, "image_id": image_id}
+        m = len(track_ids)
+        self.sock.send_multipart(
+            encode_hops(ids, np.array(track_ids), np.reshape(before, (m, 2)), np.reshape(after, (m, 2)),
+                        np.full(m, image_id - 1))
         )
 
     def stats(self, **fields) -> None:
@@ -405,6 +422,219 @@ def test_atoms_note_comes_with_frames_without_atoms_and_goes_when_atoms_arrive(q
     qtbot.waitUntil(lambda: not window.no_atoms and not window.atoms_note.isVisible(), timeout=3000)
 
 
+def pixels_near(win: MonitorWindow, xy, match, box: int = 12) -> int:
+    """Screen pixels within ``box`` px of image position ``[x, y]`` on the denoised panel for which
+    ``match(r, g, b)`` holds (one grab of the image widget)."""
+    scene = win.denoised_panel.image.mapToScene(QtCore.QPointF(xy[0] + 0.5, xy[1] + 0.5))
+    at = win.images.mapFromScene(scene)
+    image = win.images.grab().toImage()
+    count = 0
+    for dx in range(-box, box + 1):
+        for dy in range(-box, box + 1):
+            c = image.pixelColor(at.x() + dx, at.y() + dy)
+            count += bool(match(c.red(), c.green(), c.blue()))
+    return count
+
+
+def close_to(rgb, tol: int = 30):
+    return lambda r, g, b: abs(r - int(rgb[0])) <= tol and abs(g - int(rgb[1])) <= tol and abs(b - int(rgb[2])) <= tol
+
+
+def coloured(r, g, b) -> bool:
+    """Not grey: the image is drawn with the grey map, so any saturated pixel is an overlay."""
+    return max(r, g, b) - min(r, g, b) > 60
+
+
+def test_rings_are_coloured_by_evidence_and_the_weak_ones_hide(qtbot, daemon, window):
+    from livedenoise.viewer._overlay import PALETTE, evidence_index
+
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    xy = np.array([[12.0, 12.0], [48.0, 12.0], [12.0, 48.0], [48.0, 48.0]], np.float32)
+    evidence = np.array([-1.0, 2.0, 4.0, 20.0], np.float32)  # two weak (below 3), two supported
+    pub.frame(RAW, DENOISED, image_id=0)
+    pub.atoms(xy, image_id=0, evidence=evidence, track_ids=np.arange(4), weak=2, weak_z=3.0)
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.evidence is not None, timeout=3000)
+    qtbot.waitUntil(lambda: "atoms 4 (2 weak)" in window.counters.text().splitlines()[-1], timeout=3000)
+    qtbot.waitUntil(window.evidence_legend.isVisible, timeout=3000)  # the colour key, with evidence only
+
+    colours = PALETTE[evidence_index(evidence, 3.0)]
+    weak_blue, strong_green = colours[:2], colours[2:]
+    assert all(int(c[2]) > int(c[1]) for c in weak_blue), "weak atoms: the magenta ramp"
+    assert all(int(c[1]) > int(c[0]) for c in strong_green), "supported atoms: the cyan to green ramp"
+    assert len({tuple(c) for c in colours}) == 4, "each evidence level its own colour"
+    for pos, colour in zip(xy, colours, strict=True):
+        assert pixels_near(window, pos, close_to(colour)) > 5, (pos, colour)
+        others = [c for c in colours if tuple(c) != tuple(colour)]
+        assert all(pixels_near(window, pos, close_to(c, 12)) == 0 for c in others), (pos, colour)
+
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_W)  # hide the weak ones: the box follows the key
+    assert not window.show_weak and not window.weak_box.isChecked()
+    assert window.atoms_drawn.tolist() == [False, False, True, True]
+    np.testing.assert_allclose(np.array(window.atoms_overlay.getData()).T, xy[2:] + 0.5)
+    qtbot.waitUntil(lambda: pixels_near(window, xy[0], coloured) == 0, timeout=3000)
+    assert pixels_near(window, xy[1], coloured) == 0
+    for pos, colour in zip(xy[2:], colours[2:], strict=True):
+        assert pixels_near(window, pos, close_to(colour)) > 5
+    window.weak_box.setChecked(True)  # back, from the box
+    assert window.show_weak and len(window.atoms_overlay.getData()[0]) == 4
+    qtbot.waitUntil(lambda: pixels_near(window, xy[0], close_to(colours[0])) > 5, timeout=3000)
+
+
+def test_trails_follow_the_tracks_on_screen_and_stay_bounded(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    n = 90  # more frames than the buffer keeps atoms messages for
+    for i in range(n):
+        walker = [8.0 + 0.5 * (i % 80), 20.0]  # track 0 walks right along row 20
+        fixed = [50.0, 50.0]  # track 1: seen in the first frames only, then it ends
+        weak = [30.0 + 0.2 * (i % 80), 40.0]  # track 7: weakly supported
+        xy, ids, ev = [walker, weak], [0, 7], [12.0, 1.0]
+        if i < 20:
+            xy, ids, ev = [*xy, fixed], [*ids, 1], [*ev, 12.0]
+        pub.frame(RAW, DENOISED, image_id=i)
+        pub.atoms(np.array(xy), image_id=i, evidence=np.array(ev), track_ids=np.array(ids), weak_z=3.0)
+    last = n - 1
+    qtbot.waitUntil(lambda: window.atoms_shown is not None and window.atoms_shown.image_id == last, timeout=5000)
+    assert window.buffer.counts["atoms"] >= n
+    kept = window.buffer.atoms_history(1, last, 10**6)
+    assert 0 < len(kept) <= 64, "the atoms messages kept are bounded, however many came"
+
+    xs, ys = window.trails.getData()
+    points = np.stack([xs, ys], axis=1) - 0.5
+    steps = np.arange(last - TRAIL_FRAMES + 1, last + 1) % 80
+    expected = np.concatenate([
+        np.stack([8.0 + 0.5 * steps, np.full(TRAIL_FRAMES, 20.0)], axis=1),  # track 0, oldest first
+        np.stack([30.0 + 0.2 * steps, np.full(TRAIL_FRAMES, 40.0)], axis=1),  # track 7
+    ])
+    np.testing.assert_allclose(points, expected, atol=1e-5)  # the last TRAIL_FRAMES positions; track 1 ended
+    connect_mask = np.asarray(window.trails.opts["connect"])
+    assert connect_mask.tolist() == [True] * (TRAIL_FRAMES - 1) + [False] + [True] * (TRAIL_FRAMES - 1) + [False]
+
+    def yellow(r, g, b) -> bool:
+        return r > 150 and g > 120 and b < 60 and r - b > 100
+
+    mid_walker = expected[TRAIL_FRAMES // 2 - 3]  # on the trail, clear of the newest ring
+    qtbot.waitUntil(lambda: pixels_near(window, mid_walker, yellow, box=4) > 0, timeout=3000)
+    assert pixels_near(window, (50.0, 50.0), yellow) == 0  # the ended track left nothing
+
+    window.set_show_weak(False)  # the weak track's trail goes with its ring
+    xs, ys = window.trails.getData()
+    np.testing.assert_allclose(np.stack([xs, ys], axis=1) - 0.5, expected[:TRAIL_FRAMES], atol=1e-5)
+
+
+def test_hop_marker_appears_and_fades_out(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    pub.frame(RAW, DENOISED, image_id=1)
+    pub.atoms(np.array([[28.0, 10.0]]), image_id=1, evidence=np.array([9.0]), track_ids=np.array([5]))
+    qtbot.waitUntil(lambda: shown_id(window) == (1, 1), timeout=3000)
+    before, after = np.array([[4.0, 10.0]]), np.array([[28.0, 10.0]])  # over the dark quadrant
+    pub.hops([9], [[5.0, 5.0]], [[9.0, 5.0]], series_id=2, image_id=1)  # another series: never drawn here
+    sent = time.monotonic()
+    pub.hops([5], before, after, image_id=1)
+    qtbot.waitUntil(lambda: len(window.hop_markers) == 1, timeout=3000)
+    drawn_before, drawn_after, alpha = window.hop_markers.markers()
+    np.testing.assert_allclose(drawn_before, before + 0.5)
+    np.testing.assert_allclose(drawn_after, after + 0.5)
+    assert 0 < alpha[0] <= 1
+
+    def orange(r, g, b) -> bool:  # the hop colour at any opacity over black
+        return r > 50 and 0.25 * r < g < 0.65 * r and b < 0.25 * r
+
+    middle = (before[0] + after[0]) / 2
+    assert pixels_near(window, middle, orange, box=3) > 0, "the arrow is on screen"
+    assert pixels_near(window, (9.0, 24.0), orange) == 0  # nowhere else (the dark quadrant too)
+    seen = [float(alpha[0])]
+
+    def faded() -> bool:  # sample the opacity until the marker is gone
+        if len(window.hop_markers):
+            seen.append(float(window.hop_markers.markers()[2][0]))
+            return False
+        return True
+
+    qtbot.waitUntil(faded, timeout=3000)
+    assert seen == sorted(seen, reverse=True), "the arrow only fades"
+    assert any(0 < a < seen[0] for a in seen[1:]), f"no faded opacity seen on the way out: {seen}"
+    assert time.monotonic() - sent >= HOP_FADE_S * 0.9
+    qtbot.waitUntil(lambda: "hops 2" in window.counters.text(), timeout=3000)  # both messages heard
+    qtbot.waitUntil(lambda: pixels_near(window, middle, orange, box=3) == 0, timeout=1000)
+    assert tuple(HOP_COLOR) and orange(*HOP_COLOR)
+
+
+def test_atoms_plot_is_split_into_supported_and_weak(qtbot, daemon, window):
+    pub = daemon[0]
+    connect(qtbot, pub, window)
+    counts, weak = [6, 5, 7, 4], [1, 0, 3, 4]
+    for i, (k, w) in enumerate(zip(counts, weak, strict=True)):
+        ev = np.array([1.0] * w + [8.0] * (k - w))
+        pub.atoms(np.full((k, 2), 8.0), series_id=2, image_id=i, evidence=ev, track_ids=np.arange(k), weak=w, weak_z=3.0)
+    pub.atoms(np.full((3, 2), 8.0), series_id=2, image_id=len(counts))  # a daemon without evidence: all counted
+    pub.atoms(np.full((2, 2), 8.0), series_id=2, image_id=len(counts) + 1, evidence=np.array([np.nan, 5.0]))
+
+    def plotted() -> bool:
+        _, ys = window.atoms_points.getData()
+        return ys is not None and len(ys) == len(counts) + 2
+
+    qtbot.waitUntil(plotted, timeout=3000)
+    np.testing.assert_array_equal(window.atoms_points.getData()[1], [5, 5, 4, 0, 3, 1])
+    np.testing.assert_array_equal(window.atoms_weak_points.getData()[1], [*weak, 1])  # NaN evidence is weak
+    assert len(window.atoms_weak_points.getData()[0]) == len(counts) + 1  # no weak point without evidence
+    assert window.atoms_weak_line.getData()[1][-1] == pytest.approx(np.mean([*weak, 1]))
+
+
+def test_stream_buffer_keeps_recent_hops_and_counts_bad_ones():
+    buf = StreamBuffer(hops_kept=4)
+    for i in range(6):
+        buf.ingest_parts(encode_hops({"series_id": 1, "image_id": i + 1}, np.array([i]), np.zeros((1, 2)),
+                                     np.ones((1, 2)), np.array([i])), now=float(i))
+    assert buf.hops_heard == 6 and buf.counts["hops"] == 6
+    recent = buf.recent_hops(1, now=5.5, span=2.0)  # received at 4 and 5
+    assert [(age, h.image_id) for age, h in recent] == [(1.5, 5), (0.5, 6)]
+    assert buf.recent_hops(2, now=5.5, span=10.0) == []
+    assert len(buf.recent_hops(1, now=5.5, span=100.0)) == 4  # no more than kept
+    buf.ingest_parts(encode_published(TOPIC_HOPS, {"series_id": 1, "image_id": 9, "count": 1, "track_ids": b"xy"}))
+    assert buf.counts["malformed"] == 1 and buf.hops_heard == 6
+
+
+def test_view_of_a_live_daemon_with_evidence_shows_colours_trails_and_hops(qtbot, tmp_path, replayer, daemon_factory):
+    """replay --synthetic (a movie with hops) -> serve --atoms (evidence and tracks, the shipped rt model) -> view:
+    the real chain, as in the demo."""
+    from livedenoise.daemon import AtomsConfig
+
+    detector = replayer(synthetic=True, fps=40, size=128)
+    daemon = daemon_factory(
+        model=RT_MODEL, source=detector.endpoint, stats_interval=0.2, atoms=AtomsConfig(),
+        engine=EngineConfig(threads=1, provider="cpu", shapes=()),
+    )
+    detector.start()
+    win = MonitorWindow(daemon.publish_address, snapshot_dir=tmp_path)
+    qtbot.addWidget(win)
+    try:
+        win.show()
+        qtbot.waitExposed(win)
+
+        def annotated() -> bool:
+            atoms = win.atoms_shown
+            return atoms is not None and atoms.evidence is not None and atoms.track_ids is not None and len(atoms) > 0
+
+        qtbot.waitUntil(annotated, timeout=20000)
+        assert len(win.atoms_overlay.getData()[0]) == len(win.atoms_shown)  # every atom ringed (weak ones shown)
+        def trailing() -> bool:  # more trail points than atoms: some track has a past on screen
+            xs = win.trails.getData()[0]
+            return xs is not None and len(xs) > len(win.atoms_shown)
+
+        qtbot.waitUntil(trailing, timeout=10000)
+        qtbot.waitUntil(lambda: win.buffer.hops_heard > 0 and len(win.hop_markers) > 0, timeout=20000)
+        qtbot.waitUntil(lambda: any(line.startswith("atoms") and "weak" in line and "tracks" in line
+                                    for line in win.counters.text().splitlines()), timeout=5000)
+        qtbot.waitUntil(win.evidence_legend.isVisible, timeout=3000)
+        assert not win.no_atoms
+        assert win.width() == 1280, "the colour key and the weak box fit the window's width"
+    finally:
+        win.close()
+
+
 def test_view_of_a_live_daemon_without_atoms_says_so(qtbot, tmp_path, replayer, daemon_factory, conv_model):
     """serve (no --atoms) -> view: after a couple of seconds of frames, the atoms control says why it stays empty."""
     detector = replayer(synthetic=True, fps=50, size=SIZE)
@@ -530,6 +760,7 @@ def test_view_screenshot_command_writes_the_window_and_quits(tmp_path, replayer,
 # --------------------------------------------------------------------------- screenshots
 
 DEFAULT_MODEL = REPO / "livedenoise" / "models" / "default.onnx"
+RT_MODEL = REPO / "livedenoise" / "models" / "rt.onnx"  # the demo's model
 
 
 def gaussian_model(path: Path) -> Path:
