@@ -23,7 +23,7 @@ log = logging.getLogger("livedenoise")
 
 SHIPPED_MODELS = (
     "default (1 frame; used without --model), rt (1 frame, ~2x faster on a CPU), temporal (3 frames), "
-    "lowdose (5 frames, ~100 e-/px)"
+    "lowdose (5 frames, ~100 e-/px), hops (lowdose behind a motion-aware window: follows hopping atoms)"
 )
 _FROM_CONFIG: Any = object()
 
@@ -49,7 +49,7 @@ def model_option(panel: str | None = None, default_note: str = "") -> Any:
 
 
 def model_path(model: Path | None) -> Path:
-    """``--model``: a file, or the name of a shipped model (``default``, ``rt``, ``temporal``, ``lowdose``), or none."""
+    """``--model``: a file, or the name of a shipped model (``default``, ``rt``, ``temporal``, ``lowdose``, ``hops``), or none."""
     from ..engine import default_model_path
 
     if model is None:
