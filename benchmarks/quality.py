@@ -73,7 +73,8 @@ N2V's training time is given beside it).
 best-F1 threshold finds, linked frame to frame by the daemon's linker
 (:func:`livedenoise.analysis.link_frames`, max displacement 7 px, gaps of 2 frames), scored by
 :mod:`livedenoise.analysis.evaluate` as ``benchmarks/tracks.py`` does: hop recall, precision,
-placement error and delay of the detected hop events against the truth's hops (> 2.5 px), and
+placement error and delay of the detected hop events (a step > 2.5 px confirmed by the track's
+next frame, as ``serve`` publishes them) against the truth's hops (> 2.5 px), and
 "placed", the share of true hops placed within 1 px and 2 frames (``hop_scores``'
 ``recall_placed``); evidence ROC AUC of :func:`livedenoise.analysis.atom_evidence`'s z on the raw
 frame for true against invented atoms (per frame, and accumulated along the track), precision at
@@ -642,7 +643,7 @@ def write_report(path: Path, fig: Path | None, meta: dict, conds: list[Condition
           "(an oracle, the same for all); the models and N2V never see it. Under each condition's table, a second "
           "one (issue 17): the atoms found at the method's best-F1 threshold linked into tracks by the daemon's "
           "linker (max displacement 7 px, gaps of 2 frames); hop recall, precision, placement error and delay of "
-          "the detected hop events against the truth's hops, \"placed\" = the share of true hops placed within "
+          "the detected hop events (a step > 2.5 px confirmed by the track's next frame, as `serve` publishes them) against the truth's hops, \"placed\" = the share of true hops placed within "
           "1 px and 2 frames; evidence ROC AUC (the raw counts' z of each atom, per frame and accumulated along its "
           "track) for true against invented atoms, precision at 90 % recall of the true ones (of all in brackets); "
           "identity switches per 100 true atom-frames. `n2a-hops` is `lowdose` behind a motion-aware window "

@@ -2,7 +2,8 @@
 trackpy, and how well they do against the simulator's truth.
 
     python benchmarks/tracks.py [--conditions dose300,dose100,dose300-grad,dev-D] [--frames 48]
-                                [--skip-quality] [--skip-cost] [--skip-trackpy] [--json out.json]
+                                [--hop-confirm 1] [--skip-quality] [--skip-cost] [--skip-trackpy]
+                                [--json out.json]
     python benchmarks/tracks.py --live [--live-sizes 128:150,512:15] [--live-seconds 30]
 
 Prints three parts (issue 17), or with ``--live`` a fourth alone:
@@ -29,6 +30,9 @@ Prints three parts (issue 17), or with ``--live`` a fourth alone:
    along the track (Stouffer's z so far: what the operator sees live); hops: recall,
    precision, placement error, delay and the share placed within 1 px and 2 frames; identity
    switches per 100 atom-frames. Targets: AUC >= 0.9 at dose 300 and >= 0.8 at dose 100.
+   Hops are those the daemon publishes: confirmed by the next frame (``--hop-confirm``, a
+   comma-separated list of ``Tracker`` ``confirm_frames`` values, each scored in turn: ``0,1``
+   gives before / after confirmation on the same detections; parts 1 and 3 run per value).
 4. ``--live`` (only that part): the daemon itself, ``serve --model rt --atoms`` (evidence and
    tracks on, the defaults) fed by ``replay --synthetic`` (PUB, dose 300 frames with hops) at
    each SIZE:FPS for ``--live-seconds``, both as child processes like a detector and a daemon.
@@ -59,7 +63,7 @@ from _proc import machine
 from livedenoise.analysis import Tracker, TrackEvidence, accumulate_evidence, atom_evidence, find_atoms, link_frames
 from livedenoise.analysis.evaluate import detection_scores, evidence_scores, hop_scores, identity_switches
 
-MODELS = ("default", "rt", "temporal", "lowdose")
+MODELS = ("default", "rt", "temporal", "lowdose", "hops")
 DAEMON_THRESHOLD = 0.4  # serve --atoms' default: absolute height above the median on the [0, 1] output
 READ_NOISE = float(np.hypot(0.25, 0.15))  # the simulator's read noise and row offset, counts
 
@@ -84,12 +88,12 @@ def pct(v: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------- 1. cost
 
 
-def cost(size: int, frames: int, passes: int, engine) -> dict:
+def cost(size: int, frames: int, passes: int, engine, confirm: int = 1) -> dict:
     from livedenoise.sim import SimConfig, simulate_movie
 
     m = simulate_movie(SimConfig(size=size, frames=frames, dose=300, seed=2))
     den = denoise(engine, m.noisy, series=7)
-    tr, te = Tracker(), TrackEvidence()
+    tr, te = Tracker(confirm_frames=confirm), TrackEvidence()
     total, parts = [], {"atoms": [], "evidence": [], "tracks": []}
     counts = []
     pc = time.perf_counter
@@ -112,7 +116,7 @@ def cost(size: int, frames: int, passes: int, engine) -> dict:
             parts["tracks"].append(1e3 * (t3 - t2))
             counts.append(len(atoms))
     return {
-        "size": size, "samples": len(total), "atoms_per_frame": float(np.mean(counts)),
+        "size": size, "hop_confirm": confirm, "samples": len(total), "atoms_per_frame": float(np.mean(counts)),
         "p50_ms": pct(total, 50), "p99_ms": pct(total, 99),
         "parts_p50_ms": {k: pct(v, 50) for k, v in parts.items()},
         "parts_p99_ms": {k: pct(v, 99) for k, v in parts.items()},
@@ -203,22 +207,26 @@ def temporal_gauss(frames: np.ndarray, n: int = 3, sigma: float = 1.0) -> np.nda
 
 
 def score_method(den: np.ndarray, noisy: np.ndarray, pos: np.ndarray, threshold: float | None,
-                 max_disp: float, memory: int) -> dict:
+                 max_disp: float, memory: int, confirms: tuple[int, ...] = (1,)) -> list[dict]:
     if threshold is None:
         threshold = detection_scores(den, pos)["threshold"]
     found = [find_atoms(d, threshold=threshold).positions for d in den]
     ev = [atom_evidence(r, f, read_noise=READ_NOISE) for r, f in zip(noisy, found)]
-    ids, hops = link_frames(found, max_disp=max_disp, memory=memory)
-    z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
-    e1 = evidence_scores(found, [e.z for e in ev], pos)
-    e2 = evidence_scores(found, z_acc, pos)
-    hs = hop_scores(hops, pos)
-    sw = identity_switches(found, ids, pos)
-    return {"threshold": float(threshold), "n_found": int(sum(len(f) for f in found)),
-            "evidence_frame": e1, "evidence_track": e2, "hops": hs, "switches": sw}
+    rows = []
+    for confirm in confirms:  # confirmation drops hop events, never changes the links
+        ids, hops = link_frames(found, max_disp=max_disp, memory=memory, confirm_frames=confirm)
+        z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
+        e1 = evidence_scores(found, [e.z for e in ev], pos)
+        e2 = evidence_scores(found, z_acc, pos)
+        hs = hop_scores(hops, pos)
+        sw = identity_switches(found, ids, pos)
+        rows.append({"threshold": float(threshold), "n_found": int(sum(len(f) for f in found)), "hop_confirm": confirm,
+                     "evidence_frame": e1, "evidence_track": e2, "hops": hs, "switches": sw})
+    return rows
 
 
-def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memory: int) -> list[dict]:
+def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memory: int,
+            confirms: tuple[int, ...] = (1,)) -> list[dict]:
     from quality import conditions, load_condition
 
     allc = conditions(4.0)
@@ -238,12 +246,14 @@ def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memor
         for name, eng in engines.items():
             methods.append((f"n2a-{name}", denoise(eng, d.noisy, series=100 + ci), [None, DAEMON_THRESHOLD]))
         for name, den, thrs in methods:
-            for thr in thrs:
-                r = score_method(den, d.noisy, d.positions, thr, max_disp, memory)
+            scored = [(thr, r) for thr in thrs
+                      for r in score_method(den, d.noisy, d.positions, thr, max_disp, memory, confirms)]
+            for thr, r in scored:
                 r |= {"condition": key, "method": name, "rule": "best F1" if thr is None else f"daemon {thr}"}
                 rows.append(r)
                 ef, et, h, s = r["evidence_frame"], r["evidence_track"], r["hops"], r["switches"]
-                print(f"   {name:22s} {r['rule']:10s} atoms {r['n_found']:5d} invented {ef['n_invented']:4d}"
+                print(f"   {name:22s} {r['rule']:10s} confirm {r['hop_confirm']} atoms {r['n_found']:5d}"
+                      f" invented {ef['n_invented']:4d}"
                       f" | AUC frame {fmt(ef['auc'])} track {fmt(et['auc'])}"
                       f" | P@90 {fmt(ef['precision_at_recall'])}/{fmt(et['precision_at_recall'])} (all {fmt(ef['precision_all'])})"
                       f" | hops {h['n_matched']}/{h['n_true']} det {h['n_detected']} R {fmt(h['recall'], 2)}"
@@ -332,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cost-sizes", default="128,512")
     ap.add_argument("--max-disp", type=float, default=7.0)
     ap.add_argument("--memory", type=int, default=2)
+    ap.add_argument("--hop-confirm", default="1",
+                    help="Tracker confirm_frames, comma-separated (0,1: hops before / after confirmation)")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-trackpy", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
@@ -343,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--live-variants", default="full",
                     help=f"comma-separated, each run in turn at every size: {', '.join(LIVE_VARIANTS)}")
     args = ap.parse_args(argv)
+    confirms = tuple(int(c) for c in args.hop_confirm.split(","))
 
     if args.live:
         print(f"machine: {machine()}; load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
@@ -372,12 +385,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.skip_cost:
         out["cost"] = []
-        for size in (int(s) for s in args.cost_sizes.split(",")):
+        for size, confirm in ((int(s), c) for s in args.cost_sizes.split(",") for c in confirms):
             frames = args.frames if size <= 128 else max(8, args.frames // 4)
             passes = args.passes if size <= 128 else max(2, args.passes // 2)
-            r = cost(size, frames, passes, engines["rt"])
+            r = cost(size, frames, passes, engines["rt"], confirm)
             out["cost"].append(r)
-            print(f"cost {size}^2: {r['atoms_per_frame']:.1f} atoms/frame, {r['samples']} frames:"
+            print(f"cost {size}^2, hop confirm {confirm}: {r['atoms_per_frame']:.1f} atoms/frame, {r['samples']} frames:"
                   f" p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms (target at 128^2: p99 <= 2 ms);"
                   f" p50 atoms {r['parts_p50_ms']['atoms']:.3f}, evidence {r['parts_p50_ms']['evidence']:.3f},"
                   f" tracks {r['parts_p50_ms']['tracks']:.3f} ms; p99 atoms {r['parts_p99_ms']['atoms']:.3f},"
@@ -412,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.skip_quality:
         conds = [c.strip() for c in args.conditions.split(",") if c.strip()]
-        out["quality"] = quality(conds, args.frames, engines, args.max_disp, args.memory)
+        out["quality"] = quality(conds, args.frames, engines, args.max_disp, args.memory, confirms)
 
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))

@@ -18,7 +18,21 @@ The rule, per frame (:meth:`Tracker.update`):
    which the benchmark counts.
 4. Atoms left without a link start **new tracks** (ids count up from 0 and are never reused).
 5. **Hops**: a link longer than ``hop_distance`` (default 2.5 px, the evaluation's hop size) is a
-   :class:`HopEvent` with the track's position and image id before and after.
+   *candidate* hop, with the track's position and image id before and after.
+6. **Confirmation** (``confirm_frames``, default 1): most candidates on a model's output are not
+   hops but an atom missed for a frame whose track was linked to a nearby false atom or a
+   neighbour; the atom then reappears at its old site, and the false atom vanishes. So a
+   candidate becomes a :class:`HopEvent` (in :attr:`Tracker.hops`) only once the track has been
+   seen again within ``confirm_px`` (2 px: an atom found in two frames moves up to ~1.9 px on a
+   single-frame model's output) of where it landed in each of its next ``confirm_frames``
+   observations (a frame where the track is missed waits, within ``memory``), while no other
+   atom is found within ``confirm_px`` of the site it left. It is dropped as soon as either
+   fails, or when the track ends or the tracks reset. Until then the track's hops are measured
+   from its *anchor*, the position before the candidate: a track that comes back there did not
+   hop (twice), and one that goes on elsewhere is a new candidate from the anchor. The event
+   names the frame the hop landed on (``image_id_after``); it is *reported* later, one frame
+   later when nothing is missed. ``confirm_frames=0`` reports every candidate at once (each link
+   longer than ``hop_distance``: the rule before confirmation).
 
 ``max_disp`` must exceed the longest hop to follow it (single Pt atoms hop 3 to 6 px) and is best
 kept below the closest spacing of atoms that might both be missed at once; greedy linking
@@ -35,6 +49,10 @@ non-finite positions get id -1.
 [0, 1]
 >>> tr.update(np.array([[30.4, 29.8], [14.5, 10.0]]), image_id=1).tolist()
 [1, 0]
+>>> tr.hops, tr.pending  # a candidate: confirmed or not by the next frame
+([], 1)
+>>> tr.update(np.array([[14.8, 10.3], [30.1, 30.0]]), image_id=2).tolist()
+[0, 1]
 >>> [(h.track_id, h.image_id_before, h.image_id_after, h.after) for h in tr.hops]
 [(0, 0, 1, (14.5, 10.0))]
 """
@@ -48,12 +66,15 @@ import numpy as np
 __all__ = ["HopEvent", "Tracker", "link_frames"]
 
 HOP_DISTANCE = 2.5  # px: the evaluation's hop (analysis._detection.HOP_PX)
+CONFIRM_FRAMES = 1  # observations after a candidate hop that must confirm it
+CONFIRM_PX = 2.0  # px: "near" the landing site and the site left (an atom found twice moves up to ~1.9 px)
 _DENSE_PAIRS = 4096  # up to this many atom x track pairs the all-pairs matrix is cheaper than the grid
 
 
 @dataclass(frozen=True, slots=True)
 class HopEvent:
-    """A track whose position jumped more than ``hop_distance`` between two observations."""
+    """A track whose position jumped more than ``hop_distance`` between two observations (and,
+    with confirmation, stayed there); ``image_id_after`` is the frame it landed on."""
 
     track_id: int
     image_id_before: int
@@ -152,10 +173,12 @@ def greedy_links(
 class Tracker:
     """Live linking of each frame's atoms into tracks, with hop events; see the module docstring.
 
-    After each :meth:`update`: :attr:`hops` (this frame's :class:`HopEvent` list), :attr:`ended`
-    (ids of the tracks that ended before this frame), :attr:`truncated` (atoms of this frame
-    beyond ``max_atoms``, left untracked). Running totals: :attr:`frames`, :attr:`n_tracks`,
-    :attr:`n_hops`, :attr:`n_truncated`, :attr:`resets`.
+    After each :meth:`update`: :attr:`hops` (the :class:`HopEvent` list confirmed by this frame:
+    with ``confirm_frames`` 1, hops that landed on the previous frame), :attr:`pending` (candidate
+    hops waiting for confirmation), :attr:`ended` (ids of the tracks that ended before this frame),
+    :attr:`truncated` (atoms of this frame beyond ``max_atoms``, left untracked). Running totals:
+    :attr:`frames`, :attr:`n_tracks`, :attr:`n_hops` (confirmed), :attr:`n_candidates`,
+    :attr:`n_truncated`, :attr:`resets`.
     """
 
     def __init__(
@@ -164,15 +187,19 @@ class Tracker:
         memory: int = 2,
         hop_distance: float = HOP_DISTANCE,
         max_atoms: int = 4096,
+        confirm_frames: int = CONFIRM_FRAMES,
+        confirm_px: float = CONFIRM_PX,
     ):
-        if not max_disp > 0 or memory < 0 or not hop_distance > 0 or max_atoms < 1:
+        if (not max_disp > 0 or memory < 0 or not hop_distance > 0 or max_atoms < 1 or confirm_frames < 0
+                or not confirm_px > 0):
             raise ValueError(
-                f"need max_disp > 0, memory >= 0, hop_distance > 0, max_atoms >= 1; got {max_disp}, {memory},"
-                f" {hop_distance}, {max_atoms}"
+                f"need max_disp > 0, memory >= 0, hop_distance > 0, max_atoms >= 1, confirm_frames >= 0,"
+                f" confirm_px > 0; got {max_disp}, {memory}, {hop_distance}, {max_atoms}, {confirm_frames}, {confirm_px}"
             )
         self.max_disp, self.memory = float(max_disp), int(memory)
         self.hop_distance, self.max_atoms = float(hop_distance), int(max_atoms)
-        self.frames = self.n_tracks = self.n_hops = self.n_truncated = self.resets = 0
+        self.confirm_frames, self.confirm_px = int(confirm_frames), float(confirm_px)
+        self.frames = self.n_tracks = self.n_hops = self.n_candidates = self.n_truncated = self.resets = 0
         self._next_id = 0
         self.reset()
         self.resets = 0
@@ -185,6 +212,11 @@ class Tracker:
         self._image_id: int | None = None
         self._shape: tuple[int, ...] | None = None
         self.hops: list[HopEvent] = []
+        # where each track was last *settled* (its position before an unconfirmed candidate hop),
+        # from where hops are measured, and the candidates waiting: track id -> (event, confirmations needed)
+        self._anchor = np.zeros((0, 2))
+        self._anchor_last = np.zeros(0, np.int64)
+        self._pending: dict[int, tuple[HopEvent, int]] = {}
         self.ended = np.zeros(0, np.int64)
         self.truncated = 0
         self.resets += 1
@@ -193,6 +225,11 @@ class Tracker:
     def live(self) -> int:
         """Tracks that can still be continued."""
         return int(self._ids.size)
+
+    @property
+    def pending(self) -> int:
+        """Candidate hops waiting for confirmation."""
+        return len(self._pending)
 
     def update(
         self, positions: np.ndarray, image_id: int | None = None, shape: tuple[int, ...] | None = None
@@ -222,6 +259,9 @@ class Tracker:
         self.ended = np.concatenate([ended_by_reset, self._ids[~alive]])
         if not alive.all():
             self._ids, self._pos, self._last = self._ids[alive], self._pos[alive], self._last[alive]
+            self._anchor, self._anchor_last = self._anchor[alive], self._anchor_last[alive]
+            for tid in self.ended:
+                self._pending.pop(int(tid), None)  # a candidate whose track ended: never confirmed
 
         k = pos.shape[0]
         ids = np.full(k, -1, np.int64)
@@ -235,21 +275,10 @@ class Tracker:
         idx = np.flatnonzero(use)
         pts = pos[idx]
         pi, tj, d = candidate_pairs(pts, self._pos, self.max_disp)
-        lp, lt, ld = greedy_links(pi, tj, d, pts.shape[0], self._pos.shape[0])
+        lp, lt, _ = greedy_links(pi, tj, d, pts.shape[0], self._pos.shape[0])
         ids[idx[lp]] = self._ids[lt]
 
-        hop = ld > self.hop_distance
-        for p, t, dist in zip(lp[hop], lt[hop], ld[hop]):
-            self.hops.append(
-                HopEvent(
-                    int(self._ids[t]),
-                    int(self._last[t]),
-                    image_id,
-                    (float(self._pos[t, 0]), float(self._pos[t, 1])),
-                    (float(pts[p, 0]), float(pts[p, 1])),
-                    float(dist),
-                )
-            )
+        self._hop_links(pts, lp, lt, image_id)
         self.n_hops += len(self.hops)
         self._pos[lt] = pts[lp]
         self._last[lt] = image_id
@@ -265,18 +294,87 @@ class Tracker:
             self._ids = np.concatenate([self._ids, fresh])
             self._pos = np.concatenate([self._pos, pts[new]])
             self._last = np.concatenate([self._last, np.full(n_new, image_id, np.int64)])
+            self._anchor = np.concatenate([self._anchor, pts[new]])
+            self._anchor_last = np.concatenate([self._anchor_last, np.full(n_new, image_id, np.int64)])
         self._image_id = image_id
         return ids
 
+    def _hop_links(self, pts: np.ndarray, lp: np.ndarray, lt: np.ndarray, image_id: int) -> None:
+        """Candidate hops of this frame's links (``pts[lp]`` linked to track index ``lt``), and the
+        confirmation of those waiting; fills :attr:`hops`, moves the tracks' anchors."""
+        new = pts[lp]
+        dist = np.hypot(new[:, 0] - self._anchor[lt, 0], new[:, 1] - self._anchor[lt, 1])
+        cand = dist > self.hop_distance
+        settle = ~cand  # links that move the anchor along
+        if self._pending:
+            r2 = self.confirm_px**2
+            slot = {int(t): i for i, t in enumerate(self._ids[lt].tolist())} if lt.size else {}
+            for tid, (event, need) in list(self._pending.items()):
+                i = slot.get(tid)
+                bx, by = event.before
+                near = (pts[:, 0] - bx) ** 2 + (pts[:, 1] - by) ** 2 <= r2
+                if i is not None:
+                    near[lp[i]] = False
+                if near.any():  # the site left is occupied again: a missed atom, not a hop
+                    del self._pending[tid]
+                    if i is None:  # unseen here: it stays where it is, without a hop
+                        j = int(np.flatnonzero(self._ids == tid)[0])
+                        self._anchor[j], self._anchor_last[j] = self._pos[j], self._last[j]
+                    else:
+                        cand[i], settle[i] = False, True
+                    continue
+                if i is None:
+                    continue  # missed in this frame: wait (the track lives ``memory`` frames)
+                ax, ay = event.after
+                if (new[i, 0] - ax) ** 2 + (new[i, 1] - ay) ** 2 <= r2:  # still where it landed
+                    cand[i] = False
+                    if need > 1:
+                        self._pending[tid] = (event, need - 1)
+                    else:
+                        del self._pending[tid]
+                        self.hops.append(event)
+                        settle[i] = True
+                else:  # moved on (back home, usually): judged afresh from the anchor
+                    del self._pending[tid]
+                    settle[i] = not cand[i]
+        if cand.any():
+            self.n_candidates += int(np.count_nonzero(cand))
+            for i in np.flatnonzero(cand).tolist():
+                t = lt[i]
+                event = HopEvent(
+                    int(self._ids[t]),
+                    int(self._anchor_last[t]),
+                    image_id,
+                    (float(self._anchor[t, 0]), float(self._anchor[t, 1])),
+                    (float(new[i, 0]), float(new[i, 1])),
+                    float(dist[i]),
+                )
+                if self.confirm_frames:
+                    self._pending[event.track_id] = (event, self.confirm_frames)
+                else:
+                    self.hops.append(event)
+                    settle[i] = True
+        self._anchor[lt[settle]] = new[settle]
+        self._anchor_last[lt[settle]] = image_id
+
 
 def link_frames(
-    positions: list[np.ndarray], max_disp: float = 7.0, memory: int = 2, hop_distance: float = HOP_DISTANCE
+    positions: list[np.ndarray],
+    max_disp: float = 7.0,
+    memory: int = 2,
+    hop_distance: float = HOP_DISTANCE,
+    confirm_frames: int = CONFIRM_FRAMES,
+    confirm_px: float = CONFIRM_PX,
 ) -> tuple[list[np.ndarray], list[HopEvent]]:
-    """Offline: a :class:`Tracker` over a movie's atoms (frame t has image id t).
+    """Offline: a :class:`Tracker` over a movie's atoms (frame t has image id t), the daemon's rule.
 
-    Returns the track ids of every frame and every hop event.
+    Returns the track ids of every frame and every (confirmed) hop event, in the order reported;
+    a candidate hop still unconfirmed at the movie's end is left out, as live.
     """
-    tr = Tracker(max_disp=max_disp, memory=memory, hop_distance=hop_distance, max_atoms=2**31 - 1)
+    tr = Tracker(
+        max_disp=max_disp, memory=memory, hop_distance=hop_distance, max_atoms=2**31 - 1,
+        confirm_frames=confirm_frames, confirm_px=confirm_px,
+    )
     ids, hops = [], []
     for t, p in enumerate(positions):
         ids.append(tr.update(p, image_id=t))

@@ -46,7 +46,8 @@ were measured to be unstable (on 8 of 48 frames the F1 of a 3-frame temporal mea
 **Evidence, hops and tracks** (issue 17; rules in :mod:`livedenoise.analysis._trackscore`). The
 atoms found at that threshold are linked into tracks as ``serve --atoms`` links them
 (:func:`~livedenoise.analysis.link_frames`: greedy nearest first within ``max_disp`` px, gaps of
-2 frames), and scored against the truth: hop events (a link longer than ``hop_px``) for recall,
+2 frames), and scored against the truth: hop events (a link longer than ``hop_px``, confirmed by
+the track's next frame as ``serve`` confirms it) for recall,
 precision, placement error, delay and the share placed within 1 px and 2 frames; identity
 switches of the tracks per 100 true atom-frames. Given the *raw* frames (detector counts), each
 atom's evidence (:func:`~livedenoise.analysis.atom_evidence`, accumulated along its track as the

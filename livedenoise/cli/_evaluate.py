@@ -118,7 +118,7 @@ def evaluate_cmd(
                      "evidence (true against invented atoms)."),
     ] = None,
     hop_px: Annotated[
-        float, typer.Option("--hop-px", min=0.1, help="With --positions: a track step longer than this is a hop (px).")
+        float, typer.Option("--hop-px", min=0.1, help="With --positions: a track step longer than this, confirmed by the next frame, is a hop (px).")
     ] = 2.5,
     track_max_disp: Annotated[
         float, typer.Option("--track-max-disp", min=0.1, help="With --positions: longest link of a track between "

@@ -46,7 +46,7 @@ def atoms_threshold_option(panel: str | None = None) -> Any:
 #: The ``AtomsConfig`` fields beside the threshold that ``serve`` and ``demo`` take as options.
 ATOMS_FIELDS = {
     "atoms_evidence": "evidence", "atoms_tracks": "tracks", "atoms_weak_z": "weak_z", "hop_px": "hop_px",
-    "track_max_disp": "track_max_disp",
+    "track_max_disp": "track_max_disp", "hop_confirm": "hop_confirm",
 }
 
 
@@ -60,7 +60,7 @@ def atoms_config(
     the options set on the command line, refused without ``--atoms``.
 
     >>> atoms_config(True, "30%", hop_px=3.0)
-    AtomsConfig(threshold=0.3, relative=True, evidence=True, tracks=True, weak_z=3.0, hop_px=3.0, track_max_disp=7.0)
+    AtomsConfig(threshold=0.3, relative=True, evidence=True, tracks=True, weak_z=3.0, hop_px=3.0, track_max_disp=7.0, hop_confirm=1)
     """
     if not atoms:
         if threshold is not None or given:
@@ -233,6 +233,7 @@ def serve(
     atoms_weak_z: float = config_option(AtomsConfig, "weak_z", "--atoms-weak-z", panel=ATOMS),
     hop_px: float = config_option(AtomsConfig, "hop_px", panel=ATOMS),
     track_max_disp: float = config_option(AtomsConfig, "track_max_disp", panel=ATOMS),
+    hop_confirm: int = config_option(AtomsConfig, "hop_confirm", panel=ATOMS),
     curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
     curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
     source_curve_server_key: Path | None = config_option(
@@ -247,7 +248,7 @@ def serve(
     setup_logging(log_level)
     fields, given = atoms_fields(
         ctx, atoms_evidence=atoms_evidence, atoms_tracks=atoms_tracks, atoms_weak_z=atoms_weak_z, hop_px=hop_px,
-        track_max_disp=track_max_disp,
+        track_max_disp=track_max_disp, hop_confirm=hop_confirm,
     )
     atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     if record is None and record_raw:
@@ -298,6 +299,7 @@ def demo(
     atoms_weak_z: float = config_option(AtomsConfig, "weak_z", "--atoms-weak-z"),
     hop_px: float = config_option(AtomsConfig, "hop_px"),
     track_max_disp: float = config_option(AtomsConfig, "track_max_disp"),
+    hop_confirm: int = config_option(AtomsConfig, "hop_confirm"),
 ) -> None:
     """Synthetic detector -> serve (shipped model, atom finding) -> live monitor, or a status line per second."""
     from ..daemon import Daemon
@@ -306,7 +308,7 @@ def demo(
     setup_logging("WARNING")
     fields, given = atoms_fields(
         ctx, atoms_evidence=atoms_evidence, atoms_tracks=atoms_tracks, atoms_weak_z=atoms_weak_z, hop_px=hop_px,
-        track_max_disp=track_max_disp,
+        track_max_disp=track_max_disp, hop_confirm=hop_confirm,
     )
     atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     path = model_path(model if model is not None else Path(DEMO_MODEL))

@@ -57,7 +57,10 @@ class AtomFinder:
     3. with ``tracks``, :class:`~livedenoise.analysis.Tracker` links the atoms to the previous
        frames' (reset at a series restart, a new epoch, and a change of frame size), the evidence
        is accumulated along each track (:class:`~livedenoise.analysis.TrackEvidence`), and each
-       hop goes out as ``[b"hops", header]`` (:func:`~livedenoise.protocol.encode_hops`);
+       hop goes out as ``[b"hops", header]`` (:func:`~livedenoise.protocol.encode_hops`) once
+       confirmed (``hop_confirm`` frames, default 1: with the next frame's atoms, most false
+       hops of a missed atom are dropped), one message per frame the hops landed on, whose
+       ``image_id`` it carries;
 
     and hands ``[b"atoms", header]`` (:func:`~livedenoise.protocol.encode_atoms`) to
     :meth:`Publisher.post`. Evidence and tracks are computed for the :data:`MAX_ATOMS_ANNOTATED`
@@ -84,13 +87,16 @@ class AtomFinder:
         weak_z: float = WEAK_Z,
         hop_px: float = 2.5,
         track_max_disp: float = 7.0,
+        hop_confirm: int = 1,
         backlog: int = 16,
         backlog_bytes: int = 256 << 20,
     ):
         self.publisher = publisher
         self.threshold, self.relative = threshold, relative
         self.evidence, self.weak_z = evidence, float(weak_z)
-        self.tracker = Tracker(max_disp=track_max_disp, hop_distance=hop_px, max_atoms=MAX_ATOMS_ANNOTATED) if tracks else None
+        self.tracker = Tracker(
+            max_disp=track_max_disp, hop_distance=hop_px, max_atoms=MAX_ATOMS_ANNOTATED, confirm_frames=hop_confirm
+        ) if tracks else None
         self.track_evidence = TrackEvidence() if tracks and evidence else None
         self.backlog, self.backlog_bytes = max(1, backlog), backlog_bytes
         self._items: deque[_AtomsJob] = deque()
@@ -232,8 +238,11 @@ class AtomFinder:
                     assert z is not None and llr is not None
                     z, _, _ = self.track_evidence.update(track_ids, z, llr)
                 extra["track_ids"] = np.where(track_ids >= 0, track_ids % _ID_WRAP, -1).astype(np.int32)
-                if self.tracker.hops:
-                    messages.append(self._hops_message(ids, self.tracker.hops))
+                landed: dict[int, list] = {}
+                for h in self.tracker.hops:  # confirmed now; each names the frame it landed on
+                    landed.setdefault(h.image_id_after, []).append(h)
+                for image_id, hops in sorted(landed.items()):
+                    messages.append(self._hops_message(ids | {"image_id": image_id}, hops))
             if z is not None:
                 weak = int(np.count_nonzero(~(z >= self.weak_z)))
                 extra |= {"evidence": z, "weak": weak, "weak_z": self.weak_z}
@@ -253,7 +262,8 @@ class AtomFinder:
         return messages
 
     def _hops_message(self, ids: dict[str, Any], hops: list) -> list:
-        """``[b"hops", header]`` for this frame's hop events (the first :data:`MAX_HOPS` listed)."""
+        """``[b"hops", header]`` for the hop events that landed on frame ``ids["image_id"]`` (the
+        first :data:`MAX_HOPS` listed), sent before the atoms of the frame that confirmed them."""
         listed = hops[:MAX_HOPS]
         self.hops += len(hops)
         return encode_hops(

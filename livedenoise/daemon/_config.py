@@ -119,6 +119,10 @@ class AtomsConfig:
         7.0, "Longest link of a track between two frames, in pixels: above the longest hop to follow, below the "
         "spacing of atoms.",
     )
+    hop_confirm: int = option(
+        1, "Frames that must confirm a hop (the atom seen again where it landed, its old site empty) before it is "
+        "published, with the atoms of the confirming frame; 0: publish every jump at once (more false hops).",
+    )
 
     def __post_init__(self) -> None:
         if not (0 <= self.threshold <= (1 if self.relative else float("inf"))):
@@ -126,6 +130,8 @@ class AtomsConfig:
             raise LivedenoiseError(f"--atoms-threshold {shown}: must be at least 0, and a percentage at most 100%")
         if not math.isfinite(self.weak_z):
             raise LivedenoiseError(f"--atoms-weak-z {self.weak_z}: must be a finite number")
+        if not 0 <= self.hop_confirm <= 100:
+            raise LivedenoiseError(f"--hop-confirm {self.hop_confirm}: must be 0 to 100 frames")
         if not (0 < self.track_max_disp < 1e4 and 0 < self.hop_px < self.track_max_disp):
             raise LivedenoiseError(
                 f"--hop-px {self.hop_px:g}, --track-max-disp {self.track_max_disp:g}: need 0 < hop < max displacement"

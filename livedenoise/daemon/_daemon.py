@@ -131,7 +131,7 @@ class Daemon:
                 a = config.atoms
                 self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
                     self.publisher, threshold=a.threshold, relative=a.relative, evidence=a.evidence, tracks=a.tracks,
-                    weak_z=a.weak_z, hop_px=a.hop_px, track_max_disp=a.track_max_disp,
+                    weak_z=a.weak_z, hop_px=a.hop_px, track_max_disp=a.track_max_disp, hop_confirm=a.hop_confirm,
                     backlog=2 * config.engine.max_batch,
                 )
                 self.publisher.hooks.append(self.atoms.submit)

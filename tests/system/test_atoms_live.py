@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import livedenoise.daemon._atoms
-from livedenoise.analysis import HopEvent
+from livedenoise.analysis import HopEvent, link_frames
 from livedenoise.analysis.evaluate import hop_scores, identity_switches, match_points, true_hops
 from livedenoise.daemon import AtomsConfig, QueueConfig
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
@@ -191,7 +191,8 @@ def counts_model(tmp_path) -> Path:
 
 
 def send_and_wait(push, sub, frame: np.ndarray, series_id: int, image_id: int) -> tuple[object, list]:
-    """Send one frame, read until its atoms message: ``(AtomsMessage, [HopsMessage of that frame])``.
+    """Send one frame, read until its atoms message: ``(AtomsMessage, [HopsMessage published with
+    it])``: the hops this frame confirmed, which name the earlier frame they landed on.
 
     Lockstep, so the atom thread (which skips frames when behind) sees every frame."""
     push.send_multipart(encode_image(frame, series_id=series_id, image_id=image_id))
@@ -199,19 +200,20 @@ def send_and_wait(push, sub, frame: np.ndarray, series_id: int, image_id: int) -
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         msg = sub.recv(0.2)
-        if msg is None or msg.header.get("image_id") != image_id or msg.header.get("series_id") != series_id:
+        if msg is None or msg.header.get("series_id") != series_id:
             continue
         if msg.topic == TOPIC_HOPS:
             hops.append(decode_hops(msg))
-        elif msg.topic == TOPIC_ATOMS:
+        elif msg.topic == TOPIC_ATOMS and msg.header.get("image_id") == image_id:
             return decode_atoms(msg), hops
     raise AssertionError(f"no atoms message for series {series_id} image {image_id}")
 
 
 def test_evidence_tracks_and_hops_of_a_simulated_movie_and_resets(counts_model, detector, daemon_factory, subscriber):
     """A counting movie with hops through a real daemon: evidence and track ids on every atom, a
-    hops message for each true hop, tracks reset at a series restart and a size change, and a
-    frame of thousands of "atoms" capped and counted."""
+    hops message for each true hop (published once the next frame confirms it, naming the frame it
+    landed on), tracks reset at a series restart and a size change, and a frame of thousands of
+    "atoms" capped and counted."""
     movie = simulate_movie(
         SimConfig(frames=14, seed=5, dose=COUNTS_DOSE, clusters=(), hop_prob=0.12, line_shift=0.0)
     )
@@ -221,8 +223,16 @@ def test_evidence_tracks_and_hops_of_a_simulated_movie_and_resets(counts_model, 
     _daemon, push, sub = start_atoms_daemon(daemon_factory, subscriber, detector, counts_model)
     push.send_multipart(encode_start(7))
     found, ids, events = [], [], []
-    for t in range(len(raw)):
-        msg, hops = send_and_wait(push, sub, raw[t], 7, t)
+    for t in range(len(raw) + 1):  # the last frame once more: it confirms the hops of the last one
+        msg, hops = send_and_wait(push, sub, raw[min(t, len(raw) - 1)], 7, t)
+        for h in hops:  # the atoms stay where they landed: each hop confirmed by the very next frame
+            assert (h.series_id, h.image_id, h.count) == (7, t - 1, len(h))
+            events.extend(
+                HopEvent(int(i), int(b_id), h.image_id, tuple(map(float, b)), tuple(map(float, a)), 0.0)
+                for i, b, a, b_id in zip(h.track_ids, h.before, h.after, h.before_image_ids)
+            )
+        if t == len(raw):
+            break
         assert msg.evidence is not None and msg.track_ids is not None
         assert msg.evidence.dtype == np.float32 and msg.track_ids.dtype == np.int32
         assert len(msg.evidence) == len(msg.track_ids) == len(msg) == msg.count
@@ -234,20 +244,22 @@ def test_evidence_tracks_and_hops_of_a_simulated_movie_and_resets(counts_model, 
         assert np.all(msg.evidence[fi] > 10), msg.evidence[fi]
         found.append(np.array(msg.positions))
         ids.append(np.array(msg.track_ids))
-        for h in hops:
-            assert (h.series_id, h.image_id, h.count) == (7, t, len(h))
-            events.extend(
-                HopEvent(int(i), int(b_id), t, tuple(map(float, b)), tuple(map(float, a)), 0.0)
-                for i, b, a, b_id in zip(h.track_ids, h.before, h.after, h.before_image_ids)
-            )
     assert np.all(ids[0] >= 0) and len(np.unique(np.concatenate(ids))) == len(movie.positions[0])  # one track per atom
     assert identity_switches(found, ids, movie.positions)["switches"] == 0
-    scores = hop_scores(events, movie.positions, max_delay=0)
-    assert scores["recall"] == 1.0 and scores["precision"] == 1.0, scores  # every hop, in its frame, and no other
-    assert scores["placement_error_px"] < 0.3
+    # exactly the hops of the same rule offline on the same atoms (ids, frames, before, after)...
+    _, offline = link_frames([*found, found[-1]], max_disp=7.0)
+    key = lambda e: (e.track_id, e.image_id_before, e.image_id_after, e.before, e.after)  # noqa: E731
+    assert sorted(map(key, events)) == sorted(map(key, offline)) and len(events) == len(offline)
+    # ...and those are the truth's: every hop, named by the frame it landed on, and no other; an
+    # atom that hops in two consecutive frames makes one event, from its first site to its last
+    moved = {(h.frame, h.atom) for h in truth_hops}
+    single = [h for h in truth_hops if (h.frame - 1, h.atom) not in moved and (h.frame + 1, h.atom) not in moved]
+    scores = hop_scores(events, movie.positions, max_delay=1)
+    assert scores["precision"] == 1.0 and scores["n_matched"] == len(events) >= len(single) >= 5, scores
+    assert scores["recall_by_delay"][0] >= len(single) / len(truth_hops) and scores["placement_error_px"] < 0.3
     n_tracks = int(np.concatenate(ids).max()) + 1
-    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw))
-    assert stats["hops"] == len(truth_hops) and stats["tracks_resets"] == 0 and stats["atoms_capped"] == 0
+    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw) + 1)
+    assert stats["hops"] == len(events) and stats["tracks_resets"] == 0 and stats["atoms_capped"] == 0
     assert stats["tracks_live"] == len(movie.positions[0])
     assert stats["atoms_weak_last"] == msg.weak
 
@@ -271,7 +283,7 @@ def test_evidence_tracks_and_hops_of_a_simulated_movie_and_resets(counts_model, 
     assert spikes.count > MAX_ATOMS_ANNOTATED and len(spikes) == MAX_ATOMS_ANNOTATED
     assert len(spikes.evidence) == len(spikes.track_ids) == MAX_ATOMS_ANNOTATED and spikes.weak is not None
     assert np.all(spikes.track_ids > crop.track_ids.max())
-    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw) + 4)
+    stats = sub.stats_until(lambda s: s["atoms_frames"] == len(raw) + 5)
     assert stats["tracks_resets"] == 4 and stats["atoms_capped"] == 1 and stats["atoms_failed"] == 0
     assert stats["tracks_live"] == MAX_ATOMS_ANNOTATED and stats["atoms_last"] == spikes.count
     push.close()
@@ -490,9 +502,12 @@ def test_atoms_threshold_option():
     assert atoms_config(True, "0.3", hop_px=3.0, tracks=False) == AtomsConfig(threshold=0.3, hop_px=3.0, tracks=False)
     with pytest.raises(LivedenoiseError, match="--hop-px, --atoms-weak-z needs --atoms"):
         atoms_config(False, None, given=("hop-px", "atoms-weak-z"), hop_px=3.0)
-    for fields in ({"hop_px": 8.0}, {"hop_px": 0.0}, {"track_max_disp": -1.0}, {"weak_z": float("inf")}):
+    for fields in ({"hop_px": 8.0}, {"hop_px": 0.0}, {"track_max_disp": -1.0}, {"weak_z": float("inf")},
+                   {"hop_confirm": -1}):
         with pytest.raises(LivedenoiseError):
             AtomsConfig(**fields)
+    with pytest.raises(LivedenoiseError, match="--hop-confirm needs --atoms"):
+        atoms_config(False, None, given=("hop-confirm",), hop_confirm=2)
     assert "atoms" not in format_stats({"fps_in": 150.0})
 
 

@@ -156,6 +156,7 @@ SERVE_OPTIONS = {
     "atoms_weak_z": (AtomsConfig, "weak_z", "Atoms"),
     "hop_px": (AtomsConfig, "hop_px", "Atoms"),
     "track_max_disp": (AtomsConfig, "track_max_disp", "Atoms"),
+    "hop_confirm": (AtomsConfig, "hop_confirm", "Atoms"),
     "curve_secret": (SecurityConfig, "curve_secret", "Security"),
     "curve_allow": (SecurityConfig, "curve_allow", "Security"),
     "source_curve_server_key": (SecurityConfig, "source_server_key", "Security"),

@@ -28,9 +28,11 @@ def _shuffled(movie_positions: np.ndarray, seed: int) -> tuple[list[np.ndarray],
 
 
 def test_links_jittering_and_hopping_atoms_and_reports_every_hop() -> None:
+    """Without confirmation (``confirm_frames=0``, the rule before it): every link longer than the
+    hop distance is a hop, reported in the frame it lands."""
     movie = simulate_movie(SimConfig(frames=40, dose=100, seed=4, hop_prob=0.1))
     frames, perms = _shuffled(movie.positions, 1)
-    ids, hops = link_frames(frames, max_disp=7.0)
+    ids, hops = link_frames(frames, max_disp=7.0, confirm_frames=0)
     per_atom = np.stack([i[np.argsort(q)] for i, q in zip(ids, perms)])  # (T, K) in truth order
     assert (per_atom == per_atom[0]).all()  # every atom keeps one id through jitter and hops
     assert np.unique(per_atom[0]).size == movie.positions.shape[1]
@@ -44,6 +46,86 @@ def test_links_jittering_and_hopping_atoms_and_reports_every_hop() -> None:
     assert s["placement_error_px"] < 1e-5 and s["recall_placed"] == 1.0
     sw = identity_switches(frames, ids, movie.positions)
     assert sw["switches"] == 0 and sw["matched_atom_frames"] == sw["atom_frames"]
+
+    # confirmed (the default): the same events, less those nothing could confirm: a hop on the
+    # last frame, or one whose atom hops on at once (or just did: then it hops from the site
+    # before), or whose old site another atom takes
+    ids1, confirmed = link_frames(frames, max_disp=7.0)
+    assert [i.tolist() for i in ids1] == [i.tolist() for i in ids]  # confirmation never changes links
+    pos = movie.positions
+    by_landing = {(h.image_id_after, h.track_id): h for h in hops}
+    moved_on = {(h.frame, h.atom) for h in truth}
+    expected = set()
+    for h in truth:
+        t = h.frame
+        if t + 1 >= len(pos) or (t + 1, h.atom) in moved_on or (t - 1, h.atom) in moved_on:
+            continue
+        others = np.delete(pos[t + 1], h.atom, axis=0)
+        if (np.hypot(*(others - h.before).T) <= 2.0).any():
+            continue
+        expected.add(by_landing[(t, int(per_atom[0, h.atom]))])
+    assert len(expected) > 10 and expected <= set(confirmed)
+    assert all(e.image_id_after < len(pos) - 1 for e in confirmed)
+    s1 = hop_scores(confirmed, movie.positions)
+    assert s1["precision"] == 1.0 and s1["n_matched"] >= len(expected)  # a double hop: one, from the first site
+
+
+def _two_atoms(a: tuple[float, float] | None, b: tuple[float, float] | None = (30.0, 30.0), *extra) -> np.ndarray:
+    pts = [p for p in (a, b, *extra) if p is not None]
+    return np.array(pts, np.float64).reshape(-1, 2)
+
+
+def test_a_hop_is_reported_once_the_next_frame_confirms_it_naming_the_frame_it_landed_on() -> None:
+    tr = Tracker(max_disp=7.0)  # confirm_frames=1
+    first = tr.update(_two_atoms((10.0, 10.0)), image_id=0)
+    tr.update(_two_atoms((10.3, 9.8)), image_id=1)
+    assert tr.update(_two_atoms((14.5, 10.2)), image_id=2).tolist() == first.tolist()
+    assert tr.hops == [] and tr.pending == 1 and tr.n_candidates == 1
+    tr.update(_two_atoms((14.9, 10.0)), image_id=3)  # still there, the old site empty: a hop
+    (h,) = tr.hops
+    assert (h.track_id, h.image_id_before, h.image_id_after, h.before, h.after) == (first[0], 1, 2, (10.3, 9.8), (14.5, 10.2))
+    assert h.distance == pytest.approx(np.hypot(4.2, 0.4))
+    assert tr.pending == 0 and tr.n_hops == 1
+    tr.update(_two_atoms((14.6, 10.1)), image_id=4)
+    assert tr.hops == [] and tr.n_hops == 1  # reported once
+    # a frame where the track is missed waits; it is confirmed when seen again there
+    tr.update(_two_atoms((19.0, 10.0)), image_id=5)
+    tr.update(_two_atoms(None), image_id=6)
+    assert tr.hops == [] and tr.pending == 1
+    tr.update(_two_atoms((19.3, 10.4)), image_id=7)
+    assert [(h.image_id_before, h.image_id_after, h.before, h.after) for h in tr.hops] == [
+        (4, 5, (14.6, 10.1), (19.0, 10.0))
+    ]
+    # confirm_frames=2: two frames there
+    tr2 = Tracker(confirm_frames=2)
+    for t, a in enumerate([(10.0, 10.0), (14.0, 10.0), (14.2, 10.0)]):
+        tr2.update(_two_atoms(a), image_id=t)
+        assert tr2.hops == []
+    tr2.update(_two_atoms((14.1, 10.2)), image_id=3)
+    assert [(h.image_id_before, h.image_id_after) for h in tr2.hops] == [(0, 1)]
+
+
+@pytest.mark.parametrize("confirm", [0, 1])
+def test_a_missed_atom_whose_track_takes_a_false_one_nearby_is_not_a_hop(confirm: int) -> None:
+    """The commonest false hop: the atom missed for a frame, a false atom 3 px away in that frame;
+    then the atom is back (and the false one gone, or still there)."""
+    for false_stays in (False, True):
+        tr = Tracker(max_disp=7.0, confirm_frames=confirm)
+        ids = tr.update(_two_atoms((10.0, 10.0)), image_id=0)
+        tr.update(_two_atoms((10.2, 10.1)), image_id=1)
+        tr.update(_two_atoms(None, (30.0, 30.0), (13.0, 10.5)), image_id=2)  # missed; a false atom
+        hops = list(tr.hops)
+        back = tr.update(_two_atoms((10.1, 10.0), (30.0, 30.0), *([(13.1, 10.4)] if false_stays else [])), image_id=3)
+        hops += tr.hops
+        for t in (4, 5):
+            tr.update(_two_atoms((10.1, 10.0), (30.0, 30.0), *([(13.1, 10.4)] if false_stays else [])), image_id=t)
+            hops += tr.hops
+        if confirm:
+            assert hops == [] and tr.pending == 0 and tr.n_candidates == 1
+        else:  # the rule without confirmation: a hop out, and (when the false atom goes) one back
+            assert [h.image_id_after for h in hops] == ([2] if false_stays else [2, 3])
+        if not false_stays:
+            assert back[0] == ids[0]  # the track is back home
 
 
 def test_gaps_up_to_memory_keep_the_track_longer_ones_end_it() -> None:
