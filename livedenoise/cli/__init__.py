@@ -2,7 +2,7 @@
 
 Each module holds one group of commands on its own :class:`typer.Typer` (module-level functions),
 merged here into one app: ``_serve`` (serve, demo), ``_replay``, ``_view``, ``_keys``, ``_files``
-(denoise, css, inspect), ``_export`` (export), ``_train``, ``_evaluate`` (evaluate, simulate). Commands import torch or
+(denoise, css, inspect), ``_export`` (export), ``_train``, ``_sweep`` (train-sweep), ``_evaluate`` (evaluate, simulate). Commands import torch or
 Qt only inside their bodies, so ``--help`` and ``serve`` never load them. A
 :class:`~livedenoise.errors.LivedenoiseError` becomes one ``error: ...`` line and exit code 2.
 """
@@ -14,7 +14,7 @@ import sys
 import typer
 
 from ..errors import LivedenoiseError
-from . import _evaluate, _export, _files, _keys, _replay, _serve, _train, _view
+from . import _evaluate, _export, _files, _keys, _replay, _serve, _sweep, _train, _view
 
 app = typer.Typer(
     name="livedenoise",
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _group in (_serve, _replay, _view, _keys, _files, _export, _train, _evaluate):
+for _group in (_serve, _replay, _view, _keys, _files, _export, _train, _sweep, _evaluate):
     app.add_typer(_group.app)
 
 

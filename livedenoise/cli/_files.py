@@ -26,23 +26,90 @@ MOVIE_HELP = (
 SIGNAL_HELP = "In a file with several signals (HAADF, BF, EDS ...): the one to read, by title or index."
 
 
+ARCHIVE_HELP = (
+    " Several files, or a glob in quotes ('runs/*.tif'), denoise an archive: -o is then a folder, one output per input."
+)
+
+
 @app.command(rich_help_panel=PANEL)
 def denoise(
-    movie: Annotated[Path, typer.Argument(help=MOVIE_HELP, metavar="MOVIE")],
+    movies: Annotated[list[Path], typer.Argument(help=MOVIE_HELP + ARCHIVE_HELP, metavar="MOVIE...")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the denoised float32 TIFF (ImageJ, with the input's pixel size).")
+        Path,
+        typer.Option(
+            "--output", "-o",
+            help="Where to write: a float32 TIFF (ImageJ, with the input's pixel size) for one movie; for several, "
+            "a folder that gets <name>.tif (or .zarr) per movie.",
+        ),
     ],
     model: Path | None = model_option(),
     max_batch: int = config_option(EngineConfig, "max_batch"),
     provider: str | None = config_option(EngineConfig, "provider"),
+    threads: int = config_option(EngineConfig, "threads"),
     signal: Annotated[str | None, typer.Option("--signal", help=SIGNAL_HELP)] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", metavar="ADDRESS", rich_help_panel="Archives",
+            help="A running Dask scheduler (tcp://HOST:8786) to send the work to; inputs, model and -o must be on "
+            "storage its workers share, at the same paths (docs/distributed.md).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", rich_help_panel="Archives",
+            help="Worker processes to start on this machine (Dask LocalCluster; 0: this process alone). Default: one "
+            "per core (per GPU with a GPU provider) for several movies, this process for one.",
+        ),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", rich_help_panel="Archives", help="Output of an archive job: tif or zarr (distributed extra).")
+    ] = "tif",
 ) -> None:
-    """Denoise a stack offline; print the mean CSS of input and output.
+    """Denoise a stack offline; print the mean CSS of input and output. Or denoise many (an archive),
+    on worker processes here or on a Dask cluster.
 
     The input's CSS is computed after scaling the raw stack to [0, 1] by its own min and max
     (CSS's constants assume that range); the output is already in [0, 1]. The output keeps the
     input's pixel size and frame interval (ImageJ metadata: Fiji shows them in Image > Properties).
+    Several movies (or --workers/--scheduler): frames are read in ranges on the workers and each
+    output is published under its final name only once complete; a movie that fails is reported
+    in one line and the others go on (exit code 1 if any failed). Outputs are bit-for-bit those
+    of the one-movie form.
     """
+    sources = _expand(movies)
+    single = (
+        len(sources) == 1 and output.suffix.lower() in (".tif", ".tiff") and scheduler is None and workers is None
+        and fmt == "tif"
+    )
+    if single:
+        _denoise_one(sources[0], output, model, max_batch, provider, threads, signal)
+    else:
+        _denoise_archive(sources, output, model, max_batch, provider, threads, signal, scheduler, workers, fmt)
+
+
+def _expand(movies: list[Path]) -> list[Path]:
+    """The arguments, each glob pattern that is not itself a file replaced by its matches (sorted)."""
+    import glob
+
+    out: list[Path] = []
+    for m in movies:
+        text = str(m)
+        if not m.exists() and any(c in text for c in "*?["):
+            found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+            if not found:
+                raise LivedenoiseError(f"no file matches {text}")
+            out += found
+        else:
+            out.append(m)
+    return out
+
+
+def _denoise_one(
+    movie: Path, output: Path, model: Path | None, max_batch: int, provider: str | None, threads: int, signal: str | None
+) -> None:
+    """One movie in this process, with its CSS in and out."""
     import numpy as np
     from rich.progress import Progress
 
@@ -54,7 +121,7 @@ def denoise(
         raise LivedenoiseError(f"{output}: denoise writes TIFF (.tif); `livedenoise export` writes .hspy/.zspy/.emd")
     source = open_movie(movie, signal=signal)
     typer.echo(f"read {movie.name}: {source.describe()}")
-    engine = Engine(model_path(model), provider=provider, max_batch=max_batch)
+    engine = Engine(model_path(model), provider=provider, max_batch=max_batch, threads=threads)
     _warn_pixel_size(engine.card.pixel_size_nm, source.pixel_size_nm)
     stack = np.empty(source.shape, np.float32)  # the input, for its CSS (as float32: any dtype fits)
     out = np.empty(source.shape, np.float32)
@@ -83,6 +150,94 @@ def denoise(
         typer.echo("CSS needs at least two frames")
     size = f", {source.pixel_size_nm:.5g} nm/px" if source.pixel_size_nm else ""
     typer.echo(f"wrote {output} ({len(out)} frames, float32 in [0, 1]{size}, model {engine.name} on {engine.provider})")
+
+
+def _denoise_archive(
+    sources: list[Path], output: Path, model: Path | None, max_batch: int, provider: str | None, threads: int,
+    signal: str | None, scheduler: str | None, workers: int | None, fmt: str,
+) -> None:
+    """Many movies (or one, on workers): :func:`livedenoise.archive.denoise_files`."""
+    import contextlib
+    import dataclasses
+    import os
+    import tempfile
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .. import archive
+    from ..engine import GPU_PROVIDERS, resolve_provider
+    from ..errors import ModelError
+
+    if len(sources) == 1 and output.suffix.lower() in (".tif", ".tiff", ".zarr"):
+        outdir, outputs = output.parent, [output]
+        fmt = "zarr" if output.suffix.lower() == ".zarr" else "tif"
+    else:
+        if output.suffix.lower() in (".tif", ".tiff") and not output.is_dir():
+            raise LivedenoiseError(f"-o {output}: several movies need an output folder, not a .tif file")
+        outdir = output
+        outputs = archive.output_paths(sources, outdir, fmt)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=outdir, prefix=".livedenoise-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LivedenoiseError(f"cannot write to the output folder {outdir}: {exc.strerror or exc}") from None
+    weights = model_path(model)
+    if not weights.is_file():
+        raise ModelError(f"model file not found: {weights}")
+    spec = archive.DenoiseSpec(
+        model=str(weights.resolve()), provider=provider, max_batch=max_batch, threads=threads, signal=signal, format=fmt
+    )
+    gpus = archive.visible_gpus() if provider and resolve_provider(provider)[0] in GPU_PROVIDERS else []
+    if scheduler is None and workers is None:  # sized to the machine where that pays off
+        pays = len(sources) > 1 and archive.have_distributed()
+        workers = (len(gpus) if len(gpus) > 1 else 0) if gpus else (archive.usable_cores() if pays else 0)
+        workers = workers if workers > 1 else 0
+    if scheduler is None and workers == 0:
+        where, cluster = "this process", contextlib.nullcontext(None)
+    else:
+        spec_ = archive.ClusterSpec(scheduler=scheduler, workers=workers or 0, gpus=tuple(gpus) if len(gpus) >= (workers or 0) else ())
+        cluster = archive.connect(spec_)
+        where = f"the Dask scheduler at {scheduler}" if scheduler else "worker processes on this machine"
+    failed = 0
+    with cluster as client:
+        if client is not None:
+            n = archive.worker_count(client)
+            if not threads and not gpus:
+                spec = dataclasses.replace(spec, threads=archive.worker_threads(client))
+            where += f": {n} worker{'s' * (n != 1)}" + (f", {spec.threads} onnxruntime thread(s) each" if spec.threads else "")
+        typer.echo(f"denoising {len(sources)} movie{'s' * (len(sources) != 1)} into {outdir} on {where}")
+        errors = Console(stderr=True, soft_wrap=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress:
+            bar = progress.add_task("frames", total=None)
+
+            def on_progress(done: int, known: int) -> None:
+                progress.update(bar, completed=done, total=known or None)
+
+            def on_file(f: archive.FileResult) -> None:
+                nonlocal failed
+                if f.error is not None:
+                    failed += 1
+                    errors.print(f"error: {f.error}", markup=False, highlight=False)
+                    return
+                p = f.prepared
+                assert p is not None
+                _warn_pixel_size(p.model_pixel_size_nm, p.pixel_size_nm)
+                size = f", {p.pixel_size_nm:.5g} nm/px" if p.pixel_size_nm else ""
+                progress.console.print(
+                    f"wrote {f.output} ({f.frames} frames, float32 in [0, 1]{size}, model {p.model_name} on {p.provider})",
+                    markup=False, highlight=False, soft_wrap=True,
+                )
+
+            report = archive.denoise_files(sources, outputs, spec, client=client, on_file=on_file, on_progress=on_progress)
+    done = len(sources) - len(report.failed)
+    typer.echo(f"{done} of {len(sources)} movies denoised: {report.frames} frames in {report.wall_s:.1f} s ({report.fps:.0f} frames/s)")
+    if report.failed:
+        typer.echo(f"{len(report.failed)} of {len(sources)} movies failed (listed above)", err=True)
+        raise typer.Exit(1)
 
 
 def _warn_pixel_size(model_nm: float | None, movie_nm: float | None) -> None:

@@ -40,6 +40,10 @@ def train(
     distil_steps: int = typer.Option(None, "--distil-steps", help="Steps of the distillation (default from the preset: 600 for tiny and rt, else 1200)."),
     teachers: int = typer.Option(None, "--teachers", metavar="N", help="Run stage 1 N times (seeds SEED, SEED+1000, ...) and distil the most upright run (highest polarity): a result that rides less on the seed (default from the preset; needs --distil)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
+    parallel: bool = typer.Option(False, "--parallel", rich_help_panel="Cluster", help="Run the --teachers stage-1 runs at once, as Dask tasks on worker processes started here (one per core, or per GPU; distributed extra)."),
+    scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS", rich_help_panel="Cluster", help="Run the stage-1 runs on this Dask scheduler's workers (tcp://HOST:8786); -o must be on storage they share."),
+    workers: int = typer.Option(None, "--workers", rich_help_panel="Cluster", help="With --parallel: worker processes to start (default: one per run, at most one per core or GPU)."),
+    threads: int = typer.Option(None, "--threads", rich_help_panel="Cluster", help="With --parallel/--scheduler: torch threads per stage-1 run (default: the worker's share of its machine's cores). A run's weights depend on it on the CPU."),
 ) -> None:
     """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
     try:
@@ -69,5 +73,9 @@ def train(
             teachers=teachers,
             checkpoint_every=checkpoint_every,
             signal=signal,
+            parallel=parallel,
+            scheduler=scheduler,
+            workers=workers,
+            threads=threads,
         )
     )
