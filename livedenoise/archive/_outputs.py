@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LivedenoiseError
+from ..io import imagej_metadata
 
 FORMATS = ("tif", "zarr")
 
@@ -29,22 +30,6 @@ def _zarr() -> Any:
     except ImportError:
         raise LivedenoiseError('--format zarr needs zarr: pip install -e ".[distributed]"') from None
     return zarr
-
-
-def imagej_metadata(
-    pixel_size_nm: float | None, frame_time_s: float | None, info: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metadata, keywords)`` for tifffile, as :func:`~livedenoise.io.write_imagej` builds them."""
-    metadata: dict[str, Any] = {"axes": "TYX"}
-    kwargs: dict[str, Any] = {}
-    if pixel_size_nm is not None:
-        metadata["unit"] = "nm"
-        kwargs["resolution"] = (1.0 / pixel_size_nm, 1.0 / pixel_size_nm)
-    if frame_time_s is not None:
-        metadata["finterval"] = float(frame_time_s)
-    if info is not None:
-        metadata["Info"] = info
-    return metadata, kwargs
 
 
 def create_output(

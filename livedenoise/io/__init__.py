@@ -5,6 +5,6 @@ only when such a file is opened or written, so this package imports without it."
 
 from ._movie import Movie, open_movie, read_movie, to_wire_dtype
 from ._rsciio import write_rsciio
-from ._tiff import write_imagej
+from ._tiff import imagej_metadata, write_imagej
 
-__all__ = ["Movie", "open_movie", "read_movie", "to_wire_dtype", "write_imagej", "write_rsciio"]
+__all__ = ["Movie", "imagej_metadata", "open_movie", "read_movie", "to_wire_dtype", "write_imagej", "write_rsciio"]

@@ -91,6 +91,20 @@ def write_imagej(
     """
     import tifffile
 
+    metadata, kwargs = imagej_metadata(pixel_size_nm, frame_time_s, info, axes=axes, labels=labels)
+    tifffile.imwrite(path, data, imagej=True, metadata=metadata, **kwargs)
+
+
+def imagej_metadata(
+    pixel_size_nm: float | None,
+    frame_time_s: float | None,
+    info: str | None = None,
+    *,
+    axes: str = "TYX",
+    labels: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata, keywords)`` for ``tifffile.imwrite(..., imagej=True)`` (:func:`write_imagej`'s
+    calibration, for writers that make the file themselves, such as the archive's)."""
     metadata: dict[str, Any] = {"axes": axes}
     kwargs: dict[str, Any] = {}
     if pixel_size_nm is not None:
@@ -102,4 +116,4 @@ def write_imagej(
         metadata["Labels"] = list(labels)
     if info is not None:
         metadata["Info"] = info
-    tifffile.imwrite(path, data, imagej=True, metadata=metadata, **kwargs)
+    return metadata, kwargs
