@@ -241,8 +241,10 @@ def _denoise_archive(
 
 
 def _warn_pixel_size(model_nm: float | None, movie_nm: float | None) -> None:
-    """The model learnt atoms of a size in pixels: say so when the movie's pixels differ (>5 %)."""
-    if model_nm and movie_nm and abs(movie_nm / model_nm - 1) > 0.05:
+    """The model learnt atoms of a size in pixels: say so when the movie's pixels differ."""
+    from ..engine import pixel_size_differs
+
+    if pixel_size_differs(model_nm, movie_nm):
         typer.echo(
             f"warning: the movie's pixel size ({movie_nm:.4g} nm) differs from the model's training frames' "
             f"({model_nm:.4g} nm): atoms have another size in pixels than it learnt",

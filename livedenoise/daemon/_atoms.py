@@ -106,7 +106,7 @@ class AtomFinder:
         self._thread: threading.Thread | None = None
         self._failures = LogThrottle(log)
         self._capped_log = LogThrottle(log)
-        self._run_key: tuple[int, int, tuple[int, ...]] | None = None  # (series, epoch, shape) of the last frame
+        self._run_key: tuple[int, int] | None = None  # (series, epoch) of the last frame
         self.frames = 0  # frames whose atoms were posted (atom thread)
         self.failed = 0  # frames whose atom finding failed (atom thread)
         self.skipped = 0  # frames left out because the thread was behind (publisher thread)
@@ -193,9 +193,9 @@ class AtomFinder:
                 self.publisher.post(parts)
 
     def _new_run(self, item: _AtomsJob) -> None:
-        """End every track where a new run of frames starts: another series or epoch (a restart),
-        another frame size. (The tracker also resets itself when image ids go back.)"""
-        key = (item.series_id, item.epoch, item.denoised.shape)
+        """End every track where a new run of frames starts: another series or epoch (a restart).
+        (The tracker resets itself on another frame size, and when image ids go back.)"""
+        key = (item.series_id, item.epoch)
         if self._run_key is not None and key != self._run_key and self.tracker is not None:
             self.tracker.reset()
         self._run_key = key

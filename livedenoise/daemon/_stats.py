@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import PIXEL_SIZE_TOLERANCE, pixel_size_differs
+
 STATS_WINDOW_S = 1.0
 
 
@@ -93,7 +95,9 @@ class CalibrationCheck:
 
     MAX_SERIES_WARNED = 1024  # series ids remembered as already warned about (then forgotten, oldest first)
 
-    def __init__(self, model_pixel_size_nm: float, tolerance: float = 0.05, logger: logging.Logger | None = None):
+    def __init__(
+        self, model_pixel_size_nm: float, tolerance: float = PIXEL_SIZE_TOLERANCE, logger: logging.Logger | None = None
+    ):
         self.expected = float(model_pixel_size_nm)
         self.tolerance = float(tolerance)
         self.mismatched = 0
@@ -102,7 +106,7 @@ class CalibrationCheck:
 
     def __call__(self, series_id: int, calibration) -> None:
         size = calibration.pixel_size_nm
-        if size is None or abs(size - self.expected) <= self.tolerance * self.expected:
+        if not pixel_size_differs(self.expected, size, self.tolerance):
             return
         self.mismatched += 1
         if series_id in self._warned:

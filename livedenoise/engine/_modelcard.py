@@ -47,6 +47,21 @@ class Normalisation:
     flatten_sigma: float | None = None
 
 
+#: How far (relative) a frame's pixel size may be from the training frames' before ``serve`` and
+#: ``denoise`` warn: the network learnt atoms of a size in pixels.
+PIXEL_SIZE_TOLERANCE = 0.05
+
+
+def pixel_size_differs(model_nm: float | None, frame_nm: float | None, tolerance: float = PIXEL_SIZE_TOLERANCE) -> bool:
+    """Do frames of ``frame_nm`` per pixel differ from the training frames' ``model_nm`` beyond
+    ``tolerance``? False where either is unknown.
+
+    >>> pixel_size_differs(0.1, 0.104), pixel_size_differs(0.1, 0.2), pixel_size_differs(None, 0.2)
+    (False, True, False)
+    """
+    return bool(model_nm and frame_nm and abs(frame_nm / model_nm - 1) > tolerance)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelCard:
     preset: str
