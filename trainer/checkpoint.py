@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,14 @@ import torch
 from livedenoise.errors import LivedenoiseError
 
 CHECKPOINT_FORMAT = 1  # the "format" of :meth:`trainer.loop.Trainer.checkpoint`; :func:`load_checkpoint` reads only this one
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """Write ``ckpt`` to ``path`` atomically (a temporary file renamed): a crash mid-write leaves
+    the previous checkpoint, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

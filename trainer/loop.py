@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from livedenoise.engine import Normalisation
 from livedenoise.errors import LivedenoiseError
 
 from . import losses
-from .checkpoint import CHECKPOINT_FORMAT
+from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .domains import CleanDomain, NoisyDomain
 from .networks import Critic, LowPass, UNet, WindowMean, gaussian_kernel
 from .presets import Preset
@@ -304,9 +303,7 @@ class Trainer:
         }
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(self.checkpoint(), path)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         # Rebuild first: re-initialisations may have happened, and weights replace everything.

@@ -398,11 +398,10 @@ def _stage1_parallel(cfg, preset, inputs, norm, idx, seed, steps, device, paths,
     checkpoint holding the last run and the others finished. A run's weights equal the
     sequential run's made with the same torch threads (torch's CPU kernels sum in another order
     with another thread count: docs/distributed.md)."""
-    import torch
 
     from livedenoise.archive import ClusterSpec, connect, usable_cores, visible_gpus, worker_count, worker_threads
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .loop import teacher_seed
 
     n = preset.teachers
@@ -436,15 +435,12 @@ def _stage1_parallel(cfg, preset, inputs, norm, idx, seed, steps, device, paths,
             log(f"stage 1, run {done['index'] + 1} of {n} (seed {done['seed']}) done: {done['steps']} steps in "
                 f"{done['seconds'] / 60:.1f} min, polarity {done['polarity']:+.3f}")
     runs, last = [], None
-    for i, f in enumerate(files):
+    for f in files:
         last = load_checkpoint(f)
-        ms2c = last["ms2c_ema"] if last.get("ms2c_ema") is not None else last["ms2c"]
-        runs.append({"index": i, "seed": last["seed"], "ms2c": ms2c, "state": last["state"]})
+        runs += last["teachers"]  # the run as Trainer.finished gives it (stage1_run)
     assert last is not None
     last.update(base_seed=seed, teacher=n - 1, teachers=list(runs))  # what the sequential runs leave
-    tmp = paths["checkpoint"].with_name(paths["checkpoint"].name + ".tmp")
-    torch.save(last, tmp)
-    os.replace(tmp, paths["checkpoint"])
+    save_checkpoint(last, paths["checkpoint"])
     for f in files:
         f.unlink(missing_ok=True)
     return _mark_upright(runs, preset, log)
@@ -466,6 +462,8 @@ def stage1_run(preset, inputs, norm, idx, base_seed, seed, index, steps, device,
     trainer = Trainer(preset, inputs, norm, seed=seed, device=device, frame_indices=idx, check_every=check_every, log=log)
     trainer.extra = {"base_seed": base_seed, "teacher": index, "teachers": []}
     trainer.run(steps, checkpoint_path=Path(checkpoint), checkpoint_every=checkpoint_every, progress=False)
+    trainer.extra["teachers"] = [trainer.finished(index)]  # read back by the parent (_stage1_parallel)
+    trainer.save(Path(checkpoint))
     state = trainer.state
     return {"index": index, "seed": seed, "steps": state.step, "seconds": state.elapsed_s, "polarity": state.polarity or 0.0}
 
