@@ -732,7 +732,12 @@ def write_report(path: Path, fig: Path | None, meta: dict, conds: list[Condition
               "linker):", "", *track_table(cr), ""]
     L += ["## Noise2Void (careamics)", "", meta["n2v_note"], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(L))
+    from dense import BEGIN, END  # the dense-sample section is benchmarks/dense.py's: kept as it is
+
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        L += ["", old[old.index(BEGIN) : old.index(END) + len(END)]]
+    path.write_text("\n".join(L) + "\n")
 
 
 def figure(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> None:

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from livedenoise.analysis import SampleContent
 from livedenoise.engine import Normalisation
 from livedenoise.errors import LivedenoiseError
 
 from . import losses
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from .domains import CleanDomain, NoisyDomain
+from .domains import NoisyDomain, clean_domain
 from .networks import Critic, LowPass, UNet, WindowMean, gaussian_kernel
 from .presets import Preset
 
@@ -147,7 +148,8 @@ class Trainer:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.noisy = NoisyDomain(frames, norm, preset.crop)
-        self.clean = CleanDomain(preset.crop, preset.clean_variance)
+        content = SampleContent.from_dict(preset.clean_content) if preset.clean_content else None
+        self.clean, _ = clean_domain(preset.domain, content, preset.crop, preset.clean_variance)
         self.lowpass = LowPass(preset.lfc_size, preset.lfc_sigma).to(self.device)
         self.state = TrainState()
         self._build()

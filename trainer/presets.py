@@ -93,6 +93,12 @@ class Preset:
     # The distilled Ms2c's network (stage 2 learns from outputs, not from the unpaired game, so it
     # need not be the generator's; its input_frames are the generator's). None: the generator's.
     student: NetConfig | None = None
+    # Not in the paper (issue 19): Domain C "fitted" to what the training movie holds
+    # (``clean_content``, a SampleContent as a dict, estimated by ``train``), or the paper's; a
+    # sparse movie like the paper's world trains on the paper's generator either way
+    # (trainer.domains.clean_domain).
+    domain: str = "paper"
+    clean_content: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_norm(self, norm: str) -> Preset:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from livedenoise.analysis import SampleContent, estimate_content
 from livedenoise.engine import ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.errors import LivedenoiseError
 
-from .domains import frame_statistics, gather, load_movie, sample_frames
+from .domains import DOMAINS, clean_domain, frame_statistics, gather, load_movie, sample_frames
 from .presets import Preset, get_preset
 
 
@@ -47,6 +48,7 @@ class TrainConfig:
     scheduler: str | None = None
     workers: int | None = None
     threads: int | None = None  # torch threads per parallel run (default: the worker's share of its cores)
+    domain: str = "fitted"  # Domain C: "fitted" to what the movie holds, or the "paper"'s generator
 
 
 def artefact_paths(out: Path) -> dict[str, Path]:
@@ -135,7 +137,12 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         lo, hi = cfg.peak_variance
         if not 0 < lo <= hi:
             raise LivedenoiseError(f"--peak-variance {lo:g} {hi:g}: need 0 < LO <= HI (px^2)")
+    if cfg.domain not in DOMAINS:
+        raise LivedenoiseError(f"--domain {cfg.domain!r}: choose {' or '.join(DOMAINS)}")
     frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
+    # What the movie's clean images hold (one image: its first tile, as an image): Domain C is
+    # fitted to it, and the card keeps it for the guard of serve and denoise
+    content = estimate_content(frames_all[0] if single_image else frames_all, pixel_size_nm)
     device = pick_device(cfg.device)
 
     import torch
@@ -165,6 +172,8 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             lfc_sigma=ckpt["preset"]["lfc_sigma"],
             clean_variance=tuple(ckpt["preset"].get("clean_variance", (1.0, 10.0))),
             ema=ckpt["preset"].get("ema", 0.0),
+            domain=ckpt["preset"].get("domain", "paper"),
+            clean_content=ckpt["preset"].get("clean_content"),
         )
         if base.name == ckpt["preset"]["name"]:
             preset = replace(
@@ -192,6 +201,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
             preset = replace(preset, clean_variance=(float(cfg.peak_variance[0]), float(cfg.peak_variance[1])))
         if cfg.window is not None:
             preset = replace(preset, generator=replace(preset.generator, input_frames=cfg.window))
+        preset = replace(preset, domain=cfg.domain, clean_content=content.to_dict())
         seed = cfg.seed
         frames, idx = sample_frames(frames_all, preset.sample_frames, np.random.default_rng(seed), preset.generator.input_frames)
     if cfg.distil is not None:
@@ -222,6 +232,9 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         norm = frame_statistics(inputs, cfg.flatten)
     steps = cfg.steps or preset.steps
     torch.manual_seed(seed)
+    stored = SampleContent.from_dict(preset.clean_content) if preset.clean_content else None
+    domain_line = clean_domain(preset.domain, stored, preset.crop, preset.clean_variance)[1]
+    log(domain_line)
     log(
         f"preset {preset.name} ({preset.generator.norm} norm) on {device}: {len(frames)} of {len(frames_all)} frames "
         f"{frames.shape[-2]}x{frames.shape[-1]}" + (f" ({k}-frame causal windows)" if k > 1 else "") + f", normalisation offset {norm.offset:.4g} scale {norm.scale:.4g}"
@@ -285,6 +298,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         "conv": preset.generator.conv,
         "lfc_sigma": preset.lfc_sigma,
         "peak_variance": list(preset.clean_variance),
+        "domain_c": {"choice": preset.domain, "generator": domain_line},
         "ema": preset.ema,
         "frames_file": Path(cfg.frames).name,
         "frames_used": len(frames),
@@ -317,6 +331,7 @@ def train(cfg: TrainConfig, log=_log) -> dict:
         size_multiple=m,
         training=training,
         pixel_size_nm=pixel_size_nm,  # serve warns when a stream's pixels differ
+        expects=content.to_dict(),  # serve and denoise warn when a stream does not look like it
     )
     check = normalise(frames[: min(2, len(frames))], norm)
     check = check if k > 1 else check[:, None]

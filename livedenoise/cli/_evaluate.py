@@ -1,7 +1,8 @@
-"""CLI commands of the evaluation work: ``simulate movie`` and ``evaluate``.
+"""CLI commands of the evaluation work: ``simulate movie``, ``simulate dense`` and ``evaluate``.
 
 ``livedenoise simulate movie --out noisy.tif --truth truth.tif --positions atoms.json`` writes a
-simulated movie with its ground truth (see ``docs/simulation.md``); ``livedenoise evaluate
+simulated movie with its ground truth (see ``docs/simulation.md``), ``simulate dense --kind mos2|particle``
+a dense sample (a lattice) in the same form; ``livedenoise evaluate
 --denoised out.tif [--truth truth.tif] [--positions atoms.json [--raw noisy.tif]] [--json report.json]``
 scores a denoised stack (rules in :mod:`livedenoise.analysis.evaluate`). Heavy imports stay inside the bodies.
 """
@@ -36,6 +37,21 @@ def _write_tiff(path: Path, stack, what: str, compress: bool = False) -> None:
         raise LivedenoiseError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
+def _write_movie(movie, out: Path, truth: Path | None, positions: Path | None, metadata) -> None:
+    """A simulated movie's noisy counts, and where asked its truth and its positions JSON (``metadata()``)."""
+    import numpy as np
+
+    _write_tiff(out, movie.noisy.astype(np.float32), "noisy movie")
+    if truth is not None:
+        _write_tiff(truth, movie.truth.astype(np.float32), "truth movie", compress=True)
+    if positions is not None:
+        try:
+            positions.parent.mkdir(parents=True, exist_ok=True)
+            positions.write_text(json.dumps(metadata()))
+        except OSError as exc:
+            raise LivedenoiseError(f"cannot write positions {positions}: {exc.strerror or exc}") from None
+
+
 @simulate_app.command("movie")
 def simulate_movie_cmd(
     out: Annotated[Path, typer.Option("--out", help="Noisy movie, multi-page float32 TIFF (counts).")],
@@ -57,28 +73,54 @@ def simulate_movie_cmd(
     ] = 0.02,
 ) -> None:
     """Write a simulated noisy movie, and optionally its truth and atom positions."""
-    import numpy as np
-
     from ..sim import SimConfig, movie_metadata, simulate_movie
 
     if gradient <= -1.0:
         raise LivedenoiseError("--gradient must be greater than -1 (the background cannot vanish)")
     cfg = SimConfig(size=size, frames=frames, dose=dose, gradient=gradient, seed=seed, hop_prob=hop_prob)
     movie = simulate_movie(cfg)
-    _write_tiff(out, movie.noisy.astype(np.float32), "noisy movie")
-    if truth is not None:
-        _write_tiff(truth, movie.truth.astype(np.float32), "truth movie", compress=True)
-    if positions is not None:
-        meta = movie_metadata(movie, cfg, name=out.stem)
-        try:
-            positions.parent.mkdir(parents=True, exist_ok=True)
-            positions.write_text(json.dumps(meta))
-        except OSError as exc:
-            raise LivedenoiseError(f"cannot write positions {positions}: {exc.strerror or exc}") from None
+    _write_movie(movie, out, truth, positions, lambda: movie_metadata(movie, cfg, name=out.stem))
     n_atoms = movie.positions.shape[1]
     typer.echo(
         f"wrote {out} ({frames} frames of {size}x{size}, dose {dose:g} e-/px, {n_atoms} atoms"
         f", mean {float(movie.noisy.mean()):.3f} counts)"
+    )
+
+
+@simulate_app.command("dense")
+def simulate_dense_cmd(
+    kind: Annotated[str, typer.Option("--kind", help="Sample: mos2 (a 2-D MoS2-like crystal) or particle (fcc nanoparticle).")],
+    out: Annotated[Path, typer.Option("--out", help="Noisy movie, multi-page float32 TIFF (counts).")],
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="Noise-free movie, float32 TIFF (fraction of the beam).")
+    ] = None,
+    positions: Annotated[
+        Path | None,
+        typer.Option("--positions", help="Column positions JSON (x, y pixels per frame; weights, sites, groups)."),
+    ] = None,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Number of frames.")] = 48,
+    size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Frame size in pixels (square).")] = 256,
+    dose: Annotated[
+        float | None,
+        typer.Option("--dose", min=0.0, help="Incident electrons per pixel per frame (default: the brightest "
+                     "pristine column peaks at 5 counts)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (the same seed gives the same movie).")] = 0,
+) -> None:
+    """Write a simulated dense sample (lattice columns, defects, mobile adatoms), with its truth and positions."""
+    from ..sim import DENSE_KINDS, DenseConfig, dense_metadata, simulate_dense
+
+    if kind not in DENSE_KINDS:
+        raise LivedenoiseError(f"--kind must be one of {', '.join(DENSE_KINDS)}, got {kind!r}")
+    cfg = DenseConfig(kind=kind, size=size, frames=frames, dose=dose, seed=seed)
+    movie = simulate_dense(cfg)
+    _write_movie(movie, out, truth, positions, lambda: dense_metadata(movie, cfg, name=out.stem))
+    g = movie.groups
+    zone = f" [{movie.zone}]" if movie.zone else ""
+    typer.echo(
+        f"wrote {out} ({frames} frames of {size}x{size}, {kind}{zone}, dose {movie.dose:.4g} e-/px, "
+        f"{int((g >= 0).sum())} columns ({int((g == 1).sum())} substituted, {int((g == 2).sum())} partly vacant), "
+        f"{int((g < 0).sum())} adatoms, mean {float(movie.noisy.mean()):.3f} counts)"
     )
 
 

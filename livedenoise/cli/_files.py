@@ -150,6 +150,7 @@ def _denoise_one(
         typer.echo("CSS needs at least two frames")
     size = f", {source.pixel_size_nm:.5g} nm/px" if source.pixel_size_nm else ""
     typer.echo(f"wrote {output} ({len(out)} frames, float32 in [0, 1]{size}, model {engine.name} on {engine.provider})")
+    _guard(engine.card.expects, stack, out, source.pixel_size_nm)
 
 
 def _denoise_archive(
@@ -250,6 +251,59 @@ def _warn_pixel_size(model_nm: float | None, movie_nm: float | None) -> None:
             f"({model_nm:.4g} nm): atoms have another size in pixels than it learnt",
             err=True,
         )
+
+
+#: Frames (evenly spaced) whose unexplained signal ``denoise`` averages: ~1 ms each at 128².
+UNEXPLAINED_FRAMES = 256
+#: Consecutive frames summed for the unexplained signal of a window (``serve``'s guard uses its window).
+UNEXPLAINED_WINDOW = 16
+
+
+def _guard(expects: dict | None, raw, denoised, pixel_size_nm: float | None) -> None:
+    """``serve``'s guard, offline: does the movie look like the model's training data (one
+    ``warning:`` line if not), and the unexplained signal per frame, in single frames and in
+    sums of UNEXPLAINED_WINDOW frames (issue 19)."""
+    import numpy as np
+
+    from ..analysis import (
+        atom_width,
+        compare_content,
+        estimate_content,
+        expected_content,
+        read_noise_of,
+        unexplained,
+        unexplained_sum,
+    )
+
+    expected, why_not = expected_content(expects)
+    seen = None
+    if expected is None:
+        typer.echo(f"guard: {why_not}", err=True)
+    else:
+        seen = estimate_content(raw, pixel_size_nm)
+        verdict = compare_content(expected, seen, pixel_size_nm=pixel_size_nm)
+        if verdict.fits is False:
+            typer.echo(f"warning: {verdict.message}", err=True)
+        else:
+            typer.echo(f"guard: {verdict.message}")
+    sigma = atom_width(expected, seen)
+    noise = read_noise_of(raw)
+    picked = np.unique(np.linspace(0, len(raw) - 1, min(len(raw), UNEXPLAINED_FRAMES)).round().astype(int))
+    single = [unexplained(raw[i], denoised[i], sigma, read_noise=noise) for i in picked]
+    over = f"{len(picked)} frames" + ("" if len(picked) == len(raw) else f" of {len(raw)}")
+    line = (
+        f"unexplained signal per frame: mean {np.mean([u.counts for u in single]):.4g} counts "
+        f"({np.mean([u.fraction for u in single]):.1%} of the atomic counts) over {over}"
+    )
+    k = min(UNEXPLAINED_WINDOW, len(raw))
+    if k >= 2:
+        starts = np.unique(np.linspace(0, len(raw) - k, min(len(raw) // k, UNEXPLAINED_FRAMES // k)).round().astype(int))
+        sums = [unexplained_sum(raw[s : s + k], denoised[s : s + k], sigma, read_noise=noise) for s in starts]
+        line += (
+            f"; {np.mean([u.counts for u in sums]):.4g} counts ({np.mean([u.fraction for u in sums]):.1%}) "
+            f"in sums of {k} frames"
+        )
+    typer.echo(line)
 
 
 @app.command("css", rich_help_panel=PANEL)

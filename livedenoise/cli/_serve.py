@@ -19,7 +19,7 @@ import typer
 
 from .._options import default_for, help_for
 from .._signals import stop_on_signals
-from ..daemon import AtomsConfig, DectrisConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from ..daemon import AtomsConfig, DectrisConfig, GuardConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..sim import ReplayConfig
@@ -29,8 +29,8 @@ app = typer.Typer()
 
 PANEL = "Live"
 # serve --help: one panel per configuration group
-STREAM, QUEUE, ENGINE, RECORDING, ATOMS, SECURITY, VIEWER = (
-    "Stream", "Queue", "Engine", "Recording", "Atoms", "Security", "Viewer and logging",
+STREAM, QUEUE, ENGINE, RECORDING, ATOMS, GUARD, SECURITY, VIEWER = (
+    "Stream", "Queue", "Engine", "Recording", "Atoms", "Guard", "Security", "Viewer and logging",
 )
 
 
@@ -234,6 +234,15 @@ def serve(
     hop_px: float = config_option(AtomsConfig, "hop_px", panel=ATOMS),
     track_max_disp: float = config_option(AtomsConfig, "track_max_disp", panel=ATOMS),
     hop_confirm: int = config_option(AtomsConfig, "hop_confirm", panel=ATOMS),
+    guard: bool = typer.Option(
+        True, "--guard/--no-guard", rich_help_panel=GUARD,
+        help="Compare the stream with what the model card says its training movie held (density, width and counts "
+        "of atoms, a lattice) and warn in the log, stats and monitor when it does not fit; and compute each frame's "
+        "unexplained signal (raw counts the denoised frame leaves unexplained). docs/protocol.md.",
+    ),
+    guard_window: int = config_option(GuardConfig, "window", panel=GUARD),
+    guard_interval: float = config_option(GuardConfig, "interval", panel=GUARD),
+    unexplained_rate: float = config_option(GuardConfig, "unexplained_rate", panel=GUARD),
     curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
     curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
     source_curve_server_key: Path | None = config_option(
@@ -267,6 +276,8 @@ def serve(
         ),
         atoms=atoms_cfg,
         security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
+        guard=GuardConfig(window=guard_window, interval=guard_interval, unexplained_rate=unexplained_rate)
+        if guard else None,
     )
     daemon = Daemon(cfg)
     viewer = launch_viewer(daemon.publish_address) if view else None
@@ -364,6 +375,7 @@ def format_stats(s: dict) -> str:
         + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
         + (f", weak {num(s.get('atoms_weak_last'), 'd')}" if "atoms_weak_last" in s else "")
         + (f", hops {s['hops']}" if "hops" in s else "")
+        + (" | GUARD: does not fit" if s.get("guard") == "does not fit" else "")
     )
 
 

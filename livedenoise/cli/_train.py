@@ -35,6 +35,7 @@ def train(
         metavar="LO HI",
         help="Variance range (px^2) of domain C's Gaussian peaks, e.g. 0.5 1.5 for atoms of sigma ~0.9 px (default from the preset; paper: 1 10).",
     ),
+    domain: str = typer.Option("fitted", "--domain", help="Domain C, Ms2c's picture of a clean image: fitted (estimated from the movie: density, width, brightness, a lattice's cell; the paper's generator where the movie is sparse like the paper's world) | paper (75-150 scattered Gaussian peaks per 256^2 px)."),
     window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window Ms2c reads: the current one and K-1 before it (default 3 for temporal, 1 otherwise)."),
     distil: int = typer.Option(None, "--distil", metavar="K", help="Then distil Ms2c (same input: one frame, or the causal window) from the trained one applied to the mean of K frames centred on each frame (default 5 for tiny, 0 = off otherwise)."),
     distil_steps: int = typer.Option(None, "--distil-steps", help="Steps of the distillation (default from the preset: 600 for tiny and rt, else 1200)."),
@@ -77,5 +78,6 @@ def train(
             scheduler=scheduler,
             workers=workers,
             threads=threads,
+            domain=domain,
         )
     )

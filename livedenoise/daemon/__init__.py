@@ -4,7 +4,7 @@
 
     detector --ZMQ--> receive --FrameQueue--> infer (engine) --> publish --ZMQ PUB--> viewer, subscribers
                       _receive   _queue                           _publish, _stats
-                                                                  hooks: recording, atoms (_atoms)
+                                                                  hooks: recording, atoms (_atoms), guard (_guard)
 
 The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports torch, Qt, scipy,
 :mod:`livedenoise.sim` or :mod:`livedenoise.testing` (checked by import-linter).
@@ -16,12 +16,14 @@ from ._config import (
     DEFAULT_SOURCE,
     AtomsConfig,
     DectrisConfig,
+    GuardConfig,
     QueueConfig,
     RecordingConfig,
     SecurityConfig,
     ServeConfig,
 )
 from ._daemon import Daemon
+from ._guard import StreamGuard
 from ._publish import Delivered, Publisher
 from ._queue import FrameQueue, QueueClosed
 from ._receive import Received, Source, max_part_bytes, restarts
@@ -37,6 +39,7 @@ __all__ = [
     "DectrisConfig",
     "Delivered",
     "FrameQueue",
+    "GuardConfig",
     "LogThrottle",
     "PipelineThread",
     "Publisher",
@@ -48,6 +51,7 @@ __all__ = [
     "ServeConfig",
     "Source",
     "Stats",
+    "StreamGuard",
     "max_part_bytes",
     "restarts",
 ]

@@ -140,6 +140,28 @@ class AtomsConfig:
 
 
 @dataclass(slots=True)
+class GuardConfig:
+    """The guard (issue 19): does the stream look like the model's training data, and what do the
+    denoised frames leave unexplained in the raw ones (:class:`~livedenoise.daemon.StreamGuard`)."""
+
+    window: int = option(32, "Guard: raw frames of the stream averaged for each estimate of what it shows.")
+    interval: float = option(
+        1.0, "Guard: seconds between estimates (one costs ~20 ms at 128², in a low-priority thread)."
+    )
+    unexplained_rate: float = option(
+        100.0, "Guard: frames per second at most whose unexplained signal is computed (~1 ms each at 128²); 0: none.",
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window <= 1024:
+            raise LivedenoiseError(f"--guard-window {self.window}: must be 1 to 1024 frames")
+        if not (math.isfinite(self.interval) and self.interval > 0):
+            raise LivedenoiseError(f"--guard-interval {self.interval}: must be a positive number of seconds")
+        if not (math.isfinite(self.unexplained_rate) and self.unexplained_rate >= 0):
+            raise LivedenoiseError(f"--unexplained-rate {self.unexplained_rate}: must be 0 or more frames per second")
+
+
+@dataclass(slots=True)
 class SecurityConfig:
     """CurveZMQ (:mod:`livedenoise.security`): the output is a CURVE server, the input a client."""
 
@@ -189,6 +211,9 @@ class ServeConfig:
         None, "Find the atoms of each denoised frame; publish their positions and count on 'atoms'."
     )
     security: SecurityConfig = option(help="CURVE encryption and authentication.", factory=SecurityConfig)
+    guard: GuardConfig | None = option(
+        help="Warn when the stream does not look like the model's training data; None: off.", factory=GuardConfig
+    )
 
     def __post_init__(self) -> None:
         if self.queue.lossless or self.dectris is not None:

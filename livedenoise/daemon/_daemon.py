@@ -25,7 +25,9 @@ clean way, as far as the surviving stages can drain; :meth:`Daemon.stop` then re
 
 Recording (``record``, see :mod:`livedenoise.recording`) hangs off the publisher as a hook and
 writes in its own thread; so does atom finding (``atoms``, :class:`~livedenoise.daemon.AtomFinder`),
-which skips frames rather than fall behind and publishes on the ``atoms`` topic.
+which skips frames rather than fall behind and publishes on the ``atoms`` topic, and the guard
+(``guard``, :class:`~livedenoise.daemon.StreamGuard`: does the stream fit the model's training
+content, what do the denoised frames leave unexplained), which reports in ``stats``.
 CURVE (``curve_secret``, ``curve_allow``, ``source_curve_server_key``, see
 :mod:`livedenoise.security`): the PUB output is a CURVE server, the input a CURVE client.
 
@@ -47,6 +49,7 @@ from ..engine import Engine
 from ..errors import PipelineError
 from ._atoms import AtomFinder
 from ._config import ServeConfig
+from ._guard import StreamGuard
 from ._publish import Publisher
 from ._queue import FrameQueue
 from ._receive import Received, Source, make_decoder, restarts
@@ -73,6 +76,7 @@ class Daemon:
         self.curve = None
         self.recorder = None
         self.atoms: AtomFinder | None = None
+        self.guard: StreamGuard | None = None
         try:
             from .. import security
 
@@ -137,6 +141,16 @@ class Daemon:
                 self.publisher.hooks.append(self.atoms.submit)
                 self.publisher.finishers.append(self.atoms.close)  # its last atoms before the last stats
                 self.stats.extras.append(self.atoms.counters)
+            if config.guard is not None:
+                g = config.guard
+                self.guard = StreamGuard(
+                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate
+                )
+                self.publisher.hooks.append(self.guard.submit)
+                self.publisher.finishers.append(self.guard.close)
+                self.stats.extras.append(self.guard.counters)
+            else:
+                self.stats.extras.append(lambda: {"guard": "off", "guard_message": "serve --no-guard"})
         except Exception:
             if self.curve is not None:
                 self.curve.stop()
@@ -197,6 +211,8 @@ class Daemon:
                 "; evidence from the raw counts" if cfg.atoms.evidence else "",
                 "; tracks, hops on 'hops'" if cfg.atoms.tracks else "",
             )
+        if self.guard is not None:
+            self.guard.start(self._spawn)
         self._spawn("publish", self.publisher.run)
         self._spawn("infer", self._infer)
         self._spawn("receive", self.source.run)
@@ -221,6 +237,8 @@ class Daemon:
             self.recorder.close(timeout)  # after the publisher: every published frame is written
         if self.atoms is not None:
             self.atoms.close(timeout)  # normally done already, by the publisher
+        if self.guard is not None:
+            self.guard.close(timeout)  # likewise
         alive = [t.name for t in self._threads if t.is_alive()]
         if not alive:
             if self.curve is not None:

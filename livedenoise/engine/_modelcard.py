@@ -73,16 +73,23 @@ class ModelCard:
     #: The training frames' pixel size (nm; None when their file did not say): ``serve`` warns
     #: when a stream's ``calibration`` differs, since the model learnt atoms of a size in pixels.
     pixel_size_nm: float | None = None
+    #: What the training movie held (``livedenoise.analysis.SampleContent.to_dict()``: density,
+    #: width and counts of its atoms, a lattice): ``serve`` and ``denoise`` compare a stream with it
+    #: and warn when it does not fit (issue 19). None on cards written before it: no guard.
+    expects: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         size = self.pixel_size_nm
         if size is not None and not (isinstance(size, int | float) and not isinstance(size, bool) and math.isfinite(size) and size > 0):
             raise ModelError(f"model card pixel_size_nm must be a positive number or null, got {size!r:.40}")
+        if self.expects is not None and not isinstance(self.expects, dict):
+            raise ModelError(f"model card expects must be an object or null, got {self.expects!r:.40}")
 
     def to_json(self) -> str:
         raw = asdict(self)
-        if raw["pixel_size_nm"] is None:
-            del raw["pixel_size_nm"]  # a card without it stays readable by versions before the field
+        for key in ("pixel_size_nm", "expects"):
+            if raw[key] is None:
+                del raw[key]  # a card without it stays readable by versions before the field
         return json.dumps(raw, sort_keys=True)
 
     @classmethod

@@ -1,5 +1,6 @@
 """Simulators: a detector that replays a movie or simulated frames over ZeroMQ (:class:`Replayer`),
-simulated low-dose HAADF-STEM movies with their ground truth (:func:`simulate_movie`), and
+simulated low-dose HAADF-STEM movies with their ground truth (:func:`simulate_movie`; dense samples,
+a 2-D crystal or a nanoparticle: :func:`simulate_dense`), and
 malformed detector messages for testing readers of the protocol (:func:`malformed_message`), and
 a simulated 4D-STEM scan with DECTRIS Stream v1/v2 senders (:func:`simulate_4dstem`).
 
@@ -17,14 +18,18 @@ from ._dectris import (
     simulate_4dstem,
     write_dectris_dump,
 )
+from ._dense import DENSE_KINDS, DenseConfig, DenseMovie, dense_metadata, simulate_dense
 from ._fuzz import KINDS, malformed_message
 from ._movie import Movie, SimConfig, as_dtype, movie_metadata, render_atoms, simulate_movie, stream_frames
 from ._replay import DEFAULT_BIND, ReplayConfig, Replayer
 
 __all__ = [
     "DEFAULT_BIND",
+    "DENSE_KINDS",
     "KINDS",
     "DectrisV2Sender",
+    "DenseConfig",
+    "DenseMovie",
     "Movie",
     "ReplayConfig",
     "Replayer",
@@ -33,12 +38,14 @@ __all__ = [
     "as_dtype",
     "dectris_v1_messages",
     "dectris_v2_messages",
+    "dense_metadata",
     "encode_bslz4",
     "encode_lz4_h5",
     "malformed_message",
     "movie_metadata",
     "render_atoms",
     "simulate_4dstem",
+    "simulate_dense",
     "simulate_movie",
     "stream_frames",
     "write_dectris_dump",

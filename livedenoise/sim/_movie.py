@@ -98,7 +98,7 @@ def render_atoms(
     positions: np.ndarray,
     size: int | tuple[int, int],
     sigma: float = 0.875,
-    peak: float = 8.3e-3,
+    peak: float | np.ndarray = 8.3e-3,
     tail: float = 0.0,
     tail_sigma: float = 1.7,
 ) -> np.ndarray:
@@ -106,12 +106,16 @@ def render_atoms(
 
     Profile: ``peak * ((1 - tail) G(r; sigma) + tail G(r; tail_sigma))`` with unit-height
     Gaussians G, cut off at 5 x the wider width. Work is K x patch, independent of the frame size.
+    ``peak`` is one value for all atoms, or one per atom (atomic columns of different weight).
     """
     h, w = (size, size) if isinstance(size, int) else size
     out = np.zeros(h * w, np.float64)
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     if pos.shape[0] == 0:
         return out.reshape(h, w).astype(np.float32)
+    amp = np.asarray(peak, np.float64).reshape(-1, 1, 1)
+    if amp.shape[0] not in (1, pos.shape[0]):
+        raise ValueError(f"peak must be one value or one per atom ({pos.shape[0]}), got {amp.shape[0]}")
     cut = math.ceil(5 * max(sigma, tail_sigma if tail > 0 else 0.0))
     offs = np.arange(-cut, cut + 1)
     cx = np.rint(pos[:, 0]).astype(np.int64)
@@ -120,11 +124,11 @@ def render_atoms(
     gy_pix = cy[:, None] + offs[None, :]
     dx = gx_pix - pos[:, 0:1]
     dy = gy_pix - pos[:, 1:2]
-    patch = (peak * (1 - tail)) * np.einsum(
+    patch = (amp * (1 - tail)) * np.einsum(
         "ki,kj->kij", np.exp(-(dy**2) / (2 * sigma**2)), np.exp(-(dx**2) / (2 * sigma**2))
     )
     if tail > 0:
-        patch += (peak * tail) * np.einsum(
+        patch += (amp * tail) * np.einsum(
             "ki,kj->kij", np.exp(-(dy**2) / (2 * tail_sigma**2)), np.exp(-(dx**2) / (2 * tail_sigma**2))
         )
     rows = np.broadcast_to(gy_pix[:, :, None], patch.shape)

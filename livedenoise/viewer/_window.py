@@ -17,6 +17,12 @@ buffer's atoms counter with the last ones; rings and trails are replaced only wh
 show change, the hop markers only while one is fading (HOP_FADE_HZ). A daemon started without ``--atoms``
 publishes none: after NO_ATOMS_AFTER_S seconds of frames without any, a note next to the box says
 so, rather than leave an empty overlay unexplained.
+
+The daemon's guard (issue 19: ``guard`` in ``stats``) is shown where the operator looks: while it
+says the stream ``does not fit`` the model's training data, an amber bar over the images carries
+its message ("this model expects about N atoms per nm²; this stream shows M ..."); it goes as soon
+as the stats say otherwise. The counters get a ``guard`` line with the verdict and the
+unexplained signal per frame.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ NO_ATOMS_AFTER_S = 2.0  # frames for this long and no atoms message: "the daemon
 NO_ATOMS_NOTE = "the daemon publishes no atoms (serve --atoms)"
 
 _BANNER_STYLE = "QLabel {{ background: {bg}; color: white; font-size: 15pt; padding: 4px; }}"
+GUARD_COLOR = "#d08a00"  # amber: a warning about the pictures, not about the stream's health
+GUARD_STYLE = f"QLabel {{ background: {GUARD_COLOR}; color: black; font-size: 12pt; padding: 4px; }}"
+GUARD_PREFIX = "model does not fit this stream: "
 
 
 def _legend(weak_z: float) -> str:
@@ -138,6 +147,16 @@ class MonitorWindow(QtWidgets.QMainWindow):
     def _build_images(self) -> None:
         self.banner = QtWidgets.QLabel()
         self.banner.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.guard_banner = QtWidgets.QLabel()
+        self.guard_banner.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.guard_banner.setWordWrap(True)  # the message is a sentence: it must not widen the window
+        self.guard_banner.setStyleSheet(GUARD_STYLE)
+        self.guard_banner.setToolTip(
+            "The daemon's guard: the raw frames do not look like the movie this model was trained on (density, "
+            "width or counts of the atoms, a lattice), so the denoised images may show atoms that are not there, or "
+            "erase those that are. Train a model on this stream (livedenoise train)."
+        )
+        self.guard_banner.hide()
         self.images = pg.GraphicsLayoutWidget()
         layout = self.images.ci
         self.raw_panel = ImagePanel(layout, "raw", col=0)
@@ -253,6 +272,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         box = QtWidgets.QVBoxLayout(central)
         box.setContentsMargins(2, 2, 2, 2)
         box.addWidget(self.banner)
+        box.addWidget(self.guard_banner)
         box.addWidget(splitter, 1)
         box.addWidget(self.counters)
         self.setCentralWidget(central)
@@ -441,6 +461,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         """INFO_HZ: waiting state, histograms, counters, status line."""
         now = time.monotonic()
         self._refresh_banner()
+        self._refresh_guard()
         self._refresh_atoms_note(now)
         with_evidence = self.atoms_shown is not None and self.atoms_shown.evidence is not None
         if with_evidence != self.evidence_legend.isVisible():
@@ -468,6 +489,28 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.banner.setText(text)
         self.banner.setStyleSheet(_BANNER_STYLE.format(bg=bg))
         self.banner.show()
+
+    @property
+    def guard_warning(self) -> str | None:
+        """The guard's message while the daemon's stats say the stream does not fit the model, else None."""
+        stats = self.buffer.last_stats
+        if stats.get("guard") != "does not fit":
+            return None
+        message = stats.get("guard_message")
+        return message if isinstance(message, str) and message else "the stream does not look like its training data"
+
+    def _refresh_guard(self) -> None:
+        """Show the guard's warning over the images while it lasts; hide it when the stream fits again."""
+        warning = self.guard_warning
+        if warning is None:
+            if not self.guard_banner.isHidden():
+                self.guard_banner.hide()
+            return
+        text = GUARD_PREFIX + warning
+        if self.guard_banner.text() != text:
+            self.guard_banner.setText(text)
+        if self.guard_banner.isHidden():
+            self.guard_banner.show()
 
     @property
     def no_atoms(self) -> bool:
@@ -546,6 +589,16 @@ class MonitorWindow(QtWidgets.QMainWindow):
             if "tracks_live" in stats:
                 atoms_line += f"  tracks {stat('tracks_live')} (resets {stat('tracks_resets')})  hops {stat('hops')}"
             lines.insert(1, atoms_line)
+        if "guard" in stats:
+            guard_line = f"guard   {stat('guard')}"
+            if stats.get("guard_density_ratio") is not None:
+                guard_line += f"  density x{stat('guard_density_ratio', '{:.2g}')}"
+            if "unexplained_mean" in stats:
+                guard_line += (
+                    f"  unexplained {stat('unexplained_mean', '{:.1f}')} counts/frame"
+                    f" ({stat('unexplained_fraction', '{:.1%}')} of the atomic counts)"
+                )
+            lines.insert(1, guard_line)
         frame = self.frame
         if frame is not None:
             css, latency = frame.denoised_header.get("css"), frame.denoised_header.get("latency_ms")

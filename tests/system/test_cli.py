@@ -14,7 +14,15 @@ import tifffile
 import zmq
 
 from livedenoise.analysis import css_series
-from livedenoise.daemon import AtomsConfig, DectrisConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from livedenoise.daemon import (
+    AtomsConfig,
+    DectrisConfig,
+    GuardConfig,
+    QueueConfig,
+    RecordingConfig,
+    SecurityConfig,
+    ServeConfig,
+)
 from livedenoise.engine import EngineConfig
 from livedenoise.sim import ReplayConfig
 from livedenoise.testing import LOOPBACK, REPLAY_BIND, read_address
@@ -160,6 +168,9 @@ SERVE_OPTIONS = {
     "curve_secret": (SecurityConfig, "curve_secret", "Security"),
     "curve_allow": (SecurityConfig, "curve_allow", "Security"),
     "source_curve_server_key": (SecurityConfig, "source_server_key", "Security"),
+    "guard_window": (GuardConfig, "window", "Guard"),
+    "guard_interval": (GuardConfig, "interval", "Guard"),
+    "unexplained_rate": (GuardConfig, "unexplained_rate", "Guard"),
 }
 
 
@@ -176,7 +187,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
         assert param.default == default_for(cls, field), name
         assert param.rich_help_panel == panel, name
     partial = {"source_format": "Stream", "annulus": "Stream", "model": "Engine", "warmup_size": "Engine", "pipeline_cpus": "Engine", "record": "Recording", "atoms": "Atoms",
-               "atoms_threshold": "Atoms", "view": "Viewer and logging", "log_level": "Viewer and logging"}
+               "atoms_threshold": "Atoms", "guard": "Guard", "view": "Viewer and logging", "log_level": "Viewer and logging"}
     assert set(params) == set(SERVE_OPTIONS) | set(partial)  # every option sits in a panel
     for name, panel in partial.items():
         assert params[name].rich_help_panel == panel, name
@@ -198,7 +209,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
 
     proc = run_cli("serve", "--help")
     assert proc.returncode == 0
-    for panel in ("Stream", "Queue", "Engine", "Recording", "Atoms", "Security", "Viewer and logging"):
+    for panel in ("Stream", "Queue", "Engine", "Recording", "Atoms", "Guard", "Security", "Viewer and logging"):
         assert f"─ {panel} ─" in proc.stdout, panel
 
 
@@ -270,3 +281,29 @@ def test_errors_are_one_line_with_exit_code_2(conv_model, build_model, write_tif
     assert_one_line_error(run_cli("view", "--after", "1"), "--after needs --screenshot")
     assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "no" / "shot.png"), "cannot write screenshot")
     assert_one_line_error(run_cli("view", "--screenshot", tmp_path / "shot.png", "--after", "-1"), "at least 0")
+
+
+@pytest.mark.parametrize("kind", ["mos2", "particle"])
+def test_simulate_dense_writes_movie_truth_and_positions_that_evaluate_reads(kind, tmp_path):
+    import json
+
+    noisy, truth, atoms, report = (tmp_path / n for n in ("n.tif", "t.tif", "a.json", "rep.json"))
+    proc = run_cli(
+        "simulate", "dense", "--kind", kind, "--out", noisy, "--truth", truth, "--positions", atoms,
+        "--frames", "3", "--size", "96", "--seed", "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    n, t = tifffile.imread(noisy), tifffile.imread(truth)
+    assert n.shape == t.shape == (3, 96, 96) and n.dtype == t.dtype == np.float32
+    meta = json.loads(atoms.read_text())
+    k = len(meta["group_id"])
+    assert meta["kind"] == kind and meta["pixel_size_A"] == 0.4
+    assert np.asarray(meta["frames"]).shape == (3, k, 2) and len(meta["weights"]) == len(meta["site"]) == k
+    assert n.mean() == pytest.approx(meta["dose_e_per_px"] * t.mean() + 0.5, rel=0.05)
+    assert f"dose {meta['dose_e_per_px']:.4g} e-/px" in proc.stdout
+    # the truth itself finds every column and adatom
+    proc = run_cli("evaluate", "--denoised", truth, "--truth", truth, "--positions", atoms, "--json", report)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(report.read_text())
+    assert rep["n_true"] == 3 * k and rep["f1"] > 0.99
+    assert_one_line_error(run_cli("simulate", "dense", "--kind", "graphene", "--out", noisy), "--kind", "mos2, particle")

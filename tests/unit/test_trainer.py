@@ -23,7 +23,7 @@ from livedenoise.engine import METADATA_KEY, ModelCard, Normalisation, causal_wi
 from livedenoise.errors import LivedenoiseError
 from trainer import losses
 from trainer.checkpoint import load_checkpoint
-from trainer.domains import CleanDomain, NoisyDomain, frame_statistics, load_frames
+from trainer.domains import CleanDomain, FittedDomain, NoisyDomain, clean_domain, frame_statistics, load_frames
 from trainer.export import op_histogram, run_onnx, to_onnx_bytes, verify, with_card
 from trainer.loop import Trainer, polarity
 from trainer.networks import Critic, LowPass, UNet, gaussian_kernel
@@ -207,6 +207,52 @@ def test_clean_domain_peak_variance_sets_the_peak_width():
     # Same lattice (same RNG stream), narrower kernel: far fewer pixels above the background.
     assert (narrow > -0.5).float().mean() < 0.5 * (wide > -0.5).float().mean()
     assert PAPER.clean_variance == (1.0, 10.0)  # the paper's range
+
+
+@pytest.fixture(scope="module")
+def lattice_content():
+    from livedenoise.analysis import estimate_content
+    from livedenoise.sim import DenseConfig, simulate_dense
+
+    return estimate_content(simulate_dense(DenseConfig(kind="mos2", size=160, frames=24, seed=1)).noisy, 0.04)
+
+
+def test_fitted_domain_has_the_movies_local_density_width_and_spacing(lattice_content):
+    from livedenoise.analysis import estimate_content
+
+    domain, line = clean_domain("fitted", lattice_content)
+    assert isinstance(domain, FittedDomain) and "fitted to the movie" in line and "lattice" in line
+    c = domain.sample(8, np.random.default_rng(0)).numpy()
+    assert c.shape == (8, 1, 128, 128) and c.min() == -1.0 and np.allclose(c.max(axis=(1, 2, 3)), 1.0)
+    # scattered columns (the default) at the lattice's local density, never closer than its
+    # closest pair of sites, peaks of the measured width: measured again on the clean samples
+    cell = abs(np.linalg.det(np.asarray(lattice_content.basis)))
+    assert domain.density == pytest.approx(2 / cell)
+    found = [estimate_content((img[0] + 1) * 50) for img in c]
+    full = [f for f in found if f.density_px > 0.6 * domain.density]  # the others have an edge or are a particle
+    assert len(full) >= 3 and all(f.density_px < 1.6 * domain.density for f in found)
+    assert np.median([f.width_px for f in found]) == pytest.approx(lattice_content.width_px, rel=0.3)
+    assert not any(f.lattice for f in found)
+    # lattice scenes, where asked: the movie's cell (rotated by <= 4 degrees, scaled by <= 3 %)
+    lattice = FittedDomain(lattice_content, lattice_share=1.0).sample(8, np.random.default_rng(1)).numpy()
+    side = np.hypot(*np.asarray(lattice_content.basis).T).mean()
+    found = [estimate_content((img[0] + 1) * 50) for img in lattice]
+    same = [f for f in found if f.lattice and len(f.basis) == 2 and abs(np.hypot(*np.asarray(f.basis).T).mean() / side - 1) < 0.05]
+    assert len(same) >= 4, [(f.lattice, f.basis) for f in found]
+
+
+def test_clean_domain_is_the_papers_where_the_movie_is_like_it(movie, lattice_content):
+    from livedenoise.analysis import estimate_content
+
+    sparse = estimate_content(movie)
+    domain, line = clean_domain("fitted", sparse, variance=(1.0, 10.0))
+    assert isinstance(domain, CleanDomain) and "like the paper's world" in line
+    assert isinstance(clean_domain("paper", lattice_content)[0], CleanDomain)
+    weak = estimate_content(np.zeros((4, 128, 128), np.float32))
+    domain, line = clean_domain("fitted", weak)
+    assert isinstance(domain, CleanDomain) and "cannot estimate" in line and "constant" in line
+    with pytest.raises(LivedenoiseError, match="--domain 'lattice'"):
+        clean_domain("lattice", sparse)
 
 
 def test_noisy_domain_uses_the_serving_normalisation(movie):
@@ -452,6 +498,9 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
     assert card.training["peak_variance"] == [0.5, 1.5]
     assert card.training["distil"]["window"] == 5 and card.training["distil"]["steps"] == 3  # tiny's stage 2
     assert {"version", "date", "frame_stats"} <= set(card.training)
+    # the movie is sparse like the paper's world: fitted Domain C is the paper's generator
+    assert card.expects["reliable"] and not card.expects["lattice"] and card.expects["density_px"] > 0
+    assert "the paper's generator" in card.training["domain_c"]["generator"] and card.training["domain_c"]["choice"] == "fitted"
     assert summary["export"]["max_abs_diff"] < 1e-3
     assert (tmp_path / "m.losses.png").stat().st_size > 1000 and (tmp_path / "m.preview.png").stat().st_size > 1000
     assert any("max |onnxruntime - torch|" in line for line in logs)
@@ -531,6 +580,52 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
+def test_a_lattice_movie_trains_on_a_fitted_domain_c_kept_by_the_card_and_on_resume(tmp_path):
+    from livedenoise.io import write_imagej
+    from livedenoise.sim import DenseConfig, simulate_dense
+    from trainer.run import TrainConfig, train
+
+    frames = tmp_path / "mos2.tif"
+    write_imagej(frames, simulate_dense(DenseConfig(kind="mos2", size=128, frames=12, seed=3)).noisy, pixel_size_nm=0.04)
+    out = tmp_path / "f.onnx"
+    logs: list[str] = []
+    quiet = {"check_every": 0, "figures": False}
+    train(TrainConfig(frames=frames, out=out, steps=2, distil=0, **quiet), log=logs.append)
+    card = ModelCard.from_json(_card_json(out))
+    assert card.expects["lattice"] and len(card.expects["motif"]) == 2 and card.expects["density_nm2"] > 10
+    assert card.training["domain_c"]["generator"].startswith("Domain C fitted to the movie")
+    ckpt = load_checkpoint(tmp_path / "f.ckpt")
+    assert ckpt["preset"]["domain"] == "fitted" and ckpt["preset"]["clean_content"]["lattice"]
+    train(TrainConfig(frames=frames, out=out, steps=3, resume=tmp_path / "f.ckpt", **quiet), log=logs.append)
+    assert sum(line.startswith("Domain C fitted to the movie") for line in logs) == 2  # the checkpoint's, on resume
+    train(TrainConfig(frames=frames, out=tmp_path / "p.onnx", steps=1, distil=0, domain="paper", **quiet), log=logs.append)
+    assert any("the paper's generator (--domain paper)" in line for line in logs)
+
+
+def test_a_sparse_movie_trains_the_same_model_with_either_domain_choice(movie, tmp_path):
+    """Nothing is lost on the movies the paper's Domain C fits: ``fitted`` draws the very same
+    samples there, so the weights are the paper choice's bit for bit."""
+    import tifffile
+
+    from trainer.run import TrainConfig, train
+
+    frames = tmp_path / "movie.tif"
+    tifffile.imwrite(frames, movie, photometric="minisblack")
+    weights = {}
+    for choice in ("fitted", "paper"):
+        train(TrainConfig(frames=frames, out=tmp_path / f"{choice}.onnx", steps=3, distil=0, domain=choice, check_every=0,
+                          figures=False), log=lambda m: None)
+        weights[choice] = load_checkpoint(tmp_path / f"{choice}.ckpt")["ms2c"]
+    assert weights["fitted"].keys() == weights["paper"].keys()
+    assert all(torch.equal(weights["fitted"][k], weights["paper"][k]) for k in weights["paper"])
+
+
+def _card_json(path: Path) -> str:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map[METADATA_KEY]
+
+
 def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp_path):
     import tifffile
 
@@ -573,6 +668,7 @@ def test_temporal_preset_trains_exports_and_serves_on_a_causal_window(movie, tmp
         ("peakvar", "--peak-variance"),
         ("distil", "--distil 99: choose 0 (off) to 64"),
         ("teachers", "several stage-1 runs need the distillation"),
+        ("domain", "--domain 'sparse': choose fitted or paper"),
     ],
 )
 def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkeypatch, capsys):
@@ -610,6 +706,8 @@ def test_cli_bad_input_gives_one_line_and_exit_2(case, message, tmp_path, monkey
         args += ["--distil", "99"]
     if case == "teachers":
         args += ["--teachers", "2", "--distil", "0"]
+    if case == "domain":
+        args += ["--domain", "sparse"]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

@@ -1,0 +1,311 @@
+"""Dense samples (issue 19): lattices and particles, simulated and real, against the baselines.
+
+Two steps, so the trainings in between run on their own (``livedenoise train``, minutes each):
+
+    python benchmarks/dense.py make --out /tmp/dense
+    # for each case C of /tmp/dense/cases.json, both Domain C generators, the same recipe:
+    livedenoise train --frames /tmp/dense/C/train.tif --out /tmp/dense/C/fitted.onnx \
+        --preset temporal --window 5 --domain fitted --seed 0
+    livedenoise train --frames /tmp/dense/C/train.tif --out /tmp/dense/C/paper.onnx \
+        --preset temporal --window 5 --domain paper --seed 0
+    python benchmarks/dense.py score --dir /tmp/dense --json /tmp/dense/report.json \
+        [--figure docs/quality_dense.png] [--write docs/quality.md]
+
+Cases (each a training movie and a held-out movie of the same sample with other noise):
+
+* ``sim-mos2``, ``sim-particle``: ``livedenoise.sim.simulate_dense`` (truth and column positions
+  known: PSNR, r2 and column F1);
+* ``real-mos2``: the experimental ADF image of Se-implanted MoS2 shipped in the ``temul-toolkit``
+  0.1.9 wheel (0.127 A/px), binned 3 x 3 to 0.38 A/px; ``real-au``: its Au nanoparticle image
+  (0.075 A/px) binned 5 x 5 to 0.375 A/px. Each is the truth of a static movie given the dose of
+  the project's low-dose movies: brightest columns (99.5th percentile) 5 counts over a background
+  (1st percentile) of 0.5, Poisson, read noise 0.25 and line noise 0.15 counts (PSNR and r2 only:
+  their columns are not known). The files come from the wheel at run time
+  (``.ci/fetch-vendor-files``), never from the repository (GPL-3.0).
+* ``sparse-300``, ``sparse-100``: the project's sparse movies (``simulate_movie``, doses 300 and
+  100), for the guard's verdicts only (their figures are those of the quality tables above).
+
+``score`` runs the baselines of ``benchmarks/quality.py`` (best-PSNR parameters chosen on 8
+calibration frames of the held-out movie), the shipped models, the models trained per case, the
+guard's verdict of every model on every case and the unexplained-signal figure of every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VENDOR = Path(os.environ.get("LIVEDENOISE_VENDOR_FILES", Path.home() / ".cache/livedenoise/vendor-files"))
+REAL = {
+    "real-mos2": ("temul-toolkit/example_Se_implanted_MoS2.dm3", 3),
+    "real-au": ("temul-toolkit/example_Au_nanoparticle.emd", 5),
+}
+SHIPPED = ("default", "rt", "temporal", "lowdose", "hops")
+TRAIN_FRAMES, EVAL_FRAMES, CALIB = 120, 48, 8
+PIXEL_NM = 0.04  # the simulators'
+
+
+def acquire(clean: np.ndarray, frames: int, seed: int) -> np.ndarray:
+    """A static movie of ``clean`` (expected counts): Poisson, read noise, line noise (the sims')."""
+    rng = np.random.default_rng(seed)
+    h, w = clean.shape
+    out = rng.poisson(np.broadcast_to(clean, (frames, h, w))).astype(np.float32)
+    out += 0.25 * rng.standard_normal(out.shape, dtype=np.float32)
+    out += 0.15 * rng.standard_normal((frames, h, 1), dtype=np.float32)
+    return out
+
+
+def real_truth(name: str) -> tuple[np.ndarray, float]:
+    """The binned vendor image as expected counts per frame, and its pixel size (nm)."""
+    from livedenoise.io import open_movie
+
+    rel, b = REAL[name]
+    path = VENDOR / rel
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `python .ci/fetch-vendor-files` first")
+    movie = open_movie(path, "frames")
+    img = np.asarray(movie.read() if not isinstance(movie.data, np.ndarray) else movie.data)[0].astype(np.float64)
+    h, w = (img.shape[0] // b) * b, (img.shape[1] // b) * b
+    img = img[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
+    lo, hi = np.percentile(img, [1, 99.5])
+    counts = 0.5 + 5.0 * np.clip((img - lo) / (hi - lo), 0, None)
+    return counts.astype(np.float32), float(movie.pixel_size_nm) * b
+
+
+def make(out: Path) -> None:
+    from livedenoise.io import write_imagej
+    from livedenoise.sim import DenseConfig, SimConfig, simulate_dense, simulate_movie
+
+    out.mkdir(parents=True, exist_ok=True)
+    cases = {}
+    for kind in ("mos2", "particle"):
+        name = f"sim-{kind}"
+        d = out / name
+        d.mkdir(exist_ok=True)
+        train = simulate_dense(DenseConfig(kind=kind, frames=TRAIN_FRAMES, seed=1))
+        held = simulate_dense(DenseConfig(kind=kind, frames=EVAL_FRAMES, seed=2))
+        write_imagej(d / "train.tif", train.noisy, pixel_size_nm=PIXEL_NM)
+        np.save(d / "noisy.npy", held.noisy)
+        np.save(d / "truth.npy", held.truth)
+        np.save(d / "positions.npy", held.positions)
+        np.save(d / "groups.npy", held.groups)
+        cases[name] = {"pixel_size_nm": PIXEL_NM, "positions": True, "dose": held.dose}
+    for name in REAL:
+        d = out / name
+        d.mkdir(exist_ok=True)
+        truth, px = real_truth(name)
+        write_imagej(d / "train.tif", acquire(truth, TRAIN_FRAMES, 1), pixel_size_nm=px)
+        np.save(d / "noisy.npy", acquire(truth, EVAL_FRAMES, 2))
+        np.save(d / "truth.npy", np.broadcast_to(truth, (EVAL_FRAMES, *truth.shape)).copy())
+        cases[name] = {"pixel_size_nm": px, "positions": False}
+    for dose in (300, 100):
+        name = f"sparse-{dose}"
+        d = out / name
+        d.mkdir(exist_ok=True)
+        held = simulate_movie(SimConfig(dose=dose, frames=EVAL_FRAMES, seed=2))
+        np.save(d / "noisy.npy", held.noisy)
+        np.save(d / "truth.npy", held.truth)
+        np.save(d / "positions.npy", held.positions)
+        cases[name] = {"pixel_size_nm": PIXEL_NM, "positions": True, "sparse": True}
+    (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    print(f"wrote {len(cases)} cases to {out}: {', '.join(cases)}")
+
+
+# ---------------------------------------------------------------------------- score
+
+
+def r2_and_psnr(den: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean over frames of PSNR (range of the truth) and r2, each after the affine fit to the truth."""
+    from livedenoise.analysis.evaluate import affine_fit, psnr
+
+    rng = float(truth.max() - truth.min())
+    ps, rs = [], []
+    for d, t in zip(den, truth):
+        a, c = affine_fit(d, t)
+        fit = a * d.astype(np.float64) + c
+        ps.append(psnr(fit, t, rng))
+        rs.append(1.0 - float(((fit - t) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-30)))
+    return float(np.mean(ps)), float(np.mean(rs))
+
+
+def baselines(noisy: np.ndarray, truth: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """The classical baselines of quality.py, each with its best-PSNR parameter on CALIB frames."""
+    import baselines as bl
+
+    sig = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5]
+    out = []
+    g, gs = bl.best_of(bl.gaussian, sig, noisy, truth, None, CALIB)
+    out.append(("gaussian", f"sigma={gs:g} px", g(noisy)))
+    m, ms = bl.best_of(lambda v: bl.median(int(v)), [3, 5], noisy, truth, None, CALIB)
+    out.append(("median", f"size={int(ms)}", m(noisy)))
+    n, nh = bl.best_of(bl.nlm, [0.4, 0.6, 0.8, 1.0, 1.3], noisy, truth, None, CALIB)
+    out.append(("nlm", f"h={nh:g} x noise std", n(noisy)))
+    for k in (3, 5):
+        t = bl.temporal(k)(noisy)
+        out.append((f"temporal-{k}", f"causal mean of {k}", t))
+        tg, ts = bl.best_of(bl.gaussian, sig, t, truth, None, CALIB)
+        out.append((f"temporal-{k}+gaussian", f"causal mean of {k}, then sigma={ts:g} px", tg(t)))
+    return out
+
+
+def run_model(path: Path, noisy: np.ndarray) -> tuple[np.ndarray, object]:
+    from livedenoise.engine import Engine
+
+    eng = Engine(path, provider="cpu")
+    eng.reset_series(0)
+    res = eng.infer(list(noisy), series=[0] * len(noisy))
+    if res.errors:
+        raise RuntimeError(f"{path}: frame {res.errors[0][0]}: {res.errors[0][2]}")
+    return np.stack(res.outputs), eng.card
+
+
+def score(args: argparse.Namespace) -> None:
+    from livedenoise.analysis import SampleContent, compare_content, estimate_content, unexplained_sum
+    from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.engine import default_model_path
+
+    root = args.dir
+    cases = json.loads((root / "cases.json").read_text())
+    if args.cases:
+        cases = {k: v for k, v in cases.items() if k in args.cases}
+    rows, guard, panels = [], [], []
+    for name, info in cases.items():
+        d = root / name
+        noisy, truth = np.load(d / "noisy.npy"), np.load(d / "truth.npy")
+        pos = np.load(d / "positions.npy") if info.get("positions") else None
+        groups = np.load(d / "groups.npy") if (d / "groups.npy").is_file() else None
+        px = info["pixel_size_nm"]
+        seen = estimate_content(noisy, px)
+        models = [(m, default_model_path().with_name(f"{m}.onnx"), "shipped") for m in SHIPPED]
+        models += [(f"trained-{g}", d / f"{g}.onnx", "trained") for g in ("paper", "fitted") if (d / f"{g}.onnx").is_file()]
+        outputs: dict[str, np.ndarray] = {}
+        for mname, path, kind in models:
+            den, card = run_model(path, noisy)
+            outputs[mname] = den
+            exp = SampleContent.from_dict(card.expects) if card.expects else None
+            v = compare_content(exp, seen, pixel_size_nm=px) if exp is not None else None
+            un = float(np.mean([unexplained_sum(noisy[i : i + 16], den[i : i + 16]).fraction for i in range(0, len(noisy) - 15, 16)]))
+            guard.append({"case": name, "model": mname, "kind": kind, "state": v.state if v else "off",
+                          "message": v.message if v else "no expects on the card", "unexplained": un})
+        if info.get("sparse"):
+            continue  # guard verdicts only: the sparse movies' figures are quality.py's
+        methods = [(n, p, den, "baseline") for n, p, den in baselines(noisy, truth)]
+        methods += [(m, "", outputs[m], "model") for m, _, _ in models]
+        for mname, params, den, kind in methods:
+            p, r2 = r2_and_psnr(den, truth)
+            row = {"case": name, "method": mname, "params": params, "kind": kind, "psnr": p, "r2": r2}
+            if pos is not None:
+                rep = evaluate(den, positions=pos, groups=groups, ssim=False)
+                row |= {"f1": rep.f1, "precision": rep.precision, "recall": rep.recall}
+            row["unexplained"] = next((g["unexplained"] for g in guard if g["case"] == name and g["model"] == mname), None)
+            rows.append(row)
+            print(f"{name:13s} {mname:24s} PSNR {p:6.2f}  r2 {r2:.3f}" + (f"  F1 {row['f1']:.3f}" if "f1" in row else ""), flush=True)
+        best = max((r for r in rows if r["case"] == name and r["kind"] == "baseline"), key=lambda r: r["psnr"])
+        t = len(noisy) // 2
+        crop = tuple(slice(max(0, (n - 128) // 2), max(0, (n - 128) // 2) + 128) for n in noisy.shape[1:])
+        show = [("noisy", noisy[t]), ("truth", truth[t]), (f"best baseline: {best['method']}", dict((m[0], m[2]) for m in methods)[best["method"]][t])]
+        show += [(m, outputs[m][t]) for m in ("lowdose", "trained-paper", "trained-fitted") if m in outputs]
+        panels.append((name, [(n_, img[crop]) for n_, img in show]))
+    report = {"cases": cases, "rows": rows, "guard": guard}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.figure:
+        from quality import figure
+
+        figure(args.figure, panels)
+    text = markdown(report, args.figure)
+    print(text)
+    if args.write:
+        replace_section(args.write, text)
+
+
+BEGIN, END = "<!-- dense:begin (benchmarks/dense.py) -->", "<!-- dense:end -->"
+
+
+def replace_section(path: Path, text: str) -> None:
+    """Put ``text`` between the dense-sample markers of ``path`` (appended where there are none)."""
+    doc = path.read_text() if path.is_file() else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def markdown(report: dict, fig: Path | None) -> str:
+    rows, guard = report["rows"], report["guard"]
+    out = ["## Dense samples: lattices and particles (issue 19)", "",
+           "`python benchmarks/dense.py make --out DIR`, the trainings it lists, then `python benchmarks/dense.py score "
+           "--dir DIR --figure docs/quality_dense.png --write docs/quality.md`. PSNR and r2 after the affine fit to the "
+           "truth, mean over the 48 held-out frames; column F1 where the positions are known; *unexplained*: the "
+           "fraction of the atomic counts the output leaves unexplained in sums of 16 frames (`livedenoise.analysis."
+           "unexplained_sum`, mean of 3 sums; the models only: a baseline's output is not a [0, 1] image). "
+           "Trained: `livedenoise train --preset temporal --window 5 --seed 0` on the case's 120-frame training movie "
+           "with `--domain paper` or `--domain fitted`.", ""]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sub = [r for r in rows if r["case"] == case]
+        has_f1 = "f1" in sub[0]
+        best = max((r for r in sub if r["kind"] == "baseline"), key=lambda r: r["psnr"])
+        out += [f"### {case}", "", "| method | params | PSNR | r2 |" + (" column F1 |" if has_f1 else "") + " unexplained |",
+                "|---|---|---|---|" + ("---|" if has_f1 else "") + "---|"]
+        for r in sub:
+            name = f"**{r['method']}**" if r["method"].startswith("trained") else r["method"]
+            un = "-" if r["unexplained"] is None else f"{r['unexplained']:.3f}"
+            out.append(f"| {name} | {r['params']} | {r['psnr']:.2f} | {r['r2']:.3f} |" + (f" {r['f1']:.3f} |" if has_f1 else "") + f" {un} |")
+        fitted = next((r for r in sub if r["method"] == "trained-fitted"), None)
+        if fitted:
+            line = f"Fitted Domain C against the best baseline ({best['method']}): PSNR {fitted['psnr'] - best['psnr']:+.2f} dB"
+            if has_f1:
+                bf = max((r for r in sub if r["kind"] == "baseline"), key=lambda r: r["f1"])
+                line += f"; column F1 {fitted['f1']:.3f} against the best baseline's {bf['f1']:.3f} ({bf['method']})"
+            out += ["", line + "."]
+        out.append("")
+    out += ["### The guard's verdict", "",
+            "Each model's card `expects` against `estimate_content` of the held-out movie (`livedenoise.analysis.compare_content`).", ""]
+    models = list(dict.fromkeys(g["model"] for g in guard))
+    cases = list(dict.fromkeys(g["case"] for g in guard))
+    out += ["| case | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for c in cases:
+        cell = {g["model"]: g["state"] for g in guard if g["case"] == c}
+        out.append(f"| {c} | " + " | ".join(cell.get(m, "") for m in models) + " |")
+    msg = next((g for g in guard if g["case"] == "real-mos2" and g["model"] == "default"), None)
+    if msg:
+        out += ["", f"What `default` says on real-mos2: \"{msg['message']}\""]
+    if fig:
+        out += ["", f"![dense samples]({fig.name})", "",
+                "One held-out frame per case (central 128 x 128): noisy, truth, the best baseline, the shipped `lowdose`, "
+                "the model trained with the paper's Domain C and with the fitted one."]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--dir", type=Path, required=True)
+    s.add_argument("--json", type=Path)
+    s.add_argument("--figure", type=Path)
+    s.add_argument("--cases", nargs="*", help="only these cases (default: all)")
+    s.add_argument("--write", type=Path, help="docs/quality.md: replace its dense-sample section")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.cmd == "make":
+        make(args.out)
+    else:
+        score(args)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
