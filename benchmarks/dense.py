@@ -168,35 +168,61 @@ def run_model(path: Path, noisy: np.ndarray) -> tuple[np.ndarray, object]:
 
 
 def score(args: argparse.Namespace) -> None:
+    root = args.dir
+    cases = json.loads((root / "cases.json").read_text())
+    for name, info in cases.items():
+        if not args.cases or name in args.cases:
+            score_case(root / name, name, info)
+    # the report: every case scored so far (a case is scored once; its figures stay in its folder)
+    rows, guard, panels = [], [], []
+    for name in cases:
+        d = root / name
+        if not (d / "score.json").is_file():
+            continue
+        part = json.loads((d / "score.json").read_text())
+        rows += part["rows"]
+        guard += part["guard"]
+        if (d / "panel.npz").is_file():
+            with np.load(d / "panel.npz") as z:
+                panels.append((name, [(k, z[k]) for k in part["panel"]]))
+    report = {"cases": cases, "rows": rows, "guard": guard}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.figure and panels:
+        from quality import figure
+
+        figure(args.figure, panels)
+    text = markdown(report, args.figure)
+    print(text)
+    if args.write:
+        replace_section(args.write, text)
+
+
+def score_case(d: Path, name: str, info: dict) -> None:
+    """One case's rows, guard verdicts and figure panel, written to ``d`` (score.json, panel.npz)."""
     from livedenoise.analysis import SampleContent, compare_content, estimate_content, unexplained_sum
     from livedenoise.analysis.evaluate import evaluate
     from livedenoise.engine import default_model_path
 
-    root = args.dir
-    cases = json.loads((root / "cases.json").read_text())
-    if args.cases:
-        cases = {k: v for k, v in cases.items() if k in args.cases}
-    rows, guard, panels = [], [], []
-    for name, info in cases.items():
-        d = root / name
-        noisy, truth = np.load(d / "noisy.npy"), np.load(d / "truth.npy")
-        pos = np.load(d / "positions.npy") if info.get("positions") else None
-        groups = np.load(d / "groups.npy") if (d / "groups.npy").is_file() else None
-        px = info["pixel_size_nm"]
-        seen = estimate_content(noisy, px)
-        models = [(m, default_model_path().with_name(f"{m}.onnx"), "shipped") for m in SHIPPED]
-        models += [(f"trained-{g}", d / f"{g}.onnx", "trained") for g in ("paper", "fitted") if (d / f"{g}.onnx").is_file()]
-        outputs: dict[str, np.ndarray] = {}
-        for mname, path, kind in models:
-            den, card = run_model(path, noisy)
-            outputs[mname] = den
-            exp = SampleContent.from_dict(card.expects) if card.expects else None
-            v = compare_content(exp, seen, pixel_size_nm=px) if exp is not None else None
-            un = float(np.mean([unexplained_sum(noisy[i : i + 16], den[i : i + 16]).fraction for i in range(0, len(noisy) - 15, 16)]))
-            guard.append({"case": name, "model": mname, "kind": kind, "state": v.state if v else "off",
-                          "message": v.message if v else "no expects on the card", "unexplained": un})
-        if info.get("sparse"):
-            continue  # guard verdicts only: the sparse movies' figures are quality.py's
+    rows, guard = [], []
+    noisy, truth = np.load(d / "noisy.npy"), np.load(d / "truth.npy")
+    pos = np.load(d / "positions.npy") if info.get("positions") else None
+    groups = np.load(d / "groups.npy") if (d / "groups.npy").is_file() else None
+    px = info["pixel_size_nm"]
+    seen = estimate_content(noisy, px)
+    models = [(m, default_model_path().with_name(f"{m}.onnx"), "shipped") for m in SHIPPED]
+    models += [(f"trained-{g}", d / f"{g}.onnx", "trained") for g in ("paper", "fitted") if (d / f"{g}.onnx").is_file()]
+    outputs: dict[str, np.ndarray] = {}
+    for mname, path, kind in models:
+        den, card = run_model(path, noisy)
+        outputs[mname] = den
+        exp = SampleContent.from_dict(card.expects) if card.expects else None
+        v = compare_content(exp, seen, pixel_size_nm=px) if exp is not None else None
+        un = float(np.mean([unexplained_sum(noisy[i : i + 16], den[i : i + 16]).fraction for i in range(0, len(noisy) - 15, 16)]))
+        guard.append({"case": name, "model": mname, "kind": kind, "state": v.state if v else "off",
+                      "message": v.message if v else "no expects on the card", "unexplained": un})
+    panel: dict[str, np.ndarray] = {}
+    if not info.get("sparse"):  # the sparse movies: guard verdicts only, their figures are quality.py's
         methods = [(n, p, den, "baseline") for n, p, den in baselines(noisy, truth)]
         methods += [(m, "", outputs[m], "model") for m, _, _ in models]
         for mname, params, den, kind in methods:
@@ -205,26 +231,18 @@ def score(args: argparse.Namespace) -> None:
             if pos is not None:
                 rep = evaluate(den, positions=pos, groups=groups, ssim=False)
                 row |= {"f1": rep.f1, "precision": rep.precision, "recall": rep.recall}
-            row["unexplained"] = next((g["unexplained"] for g in guard if g["case"] == name and g["model"] == mname), None)
+            row["unexplained"] = next((g["unexplained"] for g in guard if g["model"] == mname), None)
             rows.append(row)
             print(f"{name:13s} {mname:24s} PSNR {p:6.2f}  r2 {r2:.3f}" + (f"  F1 {row['f1']:.3f}" if "f1" in row else ""), flush=True)
-        best = max((r for r in rows if r["case"] == name and r["kind"] == "baseline"), key=lambda r: r["psnr"])
+        best = max((r for r in rows if r["kind"] == "baseline"), key=lambda r: r["psnr"])
         t = len(noisy) // 2
         crop = tuple(slice(max(0, (n - 128) // 2), max(0, (n - 128) // 2) + 128) for n in noisy.shape[1:])
-        show = [("noisy", noisy[t]), ("truth", truth[t]), (f"best baseline: {best['method']}", dict((m[0], m[2]) for m in methods)[best["method"]][t])]
-        show += [(m, outputs[m][t]) for m in ("lowdose", "trained-paper", "trained-fitted") if m in outputs]
-        panels.append((name, [(n_, img[crop]) for n_, img in show]))
-    report = {"cases": cases, "rows": rows, "guard": guard}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.figure:
-        from quality import figure
-
-        figure(args.figure, panels)
-    text = markdown(report, args.figure)
-    print(text)
-    if args.write:
-        replace_section(args.write, text)
+        by_name = {m[0]: m[2] for m in methods}
+        panel = {"noisy": noisy[t], "truth": truth[t], f"best baseline: {best['method']}": by_name[best["method"]][t]}
+        panel |= {m: outputs[m][t] for m in ("lowdose", "trained-paper", "trained-fitted") if m in outputs}
+        panel = {k: v[crop] for k, v in panel.items()}
+        np.savez_compressed(d / "panel.npz", **panel)
+    (d / "score.json").write_text(json.dumps({"rows": rows, "guard": guard, "panel": list(panel)}, indent=1))
 
 
 BEGIN, END = "<!-- dense:begin (benchmarks/dense.py) -->", "<!-- dense:end -->"

@@ -149,7 +149,8 @@ class GuardConfig:
         1.0, "Guard: seconds between estimates (one costs ~20 ms at 128², in a low-priority thread)."
     )
     unexplained_rate: float = option(
-        100.0, "Guard: frames per second at most whose unexplained signal is computed (~1 ms each at 128²); 0: none.",
+        10.0, "Guard: frames per second at most whose unexplained signal is computed (~1 ms each at 128²; a sample "
+        "is enough for a running figure, and leaves a 2-core CPU to inference); 0: none.",
     )
 
     def __post_init__(self) -> None:

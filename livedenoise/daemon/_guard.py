@@ -91,7 +91,7 @@ class StreamGuard:
         *,
         window: int = 32,
         interval: float = 1.0,
-        unexplained_rate: float = 100.0,
+        unexplained_rate: float = 10.0,
         window_bytes: int = 256 << 20,
         logger: logging.Logger | None = None,
     ):
