@@ -185,7 +185,9 @@ def score(args: argparse.Namespace) -> None:
         if (d / "panel.npz").is_file():
             with np.load(d / "panel.npz") as z:
                 panels.append((name, [(k, z[k]) for k in part["panel"]]))
-    report = {"cases": cases, "rows": rows, "guard": guard}
+    ceilings = {name: peak_ceiling(np.load(root / name / "truth.npy")[0]) for name in cases
+                if not cases[name].get("sparse") and (root / name / "score.json").is_file()}
+    report = {"cases": cases, "rows": rows, "guard": guard, "ceilings": ceilings}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     if args.figure and panels:
@@ -196,6 +198,21 @@ def score(args: argparse.Namespace) -> None:
     print(text)
     if args.write:
         replace_section(args.write, text)
+
+
+def peak_ceiling(truth: np.ndarray) -> dict:
+    """What an image made only of Gaussian peaks (Noise2Atom's output, whatever its Domain C) can
+    score against ``truth``: the truth's own peaks (``find_atoms``, sub-pixel, above 5 % of its
+    range), each rendered as a Gaussian of its height, the best of three widths."""
+    from livedenoise.analysis import find_atoms
+    from livedenoise.sim import render_atoms
+
+    t = truth.astype(np.float64)
+    floor = float(np.percentile(t, 5))
+    atoms = find_atoms(t, threshold=0.05 * (float(t.max()) - floor), background=floor)
+    best = max((*r2_and_psnr(render_atoms(atoms.positions, t.shape, sigma=s, peak=atoms.heights)[None], t[None]), s)
+               for s in (0.9, 1.1, 1.3))
+    return {"psnr": best[0], "r2": best[1], "sigma": best[2], "peaks": len(atoms)}
 
 
 def score_case(d: Path, name: str, info: dict) -> None:
@@ -279,6 +296,14 @@ def markdown(report: dict, fig: Path | None) -> str:
             name = f"**{r['method']}**" if r["method"].startswith("trained") else r["method"]
             un = "-" if r["unexplained"] is None else f"{r['unexplained']:.3f}"
             out.append(f"| {name} | {r['params']} | {r['psnr']:.2f} | {r['r2']:.3f} |" + (f" {r['f1']:.3f} |" if has_f1 else "") + f" {un} |")
+        ceiling = report.get("ceilings", {}).get(case)
+        if ceiling:
+            out += ["", f"An image of Gaussian peaks only (what Ms2c draws, whatever its Domain C) made from the truth's own "
+                        f"{ceiling['peaks']} peaks, sub-pixel, σ {ceiling['sigma']:g} px: PSNR {ceiling['psnr']:.2f}, "
+                        f"r2 {ceiling['r2']:.3f} (`peak_ceiling`)."]
+        missing = [m for m in ("trained-paper", "trained-fitted") if not any(r["method"] == m for r in sub)]
+        if missing:
+            out += ["", f"Not trained for this case in this run: {', '.join(missing)}."]
         fitted = next((r for r in sub if r["method"] == "trained-fitted"), None)
         if fitted:
             line = f"Fitted Domain C against the best baseline ({best['method']}): PSNR {fitted['psnr'] - best['psnr']:+.2f} dB"
