@@ -27,7 +27,7 @@ numpy only: the daemon runs it (off the hot path).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,6 @@ class SampleContent:
     basis: tuple[tuple[float, float], ...] = ()
     motif: tuple[tuple[float, float, float], ...] = ()
     lattice_ratio: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -156,8 +155,8 @@ def _width(mean: np.ndarray, rows: np.ndarray, cols: np.ndarray, background: flo
     return float(np.sqrt(max(var, 0.05)))
 
 
-def _spectrum_peaks(image: np.ndarray, max_period: float, count: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The strongest power-spectrum peaks of ``image``: (k vectors [kx, ky] in cycles/px, power, ratio)."""
+def _spectrum_peaks(image: np.ndarray, max_period: float, count: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """The strongest power-spectrum peaks of ``image``: (k vectors [kx, ky] in cycles/px, ratio to their shell)."""
     h, w = image.shape
     win = np.hanning(h)[:, None] * np.hanning(w)[None, :]
     power = np.abs(np.fft.fft2((image - image.mean()) * win)) ** 2
@@ -190,7 +189,7 @@ def _spectrum_peaks(image: np.ndarray, max_period: float, count: int = 12) -> tu
         refined.append(v + np.array([dx, dy]))
     vec = np.asarray(refined).reshape(-1, 2)
     keep = (vec[:, 1] > 1e-9) | ((np.abs(vec[:, 1]) <= 1e-9) & (vec[:, 0] > 0))  # one of each +-k pair
-    return vec[keep][:count], pw[ys, xs][keep][:count], fs[ys, xs][keep][:count]
+    return vec[keep][:count], fs[ys, xs][keep][:count]
 
 
 def _basis(vec: np.ndarray, ratio: np.ndarray) -> np.ndarray | None:
@@ -308,7 +307,7 @@ def _estimate(frames: np.ndarray, pixel_size_nm: float | None) -> SampleContent:
     # an atomic lattice's first-order period is below 6 A (16 px where the pixel size is unknown):
     # longer periods are a particle's outline or the support's texture
     max_period = 0.6 / pixel_size_nm if pixel_size_nm else 16.0
-    vec, _power, ratio = _spectrum_peaks(mean - background, max_period)
+    vec, ratio = _spectrum_peaks(mean - background, max_period)
     lattice_ratio = float(ratio[0]) if ratio.size else 0.0
     lattice = bool(lattice_ratio >= LATTICE_RATIO and count >= MIN_PEAKS)
     spacing, basis, motif = None, (), ()
