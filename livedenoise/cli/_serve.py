@@ -19,7 +19,16 @@ import typer
 
 from .._options import default_for, help_for
 from .._signals import stop_on_signals
-from ..daemon import AtomsConfig, DectrisConfig, GuardConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from ..daemon import (
+    AtomsConfig,
+    DectrisConfig,
+    GuardConfig,
+    MerlinConfig,
+    QueueConfig,
+    RecordingConfig,
+    SecurityConfig,
+    ServeConfig,
+)
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..sim import ReplayConfig
@@ -89,7 +98,7 @@ def atoms_fields(ctx: typer.Context, **values: Any) -> tuple[dict[str, Any], tup
     return {ATOMS_FIELDS[name]: value for name, value in values.items()}, given
 
 
-SOURCE_FORMATS = ("native", "dectris")
+SOURCE_FORMATS = ("native", "dectris", "merlin")
 
 
 def _numbers(text: str, sep: str, n: int, option: str, example: str) -> tuple[float, ...]:
@@ -119,7 +128,7 @@ def dectris_config(
                                   ("--channel", channel)) if v is not None]
     if fmt == "native":
         if given:
-            raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris")
+            raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris (or merlin)")
         return None
     rows_cols = None
     if scan is not None:
@@ -137,6 +146,23 @@ def dectris_config(
     if mask is not None and not mask.is_file():
         raise LivedenoiseError(f"--mask {mask}: no such file")
     return DectrisConfig(scan=rows_cols, inner=inner, outer=outer, centre=xy, mask=mask, channel=channel)
+
+
+def merlin_config(
+    source: str, scan: str | None, annulus: str | None, centre: str | None, mask: Path | None, channel: str | None
+) -> MerlinConfig:
+    """``--source-format merlin`` and the scan options as a :class:`~livedenoise.daemon.MerlinConfig`,
+    parsed and checked as for DECTRIS (a Merlin has no channels); the source must be its data
+    port, ``tcp://HOST:PORT``, and the ``merlin`` extra installed: one ``error:`` line at start."""
+    from ..detectors import load_qd_mpx, parse_data_address
+
+    if channel is not None:
+        raise LivedenoiseError("--channel: only with --source-format dectris")
+    parse_data_address(source)
+    load_qd_mpx()
+    parsed = dectris_config("dectris", scan, annulus, centre, mask, None)
+    assert parsed is not None
+    return MerlinConfig(scan=parsed.scan, inner=parsed.inner, outer=parsed.outer, centre=parsed.centre, mask=parsed.mask)
 
 
 def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
@@ -196,8 +222,9 @@ def serve(
     push_output: str | None = config_option(ServeConfig, "push_output", panel=STREAM),
     pull: bool = config_option(ServeConfig, "pull", panel=STREAM),
     source_format: str = typer.Option(
-        "native", help="The detector's stream: native (the livedenoise protocol) or dectris (SIMPLON Stream v1 or "
-        "v2, told apart by its messages; implies --pull). docs/dectris.md.", rich_help_panel=STREAM,
+        "native", help="The detector's stream: native (the livedenoise protocol), dectris (SIMPLON Stream v1 or "
+        "v2, told apart by its messages; implies --pull; docs/dectris.md) or merlin (a Quantum Detectors Merlin's "
+        "data port, --source tcp://HOST:6342; the merlin extra; docs/acquisition.md).", rich_help_panel=STREAM,
     ),
     scan: str | None = config_option(DectrisConfig, "scan", panel=STREAM, metavar="ROWSxCOLS"),
     annulus: str | None = typer.Option(
@@ -262,9 +289,12 @@ def serve(
     atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
-    dectris = dectris_config(source_format, scan, annulus, centre, mask, channel)
+    if source_format.strip().lower() == "merlin":
+        dectris, merlin = None, merlin_config(source, scan, annulus, centre, mask, channel)
+    else:
+        dectris, merlin = dectris_config(source_format, scan, annulus, centre, mask, channel), None
     cfg = ServeConfig(
-        model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris,
+        model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris, merlin=merlin,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),
         queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
         engine=EngineConfig(

@@ -1,8 +1,8 @@
 """What ``serve`` is configured with, grouped by concern.
 
 :class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the input's
-format (:class:`DectrisConfig` for a DECTRIS detector, else the livedenoise protocol), the queue
-between receiving and inference (:class:`QueueConfig`), the engine
+format (:class:`DectrisConfig` for a DECTRIS detector, :class:`MerlinConfig` for a Merlin, else the
+livedenoise protocol), the queue between receiving and inference (:class:`QueueConfig`), the engine
 (:class:`~livedenoise.engine.EngineConfig`), recording, atoms and security; ``None`` for an
 optional stage means it is off. Each field's help text is declared once here
 (:func:`~livedenoise._options.option`) and shown by ``serve --help``.
@@ -25,9 +25,9 @@ DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 
 
 @dataclass(slots=True)
-class DectrisConfig:
-    """``--source-format dectris``: a DECTRIS SIMPLON stream (v1 or v2, told apart by its messages)
-    and, for 4D-STEM, the virtual detector (:mod:`livedenoise.detectors`)."""
+class ScanConfig:
+    """A pixelated detector's stream: for 4D-STEM, the scan and the virtual detector
+    (:mod:`livedenoise.detectors`); the fields every such detector shares."""
 
     scan: tuple[int, int] | None = option(
         None, "4D-STEM: the scan's ROWSxCOLS (the detector does not know it); each scan of diffraction patterns "
@@ -39,7 +39,6 @@ class DectrisConfig:
         None, "Virtual detector: the annulus' centre X,Y in detector pixels (default: found from each series' first patterns)."
     )
     mask: Path | None = option(None, "Virtual detector: a mask or weights file (.npy or .tif) instead of an annulus.")
-    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
     centre_frames: int = option(16, "Patterns averaged to find the annulus' centre.")
 
     def __post_init__(self) -> None:
@@ -61,6 +60,20 @@ class DectrisConfig:
             raise LivedenoiseError("--centre goes with --annulus, not --mask")
         if self.centre_frames < 1:
             raise LivedenoiseError("centre_frames must be at least 1")
+
+
+@dataclass(slots=True)
+class DectrisConfig(ScanConfig):
+    """``--source-format dectris``: a DECTRIS SIMPLON stream (v1 or v2, told apart by its messages)
+    and, for 4D-STEM, the virtual detector (:mod:`livedenoise.detectors`)."""
+
+    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
+
+
+@dataclass(slots=True)
+class MerlinConfig(ScanConfig):
+    """``--source-format merlin``: a Quantum Detectors Merlin's data port (its MIB frames over TCP,
+    read by libertem-qd-mpx) and, for 4D-STEM, the virtual detector."""
 
 
 @dataclass(slots=True)
@@ -197,6 +210,9 @@ class ServeConfig:
     dectris: DectrisConfig | None = option(
         None, "A DECTRIS detector's stream (implies pull: the detector binds PUSH); None: the livedenoise protocol."
     )
+    merlin: MerlinConfig | None = option(
+        None, "A Quantum Detectors Merlin's data port (source: tcp://HOST:PORT); None: the livedenoise protocol."
+    )
     stats_interval: float = option(0.5, "Seconds between stats messages.")
     pipeline_cpus: tuple[int, ...] = option(
         (),
@@ -217,6 +233,8 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.dectris is not None and self.merlin is not None:
+            raise LivedenoiseError("one source format: dectris or merlin")
         if self.queue.lossless or self.dectris is not None:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives; DECTRIS binds PUSH
         if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):

@@ -50,9 +50,10 @@ from ..errors import PipelineError
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
+from ._merlin import MerlinSource
 from ._publish import Publisher
 from ._queue import FrameQueue
-from ._receive import Received, Source, make_decoder, restarts
+from ._receive import Received, Receiver, Source, make_decoder, restarts
 from ._stats import CalibrationCheck, Stats
 from ._threads import LogThrottle, PipelineThread, place_pipeline
 
@@ -92,15 +93,19 @@ class Daemon:
 
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
             rcvhwm = max(2, config.engine.max_batch) if q.lossless else 1000
-            decoder, max_part = make_decoder(config.dectris, config.limits)  # None: the livedenoise protocol
-            self.source = Source(
-                self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
-                configure=configure_source, decoder=decoder, max_part=max_part,
-            )
+            self.source: Receiver
+            if config.merlin is not None:  # a Merlin's data port (TCP, libertem-qd-mpx), not ZeroMQ
+                self.source = MerlinSource(config.source, self.queue, config.merlin, limits=config.limits)
+            else:
+                decoder, max_part = make_decoder(config.dectris, config.limits)  # None: the livedenoise protocol
+                self.source = Source(
+                    self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
+                    configure=configure_source, decoder=decoder, max_part=max_part,
+                )
             self.stats = Stats(
                 model=self.engine.name, provider=self.engine.provider, source=self.source, frame_queue=self.queue
             )
-            if decoder is not None:
+            if config.dectris is not None or config.merlin is not None:
                 self.stats.extras.append(self.source.counters)
             try:
                 self.publisher = Publisher(
@@ -108,7 +113,7 @@ class Daemon:
                     configure=self.curve.apply if self.curve else None, push=config.push_output,
                 )
             except Exception:
-                self.source.socket.close(linger=0)
+                self.source.close()
                 raise
             if config.push_output is not None:
                 self.stats.extras.append(self.publisher.push_counters)
@@ -125,7 +130,7 @@ class Daemon:
                         chunk_frames=config.recording.chunk_frames, chunk_seconds=config.recording.chunk_seconds,
                     )
                 except Exception:
-                    self.source.socket.close(linger=0)
+                    self.source.close()
                     self.publisher.close()
                     raise
                 self.publisher.hooks.append(self.recorder.submit)
@@ -228,7 +233,7 @@ class Daemon:
         ended_early = [t.stage for t in self._threads if not t.is_alive()]
         self._request_stop()
         if not self._threads:  # never started: nothing to drain
-            self.source.socket.close(linger=0)
+            self.source.close()
             self.publisher.close()
         for thread in self._threads:
             if thread.stage in PIPELINE_STAGES:

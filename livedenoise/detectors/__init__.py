@@ -1,9 +1,11 @@
 """Detectors that speak their own stream protocol, read by ``serve --source-format``.
 
-DECTRIS (SIMPLON Stream v1 and v2, :class:`DectrisDecoder`) and the virtual detector that turns
-a 4D-STEM stream of diffraction patterns into scan images (:class:`VirtualDetector`). numpy
-only at import; the DECTRIS codecs (cbor2, lz4, bitshuffle: the ``dectris`` extra) load when a
-decoder is made. The daemon's receiver takes a decoder's messages and :class:`Skip` entries.
+DECTRIS (SIMPLON Stream v1 and v2, :class:`DectrisDecoder`), Quantum Detectors Merlin (its data
+port through libertem-qd-mpx, :class:`MerlinStream`) and the virtual detector that turns a
+4D-STEM stream of diffraction patterns into scan images (:class:`VirtualDetector`). numpy only at
+import; the DECTRIS codecs (cbor2, lz4, bitshuffle: the ``dectris`` extra) load when a decoder is
+made, libertem-qd-mpx (the ``merlin`` extra) when a stream is. The daemon's receiver takes their
+messages and :class:`Skip` entries.
 """
 
 from ._base import Skip
@@ -17,12 +19,15 @@ from ._dectris import (
     load_codecs,
     single_thread_bitshuffle,
 )
+from ._merlin import MERLIN_DATA_PORT, MerlinStream, load_qd_mpx, parse_data_address, reduce_stack
 from ._virtual import VirtualDetector, annular_mask, find_centre, read_mask
 
 __all__ = [
     "BSLZ4_HEADER",
+    "MERLIN_DATA_PORT",
     "TYPED_ARRAY_TAGS",
     "DectrisDecoder",
+    "MerlinStream",
     "Skip",
     "VirtualDetector",
     "annular_mask",
@@ -31,6 +36,9 @@ __all__ = [
     "decompress_lz4_h5",
     "find_centre",
     "load_codecs",
+    "load_qd_mpx",
+    "parse_data_address",
     "read_mask",
+    "reduce_stack",
     "single_thread_bitshuffle",
 ]

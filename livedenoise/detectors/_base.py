@@ -11,8 +11,8 @@ class Skip(NamedTuple):
     messages decoded around it.
 
     ``kind``: ``"malformed"`` (a part that breaks the format, a corrupt blob), ``"gaps"`` (frame
-    ids that jump; ``count`` discontinuities) or ``"incomplete"`` (a scan frame given up because
-    its series ended before it did).
+    ids that jump; ``count`` discontinuities), ``"incomplete"`` (a scan frame given up because
+    its series ended before it did) or ``"disconnects"`` (the detector's stream ended).
     """
 
     kind: str

@@ -2,7 +2,8 @@
 simulated low-dose HAADF-STEM movies with their ground truth (:func:`simulate_movie`; dense samples,
 a 2-D crystal or a nanoparticle: :func:`simulate_dense`), and
 malformed detector messages for testing readers of the protocol (:func:`malformed_message`), and
-a simulated 4D-STEM scan with DECTRIS Stream v1/v2 senders (:func:`simulate_4dstem`).
+a simulated 4D-STEM scan (:func:`simulate_4dstem`) with DECTRIS Stream v1/v2 senders and a
+Quantum Detectors Merlin's data port (:class:`MerlinSender`, :func:`merlin_stream`).
 
 Runtime code (daemon, engine) never imports this package; the CLI, the tests, the benchmarks and
 the trainer do.
@@ -20,6 +21,8 @@ from ._dectris import (
 )
 from ._dense import DENSE_KINDS, DenseConfig, DenseMovie, dense_metadata, simulate_dense
 from ._fuzz import KINDS, malformed_message
+from ._merlin import FAULTS as MERLIN_FAULTS
+from ._merlin import MerlinSender, merlin_fault, merlin_stream
 from ._movie import Movie, SimConfig, as_dtype, movie_metadata, render_atoms, simulate_movie, stream_frames
 from ._replay import DEFAULT_BIND, ReplayConfig, Replayer
 
@@ -27,9 +30,11 @@ __all__ = [
     "DEFAULT_BIND",
     "DENSE_KINDS",
     "KINDS",
+    "MERLIN_FAULTS",
     "DectrisV2Sender",
     "DenseConfig",
     "DenseMovie",
+    "MerlinSender",
     "Movie",
     "ReplayConfig",
     "Replayer",
@@ -42,6 +47,8 @@ __all__ = [
     "encode_bslz4",
     "encode_lz4_h5",
     "malformed_message",
+    "merlin_fault",
+    "merlin_stream",
     "movie_metadata",
     "render_atoms",
     "simulate_4dstem",
