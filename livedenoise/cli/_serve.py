@@ -270,6 +270,7 @@ def serve(
     guard_window: int = config_option(GuardConfig, "window", panel=GUARD),
     guard_interval: float = config_option(GuardConfig, "interval", panel=GUARD),
     unexplained_rate: float = config_option(GuardConfig, "unexplained_rate", panel=GUARD),
+    score_rate: float = config_option(GuardConfig, "score_rate", panel=GUARD),
     curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
     curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
     source_curve_server_key: Path | None = config_option(
@@ -306,7 +307,8 @@ def serve(
         ),
         atoms=atoms_cfg,
         security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
-        guard=GuardConfig(window=guard_window, interval=guard_interval, unexplained_rate=unexplained_rate)
+        guard=GuardConfig(window=guard_window, interval=guard_interval, unexplained_rate=unexplained_rate,
+                          score_rate=score_rate)
         if guard else None,
     )
     daemon = Daemon(cfg)
@@ -401,7 +403,9 @@ def format_stats(s: dict) -> str:
         f"fps in {num(s.get('fps_in'), '6.1f')}  out {num(s.get('fps_out'), '6.1f')} | "
         f"latency p50 {num(s.get('latency_ms_p50'), '6.1f')} p99 {num(s.get('latency_ms_p99'), '6.1f')} ms | "
         f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
-        f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
+        f"CSS {num(s.get('css'), '.3f')}"
+        + (f"  score {num(s.get('score_db'), '+.1f')} dB (filter {num(s.get('score_filter_db'), '+.1f')})" if "score_db" in s else "")
+        + f" | {s.get('provider', '')}"
         + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
         + (f", weak {num(s.get('atoms_weak_last'), 'd')}" if "atoms_weak_last" in s else "")
         + (f", hops {s['hops']}" if "hops" in s else "")

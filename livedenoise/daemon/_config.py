@@ -154,8 +154,9 @@ class AtomsConfig:
 
 @dataclass(slots=True)
 class GuardConfig:
-    """The guard (issue 19): does the stream look like the model's training data, and what do the
-    denoised frames leave unexplained in the raw ones (:class:`~livedenoise.daemon.StreamGuard`)."""
+    """The guard (issues 19, 24): does the model beat the classical causal filter on the stream
+    (measured without ground truth), does the stream look like the model's training data, and what
+    do the denoised frames leave unexplained in the raw ones (:class:`~livedenoise.daemon.StreamGuard`)."""
 
     window: int = option(32, "Guard: raw frames of the stream averaged for each estimate of what it shows.")
     interval: float = option(
@@ -165,6 +166,10 @@ class GuardConfig:
         10.0, "Guard: frames per second at most whose unexplained signal is computed (~1 ms each at 128²; a sample "
         "is enough for a running figure, and leaves a 2-core CPU to inference); 0: none.",
     )
+    score_rate: float = option(
+        10.0, "Guard: frames per second at most scored without ground truth, the model's output against a bank of "
+        "causal filters' (~5 ms each at 128², at most 15 % of a core): the score in stats and the measured verdict; 0: none.",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 1024:
@@ -173,6 +178,8 @@ class GuardConfig:
             raise LivedenoiseError(f"--guard-interval {self.interval}: must be a positive number of seconds")
         if not (math.isfinite(self.unexplained_rate) and self.unexplained_rate >= 0):
             raise LivedenoiseError(f"--unexplained-rate {self.unexplained_rate}: must be 0 or more frames per second")
+        if not (math.isfinite(self.score_rate) and self.score_rate >= 0):
+            raise LivedenoiseError(f"--score-rate {self.score_rate}: must be 0 or more frames per second")
 
 
 @dataclass(slots=True)

@@ -149,7 +149,8 @@ class Daemon:
             if config.guard is not None:
                 g = config.guard
                 self.guard = StreamGuard(
-                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate
+                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate,
+                    score_rate=g.score_rate,
                 )
                 self.publisher.hooks.append(self.guard.submit)
                 self.publisher.finishers.append(self.guard.close)
