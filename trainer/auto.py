@@ -45,7 +45,7 @@ from livedenoise.analysis import (
     scene_changes,
     summarise,
 )
-from livedenoise.engine import ModelCard, default_model_path
+from livedenoise.engine import ModelCard, Normalisation, default_model_path, normalise
 from livedenoise.errors import LivedenoiseError
 
 from .domains import load_movie, paper_like
@@ -58,6 +58,7 @@ MIN_HELD = 6  # frames held out for the score (at least)
 MIN_TEMPORAL = 16  # frames below which the self-supervised model reads one frame (no held-out split)
 SATURATED = 0.5  # share of pixels at the movie's maximum above which it is not trained on
 MAX_DRIFT = 1.0  # px per frame a causal window can follow
+DEFAULT_WINDOW = 8  # frames the self-supervised model reads
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class AutoConfig:
     steps: int | None = None  # the self-supervised model's steps
     signal: str | None = None
     shipped: bool = True  # score the shipped models too
+    selfsup: Any = None  # a trainer.selfsup.SelfSupConfig (default: its defaults); frames/steps/minutes above override it
     noise2atom: Any = None  # a trainer.run.TrainConfig for the Noise2Atom candidate (auto: made here)
     log_file: Any = None
 
@@ -120,7 +122,7 @@ def plan_movie(frames: np.ndarray, single_image: bool, window: int | None) -> tu
     notes: list[str] = []
     fallback = None
     sample = frames[: min(t, 64)].astype(np.float32)
-    noise = noise_model(sample)
+    noise = noise_model(sample[:1] if single_image else sample)  # tiles are not frames: no noise from their differences
     drift = drift_per_frame(sample) if t >= 4 and not single_image else 0.0
     starts = [] if single_image else scene_changes(frames)
     top = float(sample.max())
@@ -157,7 +159,7 @@ def plan_movie(frames: np.ndarray, single_image: bool, window: int | None) -> tu
     else:
         train_idx = np.arange(t)
         held = np.arange(0, max(t - 2, 0)) if not single_image else np.arange(0)
-    k = (window or 8) if temporal else 1
+    k = (window or DEFAULT_WINDOW) if temporal else 1
     return MoviePlan(train_idx, held, starts, k, temporal, notes, fallback), findings
 
 
@@ -208,6 +210,14 @@ def _segments(t: int, starts: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
+def movie_normalisation(frames: np.ndarray) -> Normalisation:
+    """Offset (median) and scale (1 / standard deviation) that bring the training frames to about
+    unit spread: what the engine applies before the filter's or the self-supervised model's graph."""
+    offset = float(np.median(frames))
+    spread = float(frames.std())
+    return Normalisation(offset=offset, scale=1.0 / spread if spread > 0 else 1.0)
+
+
 def _display(values: np.ndarray) -> tuple[float, float]:
     """Raw units that become 0 and 1 in the engine's output: the background and the brightest features."""
     lo, hi = np.percentile(values, [1.0, 99.9])
@@ -220,7 +230,7 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, lo
     from .export import to_onnx_bytes, verify
     from .selfsup import CausalDenoiser, SelfSupConfig, TrainingDiverged, causal_index, denoise_counts, train_selfsup
 
-    sc = SelfSupConfig(frames=plan.window, seconds=cfg.minutes * 60.0)
+    sc = replace(cfg.selfsup or SelfSupConfig(), frames=plan.window, seconds=cfg.minutes * 60.0)
     if cfg.steps:
         sc = replace(sc, steps=cfg.steps, eval_every=min(sc.eval_every, cfg.steps))
     m = sc.size_multiple
@@ -259,7 +269,7 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, lo
     )
 
 
-def _noise2atom(cfg: AutoConfig, frames: np.ndarray, plan: MoviePlan, raw_terms, pixel_size_nm, log) -> Candidate:
+def _noise2atom(cfg: AutoConfig, raw: np.ndarray, x: np.ndarray, plan: MoviePlan, raw_terms, pixel_size_nm, log) -> Candidate:
     """Noise2Atom (trainer.run.train, its defaults: preset temporal, 5 frames) on the training frames."""
     from livedenoise.io import write_imagej
 
@@ -268,7 +278,7 @@ def _noise2atom(cfg: AutoConfig, frames: np.ndarray, plan: MoviePlan, raw_terms,
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="livedenoise-n2a-") as tmp:
         movie = Path(tmp) / "train.tif"
-        write_imagej(movie, frames[plan.train], pixel_size_nm=pixel_size_nm)
+        write_imagej(movie, raw[plan.train], pixel_size_nm=pixel_size_nm)
         n2a = cfg.noise2atom or TrainConfig(frames=movie, out=Path(tmp) / "n2a.onnx", preset="temporal", window=5,
                                             seed=cfg.seed, figures=False, progress=False)
         n2a = replace(n2a, frames=movie, out=Path(tmp) / "n2a.onnx", figures=False)
@@ -278,12 +288,12 @@ def _noise2atom(cfg: AutoConfig, frames: np.ndarray, plan: MoviePlan, raw_terms,
         except LivedenoiseError as exc:
             return Candidate("noise2atom", "Noise2Atom", None, time.monotonic() - t0, note=f"not trained: {exc}")
         data = n2a.out.read_bytes()
-    den = _run_onnx(data, frames, plan.starts)
-    return Candidate("noise2atom", f"Noise2Atom, preset {n2a.preset}", _score_output(frames, den, plan.held, raw_terms),
+    den = _run_onnx(data, raw, plan.starts)
+    return Candidate("noise2atom", f"Noise2Atom, preset {n2a.preset}", _score_output(x, den, plan.held, raw_terms),
                      time.monotonic() - t0, onnx=data)
 
 
-def _shipped(frames: np.ndarray, plan: MoviePlan, raw_terms, log) -> list[Candidate]:
+def _shipped(raw: np.ndarray, x: np.ndarray, plan: MoviePlan, raw_terms, log) -> list[Candidate]:
     out = []
     models = default_model_path().parent
     for name in SHIPPED:
@@ -292,12 +302,12 @@ def _shipped(frames: np.ndarray, plan: MoviePlan, raw_terms, log) -> list[Candid
             continue
         t0 = time.monotonic()
         try:
-            den = _run_onnx(path, frames, plan.starts)
+            den = _run_onnx(path, raw, plan.starts)
         except LivedenoiseError as exc:
             log(f"shipped {name}: not scored ({exc})")
             continue
         out.append(Candidate(f"shipped:{name}", f"the shipped model {name!r}, as it is",
-                             _score_output(frames, den, plan.held, raw_terms), time.monotonic() - t0, onnx=path.read_bytes()))
+                             _score_output(x, den, plan.held, raw_terms), time.monotonic() - t0, onnx=path.read_bytes()))
     return out
 
 
@@ -320,35 +330,44 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
 
     check_writable(Path(cfg.out))
     frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
-    frames = np.asarray(frames_all, np.float32)
-    plan, findings = plan_movie(frames, single_image, cfg.window)
+    raw = np.asarray(frames_all, np.float32)
+    plan, findings = plan_movie(raw, single_image, cfg.window)
     for note in plan.notes:
         log(note)
-    content = estimate_content(frames[0] if single_image else frames, pixel_size_nm)
+    content = estimate_content(raw[0] if single_image else raw, pixel_size_nm)
+    # The filter and the self-supervised model read frames scaled to about unit spread (the card's
+    # normalisation: float32 sums of raw analog values of 10^4 lose digits); scores are in those units.
+    norm = movie_normalisation(raw[plan.train])
+    frames = normalise(raw, norm)
     raw_terms = frame_terms(frames, frames, plan.held) if plan.held.size >= 3 else None
     candidates: list[Candidate] = []
     method = cfg.method
     if plan.fallback:
         log(f"{plan.fallback}: writing the causal filter (causal mean of 5, Gaussian 1 px) instead of training")
         method = "fallback"
+    if single_image and method == "auto":
+        method = "selfsup"  # tiles are not a time axis: neither a temporal filter nor a score across them
     if method in ("auto", "filter", "fallback"):
-        candidates.append(_best_filter(frames, plan, raw_terms, log) if method != "fallback"
-                          else Candidate("filter", CausalFilter().describe(), extra={"filter": CausalFilter().to_dict()}))
+        fixed = CausalFilter(1 if single_image else 5, 1.0)
+        candidates.append(_best_filter(frames, plan, raw_terms, log) if method != "fallback" and not single_image
+                          else Candidate("filter", fixed.describe(), extra={"filter": fixed.to_dict()}))
     if method in ("auto", "selfsup"):
         cand = _selfsup(frames, plan, cfg, raw_terms, log)
         if cand.onnx is None:
             log(f"selfsup: {cand.note}; the causal filter is kept instead")
             if not any(c.name == "filter" for c in candidates):
-                candidates.append(_best_filter(frames, plan, raw_terms, log))
+                candidates.append(_best_filter(frames, plan, raw_terms, log) if not single_image else
+                                  Candidate("filter", CausalFilter(1, 1.0).describe(), extra={"filter": CausalFilter(1, 1.0).to_dict()}))
         candidates.append(cand)
     sparse = _sparse_atoms(content)
     if method == "noise2atom" or (method == "auto" and sparse and plan.temporal):
-        candidates.append(_noise2atom(cfg, frames, plan, raw_terms, pixel_size_nm, log))
+        candidates.append(_noise2atom(cfg, raw, frames, plan, raw_terms, pixel_size_nm, log))
     elif method == "auto":
         candidates.append(Candidate("noise2atom", "Noise2Atom", note="not trained: the movie does not look like sparse atoms "
                                     "(its world); --method noise2atom trains it anyway"))
+        log(f"candidate noise2atom: {candidates[-1].note}")
     if method == "auto" and cfg.shipped and raw_terms is not None:
-        candidates += _shipped(frames, plan, raw_terms, log)
+        candidates += _shipped(raw, frames, plan, raw_terms, log)
     usable = [c for c in candidates if c.onnx is not None or c.name == "filter"]
     scored = [c for c in usable if c.score is not None]
     if scored:
@@ -358,8 +377,6 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
     for c in candidates:
         if c.score is not None:
             log(f"  {c.name:18s} {c.score.gain_db:+6.2f} dB over raw  ({c.description})")
-        elif c.note:
-            log(f"  {c.name:18s} {c.note}")
     reason = (f"{chosen.score.gain_db:+.2f} dB over raw by the ground-truth-free score on {chosen.score.frames} held-out frames"
               if chosen.score is not None else "no held-out frames to score on")
     others = ", ".join(f"{c.name} {c.score.gain_db:+.2f} dB" for c in scored if c is not chosen)
@@ -369,7 +386,7 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
         "picked_by": "ground-truth-free score (uMSE against the next frame), gain over raw on held-out frames",
         "candidates": {c.name: c.to_dict() for c in candidates},
         "movie": findings | {"frames": int(frames.shape[0]), "frame_shape": [int(frames.shape[1]), int(frames.shape[2])],
-                             "held_out": [int(plan.held[0]), int(plan.held[-1]) + 2] if plan.held.size else None,
+                             "held_out": [int(plan.held[0]), int(plan.held[-1]) + 3] if plan.held.size else None,  # [first, end)
                              "single_image": bool(single_image)},
         "frames_file": Path(cfg.frames).name,
         "seed": cfg.seed,
@@ -377,27 +394,25 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     scores = {c.name: round(c.score.gain_db, 3) for c in scored}
-    data = _finish(chosen, frames, plan, training, scores, content, pixel_size_nm)
+    data = _finish(chosen, frames, norm, plan, training, scores, content, pixel_size_nm)
     write_model(cfg.out, data)
     log(f"wrote {cfg.out} ({chosen.name})")
     return training
 
 
-def _finish(chosen: Candidate, frames, plan, training, scores, content, pixel_size_nm) -> bytes:
-    """The chosen model's ONNX with its card."""
+def _finish(chosen: Candidate, frames, norm, plan, training, scores, content, pixel_size_nm) -> bytes:
+    """The chosen model's ONNX with its card (``frames``: the movie as ``norm`` makes it)."""
     import onnx
-
-    from livedenoise.engine import Normalisation
 
     card_extra = {"pixel_size_nm": pixel_size_nm, "expects": content.to_dict(), "scores": scores}
     if chosen.name == "filter":
         flt = CausalFilter(**chosen.extra["filter"])
         den = np.concatenate([flt.apply(frames[a:b]) for a, b in _segments(frames.shape[0], plan.starts)])
         sel = plan.held if plan.held.size else np.arange(frames.shape[0])
-        card = filter_card(flt, training, **card_extra)
+        card = filter_card(flt, training, normalisation=norm, **card_extra)
         return with_card(filter_graph(flt, _display(den[sel])), card)
     if chosen.name == "selfsup":
-        card = ModelCard(preset="selfsup", normalisation=Normalisation(offset=0.0, scale=1.0), input_frames=plan.window,
+        card = ModelCard(preset="selfsup", normalisation=norm, input_frames=plan.window,
                          size_multiple=chosen.extra["size_multiple"], training=training, **card_extra)
         return with_card(chosen.onnx, card)
     # noise2atom or a shipped model: its own card, with this training's choice and scores added

@@ -66,7 +66,9 @@ def filter_graph(flt: CausalFilter, display: tuple[float, float] | None = None) 
     return model.SerializeToString()
 
 
-def filter_card(flt: CausalFilter, training: dict[str, Any], **card: Any) -> ModelCard:
-    """The card of a filter model: raw frames in (no normalisation), ``flt.window`` frames."""
-    return ModelCard(preset="filter", normalisation=Normalisation(offset=0.0, scale=1.0), input_frames=flt.window,
-                     size_multiple=1, training={"filter": flt.to_dict(), "method": "filter", **training}, **card)
+def filter_card(flt: CausalFilter, training: dict[str, Any], normalisation: Normalisation | None = None,
+                **card: Any) -> ModelCard:
+    """The card of a filter model of ``flt.window`` frames (default: raw frames in, no normalisation)."""
+    return ModelCard(preset="filter", normalisation=normalisation or Normalisation(offset=0.0, scale=1.0),
+                     input_frames=flt.window, size_multiple=1,
+                     training={"filter": flt.to_dict(), "method": "filter", **training}, **card)

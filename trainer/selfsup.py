@@ -235,7 +235,12 @@ def train_selfsup(
     ema = CausalDenoiser(cfg)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    warm = max(1, cfg.steps // 20)  # a linear warm-up over 5 % of the steps, then a cosine decay to 0
+
+    def rate(i: int) -> float:
+        return (i + 1) / warm if i < warm else 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, cfg.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     raw_terms = frame_terms(frames, frames, held) if held.size >= 3 else None
     best = (-math.inf, 0, None)
     curve: list[tuple[int, float]] = []

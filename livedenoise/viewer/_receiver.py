@@ -57,7 +57,7 @@ from ._overlay import WEAK_Z, weak_mask
 SUBSCRIBED: tuple[bytes, ...] = (TOPIC_RAW, TOPIC_DENOISED, TOPIC_STATS, TOPIC_ATOMS, TOPIC_HOPS)
 
 #: Stats fields kept as time series for the throughput and latency plots.
-STATS_SERIES: tuple[str, ...] = ("fps_in", "fps_out", "latency_ms_p50", "latency_ms_p99", "css")
+STATS_SERIES: tuple[str, ...] = ("fps_in", "fps_out", "latency_ms_p50", "latency_ms_p99", "css", "score_db", "score_filter_db")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,13 @@ show change, the hop markers only while one is fading (HOP_FADE_HZ). A daemon st
 publishes none: after NO_ATOMS_AFTER_S seconds of frames without any, a note next to the box says
 so, rather than leave an empty overlay unexplained.
 
-The daemon's guard (issue 19: ``guard`` in ``stats``) is shown where the operator looks: while it
-says the stream ``does not fit`` the model's training data, an amber bar over the images carries
-its message ("this model expects about N atoms per nm²; this stream shows M ..."); it goes as soon
-as the stats say otherwise. The counters get a ``guard`` line with the verdict and the
-unexplained signal per frame.
+The daemon's guard (issues 19 and 24: ``guard`` in ``stats``) is shown where the operator looks:
+while it says the model ``does not fit`` the stream (a causal mean and blur beats it, measured
+without ground truth), an amber bar over the images carries its message ("a causal filter ...
+beats this model by 1.3 dB on this stream; this model expects about N atoms per nm² ..."); it goes
+as soon as the stats say otherwise. The score itself, the model's and the best causal filter's
+gain over raw in dB, is plotted beside CSS, and the counters get a ``guard`` line with the
+verdict, the scores and the unexplained signal per frame.
 """
 
 from __future__ import annotations
@@ -152,9 +154,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.guard_banner.setWordWrap(True)  # the message is a sentence: it must not widen the window
         self.guard_banner.setStyleSheet(GUARD_STYLE)
         self.guard_banner.setToolTip(
-            "The daemon's guard: the raw frames do not look like the movie this model was trained on (density, "
-            "width or counts of the atoms, a lattice), so the denoised images may show atoms that are not there, or "
-            "erase those that are. Train a model on this stream (livedenoise train)."
+            "The daemon's guard: on this stream a classical causal filter (a mean of recent frames and a blur) is "
+            "closer to the truth than this model, by a score that needs no ground truth. Where the raw frames also "
+            "do not look like the movie the model was trained on (density, width or counts of the atoms, a lattice), "
+            "the message says so: the denoised images may show atoms that are not there, or erase those that are. "
+            "Train a model on this stream (livedenoise train), or serve --model filter."
         )
         self.guard_banner.hide()
         self.images = pg.GraphicsLayoutWidget()
@@ -183,7 +187,13 @@ class MonitorWindow(QtWidgets.QMainWindow):
             pen=None, symbol="o", symbolSize=3, symbolPen=None, symbolBrush=(120, 170, 255, 110), name="per frame"
         )
         self.css_line = self.css_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name=f"mean of {CSS_SMOOTH}")
-        self.atoms_plot = self.plots.addPlot(row=0, col=1, title="atoms per frame")
+        # the ground-truth-free score (issue 24): the model's and the best causal filter's gain over raw
+        self.score_plot = self.plots.addPlot(row=0, col=1, title="score (dB over raw, no ground truth)")
+        self.score_plot.addLegend(**legend)
+        self.score_model = self.score_plot.plot(pen=pg.mkPen((255, 200, 60), width=2), name="model")
+        self.score_filter = self.score_plot.plot(pen=pg.mkPen((150, 150, 150), width=2, style=QtCore.Qt.PenStyle.DashLine),
+                                                 name="best causal filter")
+        self.atoms_plot = self.plots.addPlot(row=0, col=2, title="atoms per frame")
         self.atoms_plot.addLegend(**legend)
         supported, weak = tuple(int(c) for c in PALETTE[-1]), tuple(int(c) for c in PALETTE[0])
         self.atoms_points = self.atoms_plot.plot(  # all atoms where the daemon sends no evidence
@@ -194,19 +204,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
         )
         self.atoms_line = self.atoms_plot.plot(pen=pg.mkPen(supported, width=2), name=f"means of {CSS_SMOOTH}")
         self.atoms_weak_line = self.atoms_plot.plot(pen=pg.mkPen(weak, width=2), connect="finite")
-        self.fps_plot = self.plots.addPlot(row=0, col=2, title="throughput (frames/s)")
+        self.fps_plot = self.plots.addPlot(row=0, col=3, title="throughput (frames/s)")
         self.fps_plot.addLegend(**legend)
         self.fps_in = self.fps_plot.plot(pen=pg.mkPen((150, 150, 150), width=2), name="in")
         self.fps_out = self.fps_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="denoised")
         self.fps_shown = self.fps_plot.plot(pen=pg.mkPen((120, 170, 255), width=1), name="displayed")
-        self.latency_plot = self.plots.addPlot(row=0, col=3, title="latency (ms)")
+        self.latency_plot = self.plots.addPlot(row=0, col=4, title="latency (ms)")
         self.latency_plot.addLegend(**legend)
         self.latency_p50 = self.latency_plot.plot(pen=pg.mkPen((80, 200, 120), width=2), name="p50")
         self.latency_p99 = self.latency_plot.plot(pen=pg.mkPen((240, 110, 90), width=2), name="p99")
-        for plot in (self.css_plot, self.atoms_plot, self.fps_plot, self.latency_plot):
+        for plot in (self.css_plot, self.score_plot, self.atoms_plot, self.fps_plot, self.latency_plot):
             plot.setLabel("bottom", "time", units="s")
             plot.showGrid(x=True, y=True, alpha=0.25)
-        for plot in (self.atoms_plot, self.fps_plot, self.latency_plot):
+        for plot in (self.score_plot, self.atoms_plot, self.fps_plot, self.latency_plot):
             plot.setXLink(self.css_plot)
 
     def _build_controls(self) -> None:
@@ -552,12 +562,15 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.fps_shown.setData(shown[:, 0], shown[:, 1])
         self.latency_p50.setData(hist.stats_t, hist.stats["latency_ms_p50"], connect="finite")
         self.latency_p99.setData(hist.stats_t, hist.stats["latency_ms_p99"], connect="finite")
+        self.score_model.setData(hist.stats_t, hist.stats["score_db"], connect="finite")
+        self.score_filter.setData(hist.stats_t, hist.stats["score_filter_db"], connect="finite")
         self.css_plot.setXRange(start, max(elapsed, 1.0), padding=0.02)  # the other two are linked
         recent = hist.stats_t >= start
         fit_y(self.css_plot, hist.css[hist.css_t >= start])
         fit_y(self.atoms_plot, supported[hist.atoms_t >= start], weak[hist.atoms_t >= start], zero=True)
         fit_y(self.fps_plot, hist.stats["fps_in"][recent], hist.stats["fps_out"][recent], shown[shown[:, 0] >= start, 1], zero=True)
         fit_y(self.latency_plot, hist.stats["latency_ms_p50"][recent], hist.stats["latency_ms_p99"][recent], zero=True)
+        fit_y(self.score_plot, hist.stats["score_db"][recent], hist.stats["score_filter_db"][recent])
 
     def _refresh_text(self, now: float) -> None:
         stats = self.buffer.last_stats
@@ -591,6 +604,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
             lines.insert(1, atoms_line)
         if "guard" in stats:
             guard_line = f"guard   {stat('guard')}"
+            if stats.get("score_db") is not None:
+                guard_line += (f"  score {stat('score_db', '{:+.1f}')} dB, best filter {stat('score_filter_db', '{:+.1f}')} dB"
+                               f" ({stat('score_frames')} frames)")
             if stats.get("guard_density_ratio") is not None:
                 guard_line += f"  density x{stat('guard_density_ratio', '{:.2g}')}"
             if "unexplained_mean" in stats:

@@ -149,14 +149,19 @@ def test_train_two_steps_on_the_tia_series_keeps_its_pixel_size(tmp_path):
     assert Engine(out).card.pixel_size_nm == pytest.approx(open_movie(TIA).pixel_size_nm)
 
 
-def test_train_cli_on_a_single_velox_image_trains_on_its_tiles(tmp_path):
-    """``livedenoise train --frames some.emd``: one 512² HAADF image, the default recipe (which
-    distils over consecutive frames) falls back to one stage-1 run on the image's tiles, and says so."""
+@pytest.mark.parametrize(("method", "said"), [
+    ("auto", "one image: no time axis, so the self-supervised model reads one frame"),
+    ("noise2atom", "holds one image (trained as its 4 tiles): no distillation"),
+])
+def test_train_cli_on_a_single_velox_image_trains_on_its_tiles(method, said, tmp_path):
+    """``livedenoise train --frames some.emd``: one 512² HAADF image. The default trains the
+    self-supervised model on one frame (a blind scan line, no time axis) on the image's tiles;
+    Noise2Atom's recipe (which distils over consecutive frames) falls back to one stage-1 run; each says so."""
     pytest.importorskip("torch")
     out = tmp_path / "velox.onnx"
-    proc = run_cli("train", "--frames", VELOX, "--out", out, "--steps", "2", timeout=300)
+    proc = run_cli("train", "--frames", VELOX, "--out", out, "--steps", "2", "--method", method, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "holds one image (trained as its 4 tiles): no distillation" in proc.stderr
+    assert said in proc.stderr
     from livedenoise.engine import Engine
 
     engine = Engine(out)

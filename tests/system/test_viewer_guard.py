@@ -1,5 +1,6 @@
-"""The monitor shows the daemon's guard (issue 19): an amber bar with its message while the stream
-does not fit the model, gone when it fits again; and a real daemon's guard on a dense stream.
+"""The monitor shows the daemon's guard (issues 19 and 24): an amber bar with its message while the
+model does not fit the stream, gone when it fits again; and a real daemon's guard and score on a
+dense stream.
 
 Real Qt widgets, offscreen; real ZMQ sockets; every wait bounded.
 """
@@ -114,7 +115,8 @@ def test_view_of_a_live_daemon_on_a_dense_stream_shows_the_guard(qtbot, tmp_path
     model = build_onnx_model(tmp_path / "sparse.onnx", card=card)
     push, source = detector()
     daemon = daemon_factory(
-        model=model, source=source, pull=True, queue=QueueConfig(lossless=True), guard=GuardConfig(window=16, interval=0.2)
+        model=model, source=source, pull=True, queue=QueueConfig(lossless=True),
+        guard=GuardConfig(window=24, interval=0.2, score_rate=100),
     )
     truth = 2.4e-4 + render_atoms(hexagonal(size), size)
     frames = np.random.default_rng(0).poisson(300 * truth + 0.5, (16, size, size)).astype("<u2")
@@ -128,9 +130,14 @@ def test_view_of_a_live_daemon_on_a_dense_stream_shows_the_guard(qtbot, tmp_path
             qtbot.wait(50)
             return win.guard_banner.isVisible()
 
-        qtbot.waitUntil(stream, timeout=20000)
-        assert win.guard_banner.text().startswith("model does not fit this stream: this model expects about ")
-        assert win.buffer.last_stats["guard"] == "does not fit"
+        qtbot.waitUntil(stream, timeout=60000)
+        text = win.guard_banner.text()
+        assert text.startswith("model does not fit this stream: a causal filter (") and "; this model expects about " in text
+        stats = win.buffer.last_stats
+        assert stats["guard"] == "does not fit" and stats["score_filter_db"] > stats["score_db"]
+        assert f"score {stats['score_db']:+.1f} dB, best filter {stats['score_filter_db']:+.1f} dB" in win.counters.text()
+        history = win.buffer.history()  # the score is plotted: both lines hold the stats' values
+        assert np.isfinite(history.stats["score_db"]).any() and np.isfinite(history.stats["score_filter_db"]).any()
     finally:
         win.close()
     assert daemon.stop() == 0
