@@ -45,8 +45,10 @@ import threading
 import zmq
 
 from .._signals import stop_on_signals
+from ..detectors import VirtualImage
 from ..engine import Engine
 from ..errors import PipelineError
+from ..protocol import TOPIC_VIRTUAL, encode_published
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
@@ -92,7 +94,7 @@ class Daemon:
 
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
             rcvhwm = max(2, config.engine.max_batch) if q.lossless else 1000
-            decoder, max_part = make_decoder(config.dectris, config.limits)  # None: the livedenoise protocol
+            decoder, max_part = make_decoder(config.dectris, config.limits, config.source)  # None: the livedenoise protocol
             self.source = Source(
                 self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
                 configure=configure_source, decoder=decoder, max_part=max_part,
@@ -108,8 +110,9 @@ class Daemon:
                     configure=self.curve.apply if self.curve else None, push=config.push_output,
                 )
             except Exception:
-                self.source.socket.close(linger=0)
+                self.source.close()
                 raise
+            self.source.on_virtual = self._publish_virtual  # a virtual detector's other images
             if config.push_output is not None:
                 self.stats.extras.append(self.publisher.push_counters)
             if self.engine.card.pixel_size_nm is not None:  # frames at another pixel size: warned, counted
@@ -125,7 +128,7 @@ class Daemon:
                         chunk_frames=config.recording.chunk_frames, chunk_seconds=config.recording.chunk_seconds,
                     )
                 except Exception:
-                    self.source.socket.close(linger=0)
+                    self.source.close()
                     self.publisher.close()
                     raise
                 self.publisher.hooks.append(self.recorder.submit)
@@ -163,6 +166,13 @@ class Daemon:
         self._stopped = threading.Event()
         self._code = 0
         self._failures = LogThrottle(log)
+
+    def _publish_virtual(self, image: VirtualImage) -> None:
+        """In the receiver thread: a virtual image beside the denoised one, published as it is on
+        ``virtual`` by the publisher thread (``[b"virtual", header, pixels]``; the header names the
+        detector)."""
+        header = {"series_id": image.series_id, "image_id": image.image_id, "detector": image.name, "index": image.index}
+        self.publisher.post(encode_published(TOPIC_VIRTUAL, header, image.data))
 
     @property
     def publish_address(self) -> str:
@@ -228,7 +238,7 @@ class Daemon:
         ended_early = [t.stage for t in self._threads if not t.is_alive()]
         self._request_stop()
         if not self._threads:  # never started: nothing to drain
-            self.source.socket.close(linger=0)
+            self.source.close()
             self.publisher.close()
         for thread in self._threads:
             if thread.stage in PIPELINE_STAGES:

@@ -11,7 +11,11 @@ and :class:`~livedenoise.detectors.Skip` entries for what it passed over.
 
 Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going. So
 are a decoder's skips: ``malformed``, ``gaps`` (added to the receiver's own), and
-``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats).
+``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats). A decoder's
+:class:`~livedenoise.detectors.VirtualImage` (the virtual detectors after the first) goes to
+:attr:`Source.on_virtual` (``serve`` publishes it on ``virtual``). A decoder that receives in a
+process of its own (:class:`~livedenoise.detectors.LibertemReceiver`) names the ``endpoint`` the
+socket connects to instead of the detector, and is closed with the receiver.
 Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
 (counted as ``gaps``), loudly rather than silently. Every frame carries its series' *epoch*
 (:attr:`Received.epoch`), a counter the receiver advances at each ``start`` message (a series
@@ -46,7 +50,7 @@ from typing import NamedTuple, Protocol
 
 import zmq
 
-from ..detectors import Skip
+from ..detectors import Skip, VirtualImage
 from ..errors import LivedenoiseError, MalformedMessage
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -90,8 +94,9 @@ class Received(NamedTuple):
 
 class Decoder(Protocol):
     """The receiver's decoding step: the parts of one ZeroMQ message in, the messages they
-    complete out (with :class:`Skip` entries); :class:`MalformedMessage` for a message it rejects
-    whole. ``counters()``: more figures for the stats (none for the native protocol)."""
+    complete out (with :class:`Skip` and :class:`VirtualImage` entries); :class:`MalformedMessage`
+    for a message it rejects whole. ``counters()``: more figures for the stats (none for the native
+    protocol). Optional: ``endpoint`` (connect there, not to the source) and ``close()``."""
 
     def feed(self, parts: Sequence[Buffer]) -> Sequence[DetectorMessage | Skip]: ...
 
@@ -113,27 +118,35 @@ class NativeDecoder:
         return {}
 
 
-def make_decoder(dectris: DectrisConfig | None, limits: Limits = DEFAULT_LIMITS) -> tuple[Decoder | None, int | None]:
+def make_decoder(
+    dectris: DectrisConfig | None, limits: Limits = DEFAULT_LIMITS, source: str | None = None
+) -> tuple[Decoder | None, int | None]:
     """The decoder ``serve`` reads its source with, and the largest message part to accept: the
     native protocol's (``None, None``), or a DECTRIS stream's (a v2 message carries every channel:
-    up to 4 frames). Fails here, not in the receiver thread, where the ``dectris`` extra is missing
-    or a mask file is unreadable."""
+    up to 4 frames): Stream v1 (``dectris.stream == "v1"``) through libertem-dectris's receiver
+    process where it is installed (connected to ``source``), else the Python decoder. Fails here,
+    not in the receiver thread, where the ``dectris`` extra is missing, a mask file is unreadable or
+    the receiver process does not start."""
     if dectris is None:
         return None, None
-    from ..detectors import DectrisDecoder, VirtualDetector, read_mask
+    from ..detectors import DectrisDecoder, LibertemReceiver, ReceiverConfig, VirtualDetector, libertem_available
 
+    detectors = dectris.virtual_detectors()
+    if dectris.scan is not None:
+        what = ", ".join(d.label for d in detectors)
+        log.info("DECTRIS stream: virtual detectors %s (the first denoised), %dx%d scan positions per image", what, *dectris.scan)
+    else:
+        log.info("DECTRIS stream: each detector frame is a frame")
+    max_part = 4 * max_part_bytes(limits) + limits.max_header_bytes
+    if dectris.stream == "v1" and source is not None:
+        if libertem_available():
+            config = ReceiverConfig(source, dectris.scan, tuple(detectors), dectris.centre, dectris.centre_frames)
+            return LibertemReceiver(config), max_part
+        log.warning("libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1")
     virtual = None
     if dectris.scan is not None:
-        virtual = VirtualDetector(
-            dectris.scan, inner=dectris.inner, outer=dectris.outer, centre=dectris.centre,
-            mask=None if dectris.mask is None else read_mask(dectris.mask), centre_frames=dectris.centre_frames,
-        )
-        what = f"mask {dectris.mask}" if dectris.mask else f"annulus {dectris.inner or 0:g}-{dectris.outer:g} px"
-        log.info("DECTRIS stream (v1 or v2): virtual detector (%s), %dx%d scan positions per image", what, *dectris.scan)
-    else:
-        log.info("DECTRIS stream (v1 or v2): each detector frame is a frame")
-    decoder = DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits)
-    return decoder, 4 * max_part_bytes(limits) + limits.max_header_bytes
+        virtual = VirtualDetector(dectris.scan, detectors=detectors, centre=dectris.centre, centre_frames=dectris.centre_frames)
+    return DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits), max_part
 
 
 MAX_EPOCHS_TRACKED = 64  # series whose last epoch restarts() remembers (more than any history kept)
@@ -167,8 +180,9 @@ class Source:
 
     Counters (each written by the receiver thread only): ``received`` (valid image frames),
     ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series),
-    ``incomplete`` (scan frames a decoder gave up on). ``decoder``: :class:`NativeDecoder` by
-    default; ``max_part``: the largest message part libzmq accepts (default :func:`max_part_bytes`).
+    ``incomplete`` (scan frames a decoder gave up on), ``virtual`` (a decoder's other virtual
+    images, handed to ``on_virtual``). ``decoder``: :class:`NativeDecoder` by default; ``max_part``:
+    the largest message part libzmq accepts (default :func:`max_part_bytes`).
     """
 
     def __init__(
@@ -185,6 +199,11 @@ class Source:
         decoder: Decoder | None = None,
         max_part: int | None = None,
     ):
+        relay = getattr(decoder, "endpoint", None)  # a decoder receiving in a process of its own
+        if relay is not None:
+            if configure is not None:
+                log.warning("the DECTRIS receiver process connects to %s without CURVE", address)
+            address, configure = relay, None
         self.address = address
         self.drain = max(1, drain)  # messages taken per wake-up at most
         self.queue = queue
@@ -195,6 +214,8 @@ class Source:
         self.malformed = 0
         self.gaps = 0
         self.incomplete = 0
+        self.virtual = 0
+        self.on_virtual: Callable[[VirtualImage], None] | None = None  # serve: publish on 'virtual'
         self.disconnects = 0  # connections to the detector lost (it went away, or libzmq dropped it)
         self.series_id: int | None = None
         self.epoch = 0  # advanced by each start message and change of series id
@@ -221,8 +242,18 @@ class Source:
             raise LivedenoiseError(f"cannot connect to detector address {address!r}: {exc}") from None
 
     def counters(self) -> dict[str, int]:
-        """The decoder's figures and ``scan_incomplete``, for the stats (a non-native decoder)."""
-        return {"scan_incomplete": self.incomplete, **self.decoder.counters()}
+        """The decoder's figures, ``scan_incomplete`` and ``virtual_images``, for the stats (a non-native decoder)."""
+        return {"scan_incomplete": self.incomplete, "virtual_images": self.virtual, **self.decoder.counters()}
+
+    def close(self) -> None:
+        """Close the socket and the decoder, where :meth:`run` never will (a daemon that did not start)."""
+        self.socket.close(linger=0)
+        self._close_decoder()
+
+    def _close_decoder(self) -> None:
+        close = getattr(self.decoder, "close", None)
+        if close is not None:
+            close()
 
     def stop(self) -> None:
         """Stop receiving (the thread finishes the message in hand, then closes the socket)."""
@@ -264,6 +295,7 @@ class Source:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+            self._close_decoder()
             self.queue.close()  # the inference thread drains what is queued, then ends
 
     def _rearm(self) -> None:
@@ -313,6 +345,10 @@ class Source:
                         log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
                     elif kind is Skip:
                         self._skip(msg)
+                    elif kind is VirtualImage:
+                        self.virtual += 1
+                        if self.on_virtual is not None:
+                            self.on_virtual(msg)
         except BaseException:
             if items:  # counted as received already: queue them before the failure surfaces
                 with contextlib.suppress(QueueClosed):

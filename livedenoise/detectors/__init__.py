@@ -1,12 +1,15 @@
 """Detectors that speak their own stream protocol, read by ``serve --source-format``.
 
-DECTRIS (SIMPLON Stream v1 and v2, :class:`DectrisDecoder`) and the virtual detector that turns
-a 4D-STEM stream of diffraction patterns into scan images (:class:`VirtualDetector`). numpy
-only at import; the DECTRIS codecs (cbor2, lz4, bitshuffle: the ``dectris`` extra) load when a
-decoder is made. The daemon's receiver takes a decoder's messages and :class:`Skip` entries.
+DECTRIS (SIMPLON Stream v1 and v2, :class:`DectrisDecoder`; Stream v1 also through
+libertem-dectris's Rust receiver in a process of its own, :class:`LibertemReceiver`) and the
+virtual detector that turns a 4D-STEM stream of diffraction patterns into scan images
+(:class:`VirtualDetector`: one or several :class:`Annulus` / :class:`Weights` detectors, whole
+stacks at once). numpy only at import; the DECTRIS codecs (cbor2, lz4, bitshuffle: the ``dectris``
+extra) load when a decoder is made. The daemon's receiver takes a decoder's messages,
+:class:`Skip` entries and :class:`VirtualImage` (the images of detectors after the first).
 """
 
-from ._base import Skip
+from ._base import Skip, VirtualImage
 from ._dectris import (
     BSLZ4_HEADER,
     TYPED_ARRAY_TAGS,
@@ -17,19 +20,27 @@ from ._dectris import (
     load_codecs,
     single_thread_bitshuffle,
 )
-from ._virtual import VirtualDetector, annular_mask, find_centre, read_mask
+from ._libertem import LibertemReceiver, ReceiverConfig
+from ._libertem import available as libertem_available
+from ._virtual import Annulus, VirtualDetector, Weights, annular_mask, find_centre, read_mask
 
 __all__ = [
     "BSLZ4_HEADER",
     "TYPED_ARRAY_TAGS",
+    "Annulus",
     "DectrisDecoder",
+    "LibertemReceiver",
+    "ReceiverConfig",
     "Skip",
     "VirtualDetector",
+    "VirtualImage",
+    "Weights",
     "annular_mask",
     "decompress_bslz4",
     "decompress_lz4_block",
     "decompress_lz4_h5",
     "find_centre",
+    "libertem_available",
     "load_codecs",
     "read_mask",
     "single_thread_bitshuffle",

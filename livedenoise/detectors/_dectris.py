@@ -4,13 +4,16 @@
 ``dheader-1.0`` (then, by ``header_detail``, the detector config and flatfield, pixel mask and
 count-rate tables, each a JSON header and a blob), per image ``dimage-1.0`` (``series``,
 ``frame``), ``dimage_d-1.0`` (``shape`` as ``[x, y]``, ``type``, ``encoding``), the blob,
-``dconfig-1.0`` (times); at the end ``dseries_end-1.0``. Senders differ in how they group these
+``dconfig-1.0`` (times); at the end ``dseries_end-1.0``. With ``header_detail: all`` the series
+header also carries ``dpixelmask-1.0`` (its blob: the pixel mask, u32, non-zero = a bad pixel: left
+out of the virtual detector) and the flatfield and count-rate tables (skipped). Senders differ in how they group these
 parts into ZeroMQ messages (the detector sends the header and each image as multipart messages,
 LiberTEM's ``DectrisSim`` sends the header's parts one by one), so the decoder is a state machine
 over parts and never looks at message boundaries.
 
 **Stream v2** (``format: cbor``): one CBOR map per message, ``type`` ``start``, ``image`` or
-``end``; an image's ``data`` maps channel names to a multi-dimensional array (tag 40, ``[[rows,
+``end``; the start message's ``pixel_mask`` (a channel -> array map, like an image's ``data``)
+is left out of the virtual detector; an image's ``data`` maps channel names to a multi-dimensional array (tag 40, ``[[rows,
 cols], typed array]``) around a typed array (RFC 8746 tags 64-87) whose byte string may be
 compressed (tag 56500, ``[algorithm, element size, bytes]``). One channel is read: the one asked
 for, else the first of the start message's ``channels`` (else the first in ``data``). cbor2 is
@@ -64,7 +67,7 @@ TYPED_ARRAY_TAGS: dict[int, str] = {
     78: "<i4", 74: ">i4", 81: ">f4", 85: "<f4",
 }
 TAG_MULTI_DIM, TAG_MULTI_DIM_COLUMN_MAJOR, TAG_COMPRESSED = 40, 1040, 56500
-_SKIPPED_BLOBS = ("dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0")  # header_detail "all": header + blob
+_SKIPPED_BLOBS = ("dflatfield-1.0", "dcountrate_table-1.0")  # header_detail "all": header + blob
 
 
 def load_codecs() -> tuple[Any, Any, Any]:
@@ -244,7 +247,7 @@ def _little_endian(arr: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the decoder
 
-_IDLE, _DIMAGED, _BLOB, _DCONFIG, _SKIP_BLOB, _CONFIG = range(6)
+_IDLE, _DIMAGED, _BLOB, _DCONFIG, _SKIP_BLOB, _CONFIG, _MASK_BLOB = range(7)
 
 
 class DectrisDecoder:
@@ -253,7 +256,9 @@ class DectrisDecoder:
     order, with :class:`Skip` entries for what was passed over.
 
     With ``virtual`` (a :class:`VirtualDetector`), diffraction patterns become virtual images;
-    without it, each detector frame is a frame of the pipeline.
+    without it, each detector frame is a frame of the pipeline. Images of a series whose start
+    (``dheader-1.0``, ``start``) was not seen are counted (one ``malformed`` per series) and picked
+    up: the virtual detector begins at the series' next scan frame.
     """
 
     def __init__(
@@ -271,6 +276,9 @@ class DectrisDecoder:
         self.versions: set[int] = set()  # stream versions seen (1, 2)
         self._state = _IDLE
         self._series: int | None = None
+        self._started: int | None = None  # the series whose start (header) was seen last
+        self._headerless: int | None = None  # the last series counted as without its start
+        self._mask_meta: tuple[int, int, np.dtype] | None = None  # a v1 pixel mask's shape and type
         self._image: tuple[int, int] | None = None  # v1: (series, frame) of the image in progress
         self._meta: tuple[int, int, np.dtype, int | None, str] | None = None  # v1 dimage_d: h, w, dtype, bs elem, codec
         self._meta_raw = b""
@@ -301,10 +309,12 @@ class DectrisDecoder:
             raise MalformedMessage("empty message part")
         first = view[0] if view.format == "B" else view.cast("B")[0]
         state = self._state
-        if state in (_BLOB, _SKIP_BLOB) and not (first == 0x7B and self._is_header(view)):
+        if state in (_BLOB, _SKIP_BLOB, _MASK_BLOB) and not (first == 0x7B and self._is_header(view)):
             self._state = _DCONFIG if state == _BLOB else _IDLE
             if state == _BLOB:
                 self._v1_blob(view, out)
+            elif state == _MASK_BLOB:
+                self._v1_pixel_mask(view, out)
             return
         if first == 0x7B:
             self._v1_header(view, out)
@@ -393,6 +403,14 @@ class DectrisDecoder:
             self._state = _IDLE
             series = obj.get("series")
             self._end(series if type(series) is int else self._series, out)
+        elif htype == "dpixelmask-1.0":
+            self._state = _SKIP_BLOB  # a header that does not parse: its blob goes with it
+            shape, type_ = obj.get("shape"), obj.get("type")
+            if not isinstance(shape, list) or len(shape) != 2 or type_ not in _V1_TYPES:
+                raise MalformedMessage(f"dpixelmask-1.0 needs shape [x, y] and an unsigned type, got {shape!r:.40}, {type_!r:.20}")
+            height, width = _check_shape(shape[1], shape[0], self.limits)
+            self._mask_meta = (height, width, np.dtype("<" + _V1_TYPES[type_]))
+            self._state = _MASK_BLOB
         elif htype in _SKIPPED_BLOBS:
             self._state = _SKIP_BLOB
         elif htype is None and self._state == _CONFIG:  # the detector config, after dheader
@@ -435,6 +453,16 @@ class DectrisDecoder:
         series, frame = self._image
         self._frame(series, frame, data.reshape(height, width), out)
 
+    def _v1_pixel_mask(self, view: memoryview, out: list) -> None:
+        assert self._mask_meta is not None
+        height, width, dtype = self._mask_meta
+        if view.nbytes != height * width * dtype.itemsize:
+            raise MalformedMessage(f"pixel mask blob of {view.nbytes} bytes, {width}x{height} {dtype} needs {height * width * dtype.itemsize}")
+        mask = np.frombuffer(view, dtype).reshape(height, width)
+        log.info("series %s: pixel mask from the stream, %d bad pixels", self._series, int(np.count_nonzero(mask)))
+        if self.virtual is not None:
+            out += self.virtual.set_pixel_mask(mask)
+
     def _config(self, config: dict) -> None:
         nimages, ntrigger = config.get("nimages"), config.get("ntrigger")
         if type(nimages) is int and type(ntrigger) is int:
@@ -467,7 +495,7 @@ class DectrisDecoder:
             for key in ("number_of_images", "image_size_x", "image_size_y"):
                 if type(msg.get(key)) is int:
                     header[key] = msg[key]
-            self._start(series, header, out)
+            self._start(series, header, out, self._v2_pixel_mask(msg.get("pixel_mask"), series, out))
             if type(msg.get("number_of_images")) is int:
                 self._check_count(msg["number_of_images"])
         elif kind == "end":
@@ -475,15 +503,38 @@ class DectrisDecoder:
         else:
             raise MalformedMessage(f"unknown message type {kind!r:.40}")
 
-    def _v2_channel(self, data: Any, series: int) -> np.ndarray:
+    def _v2_pixel_mask(self, masks: Any, series: int, out: list) -> np.ndarray | None:
+        """The start message's pixel mask of the channel read (a map like an image's ``data``), or
+        None; one that does not decode is counted and not applied."""
+        if masks is None or (isinstance(masks, Mapping) and not masks):
+            return None
+        try:
+            mask = self._v2_array(*self._v2_pick(masks, "pixel_mask"), series, batch=False)
+        except MalformedMessage as exc:
+            out.append(Skip("malformed", f"series {series}: pixel mask not applied: {exc}"))
+            return None
+        log.info("series %d: pixel mask from the start message, %d bad pixels", series, int(np.count_nonzero(mask)))
+        return mask
+
+    def _v2_pick(self, data: Any, what: str) -> tuple[str, Any]:
+        """The channel read, ``(name, item)``, of a channel -> array map."""
         if not isinstance(data, Mapping) or not data:
-            raise MalformedMessage("image message without a data map")
+            raise MalformedMessage(f"{what} is not a channel map")
         name = self.channel
         if name is None:
             name = next((c for c in self._channels if c in data), None) or next(iter(data))
         elif name not in data:
-            raise MalformedMessage(f"no channel {name!r} in this image (it has {', '.join(map(str, data))})")
-        item = data[name]
+            raise MalformedMessage(f"no channel {name!r} in {what} (it has {', '.join(map(str, data))})")
+        return name, data[name]
+
+    def _v2_channel(self, data: Any, series: int) -> np.ndarray:
+        if not isinstance(data, Mapping) or not data:
+            raise MalformedMessage("image message without a data map")
+        return self._v2_array(*self._v2_pick(data, "this image"), series)
+
+    def _v2_array(self, name: Any, item: Any, series: int, *, batch: bool = True) -> np.ndarray:
+        """A multi-dimensional array (tag 40 or 1040) as a ``(rows, cols)`` array; a bslz4 one
+        decompressed into the virtual detector's batch where ``batch``."""
         cbor_tag = self._cbor2.CBORTag
         if not isinstance(item, cbor_tag) or item.tag not in (TAG_MULTI_DIM, TAG_MULTI_DIM_COLUMN_MAJOR):
             raise MalformedMessage(f"channel {name!r:.40} is not a multi-dimensional array (tag 40)")
@@ -507,7 +558,7 @@ class DectrisDecoder:
             if algorithm == "bslz4":
                 if type(elem) is not int:
                     raise MalformedMessage(f"bslz4 element size must be an integer, got {elem!r:.20}")
-                if item.tag == TAG_MULTI_DIM:
+                if item.tag == TAG_MULTI_DIM and batch:
                     arr, address = self._destination(series, height, width, dtype)
                 else:
                     arr, address = np.empty((width, height), dtype), None
@@ -529,10 +580,10 @@ class DectrisDecoder:
 
     # ------------------------------------------------------------------ series and frames
 
-    def _start(self, series: int, header: dict, out: list) -> None:
+    def _start(self, series: int, header: dict, out: list, pixel_mask: np.ndarray | None = None) -> None:
         if self.virtual is not None:
-            out += self.virtual.start(series)
-        self._series = series
+            out += self.virtual.start(series, pixel_mask=pixel_mask)
+        self._series = self._started = series
         out.append(SeriesStart(series, header))
 
     def _end(self, series: int | None, out: list) -> None:
@@ -542,6 +593,8 @@ class DectrisDecoder:
             out.append(SeriesEnd(series))
         if series == self._series:
             self._series = None
+        if series == self._started:
+            self._started = None
 
     def _check_count(self, images: int) -> None:
         vd = self.virtual
@@ -563,6 +616,10 @@ class DectrisDecoder:
     def _frame(self, series: int, image_id: int, data: np.ndarray, out: list) -> None:
         self.frames += 1
         self._series = series
+        if series != self._started and series != self._headerless:
+            self._headerless = series
+            then = "picked up at its next scan frame" if self.virtual is not None else "passed through"
+            out.append(Skip("malformed", f"series {series}: images without the series' start (header lost, or serve started mid-series): {then}"))
         if self.virtual is not None:
             out += self.virtual.add(series, image_id, data)
         else:
