@@ -222,10 +222,7 @@ def serve(
         rich_help_panel=STREAM,
     ),
     centre: str | None = config_option(DectrisConfig, "centre", panel=STREAM, metavar="X,Y"),
-    mask: list[Path] | None = typer.Option(
-        None, help="Virtual detector (with --scan): a mask or weights file (.npy or .tif, the detector's shape); "
-        "may be repeated, after the annuli.", rich_help_panel=STREAM,
-    ),
+    mask: list[Path] | None = config_option(DectrisConfig, "masks", "--mask", panel=STREAM, default=None),
     channel: str | None = config_option(DectrisConfig, "channel", panel=STREAM),
     dectris_stream: str = config_option(DectrisConfig, "stream", "--dectris-stream", panel=STREAM, metavar="auto|v1|v2"),
     lossless: bool = config_option(QueueConfig, "lossless", panel=QUEUE),

@@ -43,7 +43,8 @@ class DectrisConfig:
         "detector (annuli before masks) is denoised; the others are published on 'virtual'."
     )
     masks: tuple[Path, ...] = option(
-        (), "Virtual detectors: mask or weights files (.npy or .tif, the detector's shape), after the annuli."
+        (), "Virtual detector (with --scan): a mask or weights file (.npy or .tif, the detector's shape); may be "
+        "repeated, after the annuli."
     )
     inner: float | None = option(None, "One annulus' inner radius (short for annuli), detector pixels.")
     outer: float | None = option(None, "One annulus' outer radius (short for annuli), detector pixels.")

@@ -129,10 +129,12 @@ def make_decoder(
     the receiver process does not start."""
     if dectris is None:
         return None, None
-    from ..detectors import DectrisDecoder, LibertemReceiver, ReceiverConfig, VirtualDetector, libertem_available
+    from ..detectors import DectrisDecoder, LibertemReceiver, VirtualDetector, libertem_available
 
-    detectors = dectris.virtual_detectors()
+    virtual = None
     if dectris.scan is not None:
+        detectors = dectris.virtual_detectors()
+        virtual = VirtualDetector(dectris.scan, detectors=detectors, centre=dectris.centre, centre_frames=dectris.centre_frames)
         what = ", ".join(d.label for d in detectors)
         log.info("DECTRIS stream: virtual detectors %s (the first denoised), %dx%d scan positions per image", what, *dectris.scan)
     else:
@@ -140,12 +142,8 @@ def make_decoder(
     max_part = 4 * max_part_bytes(limits) + limits.max_header_bytes
     if dectris.stream == "v1" and source is not None:
         if libertem_available():
-            config = ReceiverConfig(source, dectris.scan, tuple(detectors), dectris.centre, dectris.centre_frames)
-            return LibertemReceiver(config), max_part
+            return LibertemReceiver(source, virtual=virtual), max_part
         log.warning("libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1")
-    virtual = None
-    if dectris.scan is not None:
-        virtual = VirtualDetector(dectris.scan, detectors=detectors, centre=dectris.centre, centre_frames=dectris.centre_frames)
     return DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits), max_part
 
 

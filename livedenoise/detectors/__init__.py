@@ -20,7 +20,7 @@ from ._dectris import (
     load_codecs,
     single_thread_bitshuffle,
 )
-from ._libertem import LibertemReceiver, ReceiverConfig
+from ._libertem import LibertemReceiver
 from ._libertem import available as libertem_available
 from ._virtual import Annulus, VirtualDetector, Weights, annular_mask, find_centre, read_mask
 
@@ -30,7 +30,6 @@ __all__ = [
     "Annulus",
     "DectrisDecoder",
     "LibertemReceiver",
-    "ReceiverConfig",
     "Skip",
     "VirtualDetector",
     "VirtualImage",

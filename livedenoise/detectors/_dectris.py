@@ -67,6 +67,9 @@ TYPED_ARRAY_TAGS: dict[int, str] = {
     78: "<i4", 74: ">i4", 81: ">f4", 85: "<f4",
 }
 TAG_MULTI_DIM, TAG_MULTI_DIM_COLUMN_MAJOR, TAG_COMPRESSED = 40, 1040, 56500
+_DTYPES = {tag: np.dtype(code) for tag, code in TYPED_ARRAY_TAGS.items()}
+_SEQ = (list, tuple)  # isinstance with a tuple: 0.13 us against 0.4 with a union (list | tuple), measured
+_BYTES = (bytes, bytearray)
 _SKIPPED_BLOBS = ("dflatfield-1.0", "dcountrate_table-1.0")  # header_detail "all": header + blob
 
 
@@ -167,10 +170,14 @@ def decompress_bslz4(
     return out.reshape(-1)
 
 
-def _bslz4_into(view: memoryview, nbytes: int, elem: int, out: np.ndarray, address: int | None, bitshuffle: Any) -> None:
-    """Decompress a checked bslz4 blob into ``out`` (``address``: its data pointer, if known)."""
+def _bslz4_into(
+    view: memoryview, nbytes: int, elem: int, out: np.ndarray, address: int | None, bitshuffle: Any, native: Any = False
+) -> None:
+    """Decompress a checked bslz4 blob into ``out`` (``address``: its data pointer, if known;
+    ``native``: :func:`_bshuf_c`'s answer, if the caller has it)."""
     n_elems, block_elems = _bslz4_layout(view, nbytes, elem)
-    native = _bshuf_c(bitshuffle)
+    if native is False:
+        native = _bshuf_c(bitshuffle)
     if native is not None:
         done = native(bytes(view[12:]), out.ctypes.data if address is None else address, n_elems, elem, block_elems)
         if done != view.nbytes - 12:
@@ -269,6 +276,8 @@ class DectrisDecoder:
         limits: Limits = DEFAULT_LIMITS,
     ):
         self._cbor2, self._lz4, self._bitshuffle = load_codecs()
+        self._native = _bshuf_c(self._bitshuffle)
+        self._maps = (dict, getattr(self._cbor2, "frozendict", dict))  # what cbor2 returns for a map
         self.virtual = virtual
         self.channel = channel
         self.limits = limits
@@ -283,6 +292,8 @@ class DectrisDecoder:
         self._meta: tuple[int, int, np.dtype, int | None, str] | None = None  # v1 dimage_d: h, w, dtype, bs elem, codec
         self._meta_raw = b""
         self._channels: list[str] = []  # v2: the start message's channel names
+        self._first_channel: str | None = None  # the first of them, read unless --channel says otherwise
+        self._dims: list | None = None  # v2: the last image's [rows, cols], within the limits
         self._warned_channel: set[str] = set()
         self._thread: int | None = None  # the thread bitshuffle was made single-threaded in
 
@@ -441,7 +452,7 @@ class DectrisDecoder:
         if codec == "bslz4":
             series, frame = self._image
             data, address = self._destination(series, height, width, dtype)
-            _bslz4_into(view if view.format == "B" else view.cast("B"), n * dtype.itemsize, elem or dtype.itemsize, data, address, self._bitshuffle)
+            _bslz4_into(view if view.format == "B" else view.cast("B"), n * dtype.itemsize, elem or dtype.itemsize, data, address, self._bitshuffle, self._native)
             self._frame(series, frame, data, out)
             return
         if codec == "lz4":
@@ -476,9 +487,11 @@ class DectrisDecoder:
             msg = self._cbor2.loads(view)
         except Exception as exc:  # noqa: BLE001 - cbor2 raises several types; all mean "not valid CBOR"
             raise MalformedMessage(f"message is not valid CBOR ({type(exc).__name__})") from None
-        if not isinstance(msg, Mapping):
+        if type(msg) not in self._maps and not isinstance(msg, Mapping):  # the ABC's check costs 0.8 us
             raise MalformedMessage(f"CBOR message is a {type(msg).__name__}, not a map")
         kind = msg.get("type")
+        if kind == "image" and self._v2_image(msg, out):
+            return
         series = msg.get("series_id")
         if kind in ("start", "image", "end") and type(series) is not int:
             raise MalformedMessage(f"{kind} message needs an integer series_id, got {series!r:.20}")
@@ -490,7 +503,8 @@ class DectrisDecoder:
             self._frame(series, image_id, data, out)
         elif kind == "start":
             channels = msg.get("channels")
-            self._channels = [c for c in channels if isinstance(c, str)] if isinstance(channels, list | tuple) else []
+            self._channels = [c for c in channels if isinstance(c, str)] if isinstance(channels, _SEQ) else []
+            self._first_channel = self._channels[0] if self._channels else None
             header = {"stream": "dectris v2", "channels": list(self._channels)}
             for key in ("number_of_images", "image_size_x", "image_size_y"):
                 if type(msg.get(key)) is int:
@@ -502,6 +516,42 @@ class DectrisDecoder:
             self._end(series, out)
         else:
             raise MalformedMessage(f"unknown message type {kind!r:.40}")
+
+    def _v2_image(self, msg: Mapping, out: list) -> bool:
+        """The common image, ``bslz4`` in a row-major array of the channel read, decoded with the
+        same checks inline (one function, exact types, the last image's dimensions not checked
+        again): 16.1 -> 11.x us a 96² pattern, measured, of which 7 are bitshuffle's and 2 cbor2's.
+        False for anything else: the general path then decodes it or says what is wrong."""
+        series, image_id, data = msg.get("series_id"), msg.get("image_id"), msg.get("data")
+        if type(series) is not int or type(image_id) is not int or image_id < 0 or type(data) not in self._maps:
+            return False
+        name = self.channel or self._first_channel
+        item = data.get(name) if name is not None else None
+        tag = self._cbor2.CBORTag
+        if type(item) is not tag or item.tag != TAG_MULTI_DIM or type(item.value) not in _SEQ or len(item.value) != 2:
+            return False
+        dims, typed = item.value
+        if dims != self._dims:
+            if type(dims) not in _SEQ or len(dims) != 2:
+                return False
+            try:
+                _check_shape(dims[0], dims[1], self.limits)
+            except MalformedMessage:
+                return False
+            self._dims = list(dims)
+        if type(typed) is not tag or (dtype := _DTYPES.get(typed.tag)) is None:
+            return False
+        payload = typed.value
+        if type(payload) is not tag or payload.tag != TAG_COMPRESSED:
+            return False
+        comp = payload.value
+        if type(comp) not in _SEQ or len(comp) != 3 or comp[0] != "bslz4" or type(comp[1]) is not int or type(comp[2]) is not bytes:
+            return False
+        height, width = dims
+        arr, address = self._destination(series, height, width, dtype)
+        _bslz4_into(memoryview(comp[2]), height * width * dtype.itemsize, comp[1] or dtype.itemsize, arr, address, self._bitshuffle, self._native)
+        self._frame(series, image_id, arr, out)
+        return True
 
     def _v2_pixel_mask(self, masks: Any, series: int, out: list) -> np.ndarray | None:
         """The start message's pixel mask of the channel read (a map like an image's ``data``), or
@@ -522,7 +572,9 @@ class DectrisDecoder:
             raise MalformedMessage(f"{what} is not a channel map")
         name = self.channel
         if name is None:
-            name = next((c for c in self._channels if c in data), None) or next(iter(data))
+            name = self._first_channel
+            if name is None or name not in data:
+                name = next((c for c in self._channels if c in data), None) or next(iter(data))
         elif name not in data:
             raise MalformedMessage(f"no channel {name!r} in {what} (it has {', '.join(map(str, data))})")
         return name, data[name]
@@ -539,20 +591,20 @@ class DectrisDecoder:
         if not isinstance(item, cbor_tag) or item.tag not in (TAG_MULTI_DIM, TAG_MULTI_DIM_COLUMN_MAJOR):
             raise MalformedMessage(f"channel {name!r:.40} is not a multi-dimensional array (tag 40)")
         value = item.value
-        if not isinstance(value, list | tuple) or len(value) != 2:
+        if not isinstance(value, _SEQ) or len(value) != 2:
             raise MalformedMessage("multi-dimensional array must be [dimensions, array]")
         dims, typed = value
-        if not isinstance(dims, list | tuple) or len(dims) != 2:
+        if not isinstance(dims, _SEQ) or len(dims) != 2:
             raise MalformedMessage(f"image dimensions must be [rows, cols], got {dims!r:.40}")
         height, width = _check_shape(dims[0], dims[1], self.limits)
         if not isinstance(typed, cbor_tag) or typed.tag not in TYPED_ARRAY_TAGS:
             raise MalformedMessage(f"channel {name!r:.40}: not a supported typed array")
-        dtype = np.dtype(TYPED_ARRAY_TAGS[typed.tag])
+        dtype = _DTYPES[typed.tag]
         n = height * width
         payload = typed.value
         if isinstance(payload, cbor_tag) and payload.tag == TAG_COMPRESSED:
             comp = payload.value
-            if not isinstance(comp, list | tuple) or len(comp) != 3 or not isinstance(comp[2], bytes | bytearray):
+            if not isinstance(comp, _SEQ) or len(comp) != 3 or not isinstance(comp[2], _BYTES):
                 raise MalformedMessage("compressed byte string must be [algorithm, modifier, bytes]")
             algorithm, elem, blob = comp
             if algorithm == "bslz4":
@@ -562,13 +614,13 @@ class DectrisDecoder:
                     arr, address = self._destination(series, height, width, dtype)
                 else:
                     arr, address = np.empty((width, height), dtype), None
-                _bslz4_into(memoryview(blob), n * dtype.itemsize, elem or dtype.itemsize, arr, address, self._bitshuffle)
+                _bslz4_into(memoryview(blob), n * dtype.itemsize, elem or dtype.itemsize, arr, address, self._bitshuffle, self._native)
                 return arr if item.tag == TAG_MULTI_DIM else np.ascontiguousarray(arr.T)
             elif algorithm == "lz4":
                 arr = np.frombuffer(decompress_lz4_h5(blob, n * dtype.itemsize, lz4_block=self._lz4), dtype)
             else:
                 raise MalformedMessage(f"unknown compression {algorithm!r:.20}")
-        elif isinstance(payload, bytes | bytearray):
+        elif isinstance(payload, _BYTES):
             if len(payload) != n * dtype.itemsize:
                 raise MalformedMessage(f"typed array of {len(payload)} bytes, {height}x{width} {dtype} needs {n * dtype.itemsize}")
             arr = np.frombuffer(payload, dtype)

@@ -28,8 +28,8 @@ patterns make one virtual HAADF/ADF/BF image.
   frames) vectorised over the batch's image ids. The product is ``np.vecdot`` over rows cut into
   pieces of at most 8192 pixels, not a BLAS gemv: OpenBLAS runs a gemv of that size on all its
   threads, whose spinning cost 4-200x on a loaded machine (measured); ``blas=True`` uses the gemv,
-  2-3x faster, where BLAS runs on one thread (the receiver process of
-  :mod:`livedenoise.detectors._libertem`). Integer sums below 2**24 are exact either way.
+  2-3x faster, where BLAS runs on one thread (a process of its own, ``OPENBLAS_NUM_THREADS=1``).
+  Integer sums below 2**24 are exact either way.
 * a scan frame is emitted when its last position arrives, or when a position of a later frame
   does: positions missing in between are gaps (counted), filled with the mean of the frame's
   other positions, as long as at least half arrived. A frame still open when its series ends (or
@@ -215,7 +215,9 @@ class VirtualDetector:
         self._wpieces = np.zeros((n_det, 1, 0), np.float32)  # the weights cut into pieces (_sums)
         self._raw: np.ndarray | None = None  # (batch, H*W): patterns added one by one, not reduced yet
         self._rows: list[np.ndarray] = []  # the batch's rows as (H, W) views, lent to the decoder
-        self._ids = np.empty(0, np.int64)  # their image ids
+        self._batch_ids: list[int] = []  # their image ids
+        self._batch_rows = 0  # the batch's rows
+        self._last_position = self.positions - 1
         self._address = self._row_bytes = 0  # the batch's data pointer and row stride
         self._count = 0  # rows in use
         self._lent: np.ndarray | None = None  # the row lent last, at index _lent_at
@@ -308,30 +310,28 @@ class VirtualDetector:
         return out
 
     def add(self, series_id: int, image_id: int, frame: np.ndarray) -> list[ImageFrame | VirtualImage | Skip]:
-        """One ``(H, W)`` pattern (decoded into the row :meth:`lend` gave, or anywhere)."""
-        raw = self._raw
-        if series_id == self._series and self._weights is not None and frame.shape == self._shape and frame.dtype == self._dtype:
-            assert raw is not None
-            self.patterns += 1
-            self._series_patterns += 1
-            i = self._count
-            if frame is not self._lent or i != self._lent_at:  # decoded elsewhere, or the batch moved on
-                raw[i] = frame.reshape(-1)
-            self._lent = None
-            self._ids[i] = image_id
-            self._count = i + 1
-            if i + 1 < len(raw) and image_id % self.positions != self.positions - 1:
-                return []
-            out: list[ImageFrame | VirtualImage | Skip] = []
-            self._flush(out)
-            return out
-        return self.add_stack(series_id, image_id, frame[None])
+        """One ``(H, W)`` pattern (decoded into the row :meth:`lend` gave, or anywhere). A few
+        operations per pattern: the batch is reduced when full or at a scan frame's last position."""
+        i = self._count
+        if frame is self._lent and i == self._lent_at and series_id == self._series:
+            self._lent = None  # decoded into the row lent for this series, shape and dtype
+        elif series_id == self._series and self._weights is not None and frame.shape == self._shape and frame.dtype == self._dtype:
+            self._raw[i] = frame.reshape(-1)  # type: ignore[index]  # decoded elsewhere
+        else:
+            return self.add_stack(series_id, image_id, frame[None])
+        self._batch_ids.append(image_id)
+        self._count = i + 1
+        if i + 1 < self._batch_rows and image_id % self.positions != self._last_position:
+            return []
+        out: list[ImageFrame | VirtualImage | Skip] = []
+        self._flush(out)
+        return out
 
     def lend(self, series_id: int, shape: tuple[int, int], dtype: np.dtype) -> tuple[np.ndarray, int] | None:
         """The batch row the next pattern can be decompressed into, ``(array (H, W), its data
         address)``, to be handed to :meth:`add` as it is (no copy); None when it would not fit:
         weights not built yet (the centre is being found), another series, shape or dtype."""
-        if self._weights is None or series_id != self._series or shape != self._shape or dtype != self._dtype:
+        if self._weights is None or series_id != self._series or shape != self._shape or (dtype is not self._dtype and dtype != self._dtype):
             return None
         i = self._count
         self._lent, self._lent_at = self._rows[i], i
@@ -351,7 +351,7 @@ class VirtualDetector:
     # ------------------------------------------------------------------ weights and products
 
     def _new_shape(self, shape: tuple[int, int], dtype: np.dtype, out: list) -> None:
-        if self._shape is not None and self._series_patterns:  # within a series: its open scan frame goes
+        if self._shape is not None and self._series_patterns + self._count:  # within a series: its open scan frame goes
             log.warning(
                 "series %s: detector frames now %dx%d %s (were %dx%d %s)",
                 self._series, shape[1], shape[0], dtype, self._shape[1], self._shape[0], self._dtype,
@@ -368,13 +368,15 @@ class VirtualDetector:
         rows = max(1, min(64, self.positions, self._batch_bytes // (4 * n)))
         self._raw = np.empty((rows, n), dtype)
         self._rows = [row.reshape(shape) for row in self._raw]
-        self._ids = np.empty(rows, np.int64)
+        self._batch_ids.clear()
+        self._batch_rows = rows
         self._address, self._row_bytes = self._raw.ctypes.data, n * self._dtype.itemsize
         self._count, self._lent, self._lent_at = 0, None, -1
         self._stack = None
         pieces = -(-n // _DOT_PIECE)
         width = n if self.blas else pieces * ((-(-n // pieces) + 15) // 16 * 16)  # padded with zeros to pieces x piece
-        self._f32 = np.zeros((rows, width), np.float32)
+        chunk = max(1, min(rows, (1 << 20) // (4 * n))) if self.blas else rows  # a gemv's rows stay in L2 (1 MiB)
+        self._f32 = np.zeros((chunk, width), np.float32)
 
     def _build_weights(self, first: np.ndarray, out: list) -> None:
         """The ``(detectors, pixels)`` weights for frames like ``first`` ``(n, H, W)``, the series'
@@ -477,7 +479,11 @@ class VirtualDetector:
         k = self._count
         if k:
             self._count = 0
-            self._place(self._ids[:k], self._sums(self._raw[:k]), out)  # type: ignore[index]
+            self.patterns += k
+            self._series_patterns += k
+            ids = np.array(self._batch_ids, np.int64)
+            self._batch_ids.clear()
+            self._place(ids, self._sums(self._raw[:k]), out)  # type: ignore[index]
 
     # ------------------------------------------------------------------ scan frames
 
