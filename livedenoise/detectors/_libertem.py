@@ -233,9 +233,14 @@ class LibertemReceiver:
         out: list[DetectorMessage | Skip | VirtualImage] = []
         try:
             head = msgpack.unpackb(parts[0])
-            kind = head["k"]
-        except Exception as exc:  # noqa: BLE001 - msgpack raises several types; our own process sent it
-            raise MalformedMessage(f"relay message does not decode ({type(exc).__name__})") from None
+            self._relay(head, head["k"], out)
+        except MalformedMessage:
+            raise
+        except Exception as exc:  # noqa: BLE001 - our own process sent it, but a bad message is a skip, never a crash
+            raise MalformedMessage(f"relay message does not decode ({type(exc).__name__}: {exc})") from None
+        return out
+
+    def _relay(self, head: dict, kind: str, out: list) -> None:
         if kind == "hello":
             while self._died:
                 self._settle(*self._died.popleft(), out)
@@ -268,7 +273,6 @@ class LibertemReceiver:
                 out.append(Skip("incomplete", f"series {head['series']}: {scans} more scan frames not received", scans))
         elif kind == "ring":
             self._map_ring(head)
-        return out
 
     def _settle(self, how: str, planned: bool, out: list) -> None:
         """A receiver process ended: counted (``malformed`` unless planned), the series it had open

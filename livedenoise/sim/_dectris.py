@@ -16,7 +16,7 @@ Senders, written from DECTRIS' documentation of the SIMPLON stream interface:
   little-endian length + one ZeroMQ part) that LiberTEM's ``DectrisSim`` replays.
 * Stream v2: :func:`dectris_v2_messages` (CBOR ``start`` with an optional ``pixel_mask``,
   ``image``, ``end``; compression tag 56500 ``bslz4`` or ``lz4`` in the HDF5 filters' framing, or
-  none). :class:`DectrisV2Sender` sends them (and v1 messages, lists of parts, as multipart).
+  none), sent by :class:`DectrisV2Sender`.
 
 Needs the ``dectris`` extra (cbor2, lz4, bitshuffle) to encode.
 """
@@ -234,9 +234,8 @@ def dectris_v2_messages(
 
 
 class DectrisV2Sender:
-    """A DECTRIS detector's stream socket: binds PUSH (``tcp://127.0.0.1:*`` by default;
-    :attr:`endpoint` is the real address) and sends Stream v2 CBOR messages, one per ZeroMQ message,
-    or Stream v1 messages (lists of parts) as multipart messages, blocking until taken."""
+    """A Stream v2 detector: binds PUSH (``tcp://127.0.0.1:*`` by default; :attr:`endpoint` is the
+    real address) and sends CBOR messages, one per ZeroMQ message, blocking until taken."""
 
     def __init__(self, bind: str = "tcp://127.0.0.1:*", ctx: zmq.Context | None = None):
         self.socket = (ctx or zmq.Context.instance()).socket(zmq.PUSH)
@@ -244,13 +243,10 @@ class DectrisV2Sender:
         self.socket.bind(bind)
         self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def send(self, messages: Iterable[bytes | Sequence[bytes]]) -> int:
+    def send(self, messages: Iterable[bytes]) -> int:
         count = 0
         for message in messages:
-            if isinstance(message, bytes | bytearray | memoryview):
-                self.socket.send(message, copy=False)
-            else:
-                self.socket.send_multipart(message, copy=False)
+            self.socket.send(message, copy=False)
             count += 1
         return count
 
