@@ -54,20 +54,21 @@ PIXEL_NM = 0.04  # the simulators'
 
 
 def acquire(clean: np.ndarray, frames: int, seed: int) -> np.ndarray:
-    """A static movie of ``clean`` (expected counts): Poisson, read noise, line noise (the sims')."""
-    rng = np.random.default_rng(seed)
-    h, w = clean.shape
-    out = rng.poisson(np.broadcast_to(clean, (frames, h, w))).astype(np.float32)
-    out += 0.25 * rng.standard_normal(out.shape, dtype=np.float32)
-    out += 0.15 * rng.standard_normal((frames, h, 1), dtype=np.float32)
-    return out
+    """A static movie of ``clean`` (expected counts): the simulators' Poisson, read noise 0.25 and
+    line noise 0.15 counts (``livedenoise.sim.acquire``), no scan-line shifts."""
+    from livedenoise.sim import NoiseConfig
+    from livedenoise.sim import acquire as detect
+
+    noise = NoiseConfig(dose=1.0, pedestal=0.0, line_shift=0.0)
+    return detect(np.broadcast_to(clean, (frames, *clean.shape)), noise, np.random.default_rng(seed))
 
 
-def real_truth(name: str) -> tuple[np.ndarray, float]:
-    """The binned vendor image as expected counts per frame, and its pixel size (nm)."""
+def vendor_image(rel: str, b: int, pixel_nm: float | None = None) -> tuple[np.ndarray, float]:
+    """A vendor file's first image (``rel`` in the ``.ci/fetch-vendor-files`` cache) binned ``b`` x ``b``
+    as a contrast, 0 at its 1st percentile (background) and 1 at its 99.5th (the brightest columns),
+    and its pixel size in nm (``pixel_nm`` where the file stores none)."""
     from livedenoise.io import open_movie
 
-    rel, b = REAL[name]
     path = VENDOR / rel
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python .ci/fetch-vendor-files` first")
@@ -76,8 +77,16 @@ def real_truth(name: str) -> tuple[np.ndarray, float]:
     h, w = (img.shape[0] // b) * b, (img.shape[1] // b) * b
     img = img[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
     lo, hi = np.percentile(img, [1, 99.5])
-    counts = 0.5 + 5.0 * np.clip((img - lo) / (hi - lo), 0, None)
-    return counts.astype(np.float32), float(movie.pixel_size_nm) * b
+    px = movie.pixel_size_nm if movie.pixel_size_nm is not None else pixel_nm
+    if px is None:
+        raise SystemExit(f"{path} has no pixel size: give one")
+    return np.clip((img - lo) / (hi - lo), 0, None), float(px) * b
+
+
+def real_truth(name: str) -> tuple[np.ndarray, float]:
+    """The binned vendor image as expected counts per frame (5 counts over 0.5), and its pixel size (nm)."""
+    contrast, px = vendor_image(*REAL[name])
+    return (0.5 + 5.0 * contrast).astype(np.float32), px
 
 
 def make(out: Path) -> None:

@@ -214,6 +214,13 @@ def _hard_core(points: np.ndarray, distance: float) -> np.ndarray:
     return points[keep]
 
 
+def paper_like(content: SampleContent) -> bool:
+    """Is the movie like the paper's world: no lattice, at most :data:`PAPER_MAX_DENSITY` peaks
+    per px^2, a width in :data:`PAPER_SIGMA` (sparse atoms, what Noise2Atom was made for)?"""
+    return (not content.lattice and content.density_px <= PAPER_MAX_DENSITY
+            and PAPER_SIGMA[0] <= content.width_px <= PAPER_SIGMA[1])
+
+
 def clean_domain(choice: str, content: SampleContent | None, crop: int = 128,
                  variance: tuple[float, float] = (1.0, 10.0)) -> tuple[CleanDomain | FittedDomain, str]:
     """Domain C for ``choice`` ("fitted" or "paper") and a line saying which and why.
@@ -230,9 +237,7 @@ def clean_domain(choice: str, content: SampleContent | None, crop: int = 128,
     if content is None or not content.reliable:
         why = content.note if content is not None else "no estimate"
         return CleanDomain(crop, variance), f"Domain C: cannot estimate the sample from this movie ({why}); the paper's generator"
-    sparse = (not content.lattice and content.density_px <= PAPER_MAX_DENSITY
-              and PAPER_SIGMA[0] <= content.width_px <= PAPER_SIGMA[1])
-    if sparse:
+    if paper_like(content):
         return CleanDomain(crop, variance), f"Domain C: the movie is like the paper's world ({content.describe()}); the paper's generator"
     return FittedDomain(content, crop), f"Domain C fitted to the movie: {content.describe()}"
 

@@ -11,17 +11,17 @@
 
 from __future__ import annotations
 
-import collections
 import io
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
+from livedenoise.engine import INPUT_NAME, OUTPUT_NAME, ModelCard
 from livedenoise.errors import LivedenoiseError
+
+from .onnxfile import op_histogram, run_onnx, with_card, write_model
 
 OPSET = 17
 TOLERANCE = 1e-3
@@ -48,34 +48,6 @@ def to_onnx_bytes(model: torch.nn.Module, input_frames: int = 1, size: int = 128
             do_constant_folding=True,
         )
     return buf.getvalue()
-
-
-def op_histogram(onnx_bytes_or_model) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes_or_model) if isinstance(onnx_bytes_or_model, bytes) else onnx_bytes_or_model
-    return dict(collections.Counter(n.op_type for n in model.graph.node))
-
-
-def with_card(onnx_bytes: bytes, card: ModelCard) -> bytes:
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = card.to_json()
-    model.producer_name = "livedenoise-trainer"
-    return model.SerializeToString()
-
-
-def run_onnx(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})[0]
 
 
 def verify(model: torch.nn.Module, onnx_bytes: bytes, inputs: list[np.ndarray]) -> float:
@@ -109,10 +81,7 @@ def export_model(
     if not diff < TOLERANCE:
         raise LivedenoiseError(f"exported model differs from torch by {diff:.3g} (> {TOLERANCE}); not written")
     data = with_card(raw, card)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    write_model(out, data)
     log(f"export: wrote {out} ({len(data) / 1e6:.2f} MB, {sum(ops.values())} ops: "
         + ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])) + ")")
     return {"max_abs_diff": diff, "ops": ops, "bytes": len(data)}

@@ -12,7 +12,11 @@ from ._atoms import Atoms, find_atoms, local_maxima
 from ._content import SampleContent, estimate_content
 from ._css import C1, C2, css, css_chain, css_series, scale_to_unit
 from ._evidence import ATOM_SIGMA, WEAK_Z, Evidence, TrackEvidence, accumulate_evidence, atom_evidence, estimate_sigma
+from ._filter import MAX_WINDOW, CausalFilter, filter_grid, gaussian_blur, gaussian_kernel
+from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSummary, MeasuredFit
 from ._guard import NO_EXPECTS, GuardVerdict, atom_width, compare_content, expected_content
+from ._noise import NoiseModel, drift_per_frame, noise_model, scene_changes
+from ._score import FrameTerms, Score, frame_terms, paired_gain, score, summarise
 from ._tracks import HopEvent, Tracker, link_frames
 from ._unexplained import UNEXPLAINED_Z, Unexplained, read_noise_of, unexplained, unexplained_sum
 
@@ -20,14 +24,26 @@ __all__ = [
     "ATOM_SIGMA",
     "C1",
     "C2",
+    "DOES_NOT_FIT",
+    "FILTER_BANK",
+    "FITS",
+    "MAX_WINDOW",
     "NO_EXPECTS",
+    "UNDECIDED",
     "UNEXPLAINED_Z",
     "WEAK_Z",
     "Atoms",
+    "CausalFilter",
     "Evidence",
+    "FitRules",
+    "FitSummary",
+    "FrameTerms",
     "GuardVerdict",
     "HopEvent",
+    "MeasuredFit",
+    "NoiseModel",
     "SampleContent",
+    "Score",
     "TrackEvidence",
     "Tracker",
     "Unexplained",
@@ -38,14 +54,24 @@ __all__ = [
     "css",
     "css_chain",
     "css_series",
+    "drift_per_frame",
     "estimate_content",
     "estimate_sigma",
     "expected_content",
+    "filter_grid",
     "find_atoms",
+    "frame_terms",
+    "gaussian_blur",
+    "gaussian_kernel",
     "link_frames",
     "local_maxima",
+    "noise_model",
+    "paired_gain",
     "read_noise_of",
     "scale_to_unit",
+    "scene_changes",
+    "score",
+    "summarise",
     "unexplained",
     "unexplained_sum",
 ]

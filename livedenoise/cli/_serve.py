@@ -20,7 +20,16 @@ import typer
 
 from .._options import default_for, help_for
 from .._signals import stop_on_signals
-from ..daemon import AtomsConfig, DectrisConfig, GuardConfig, QueueConfig, RecordingConfig, SecurityConfig, ServeConfig
+from ..daemon import (
+    AtomsConfig,
+    DectrisConfig,
+    GuardConfig,
+    MerlinConfig,
+    QueueConfig,
+    RecordingConfig,
+    SecurityConfig,
+    ServeConfig,
+)
 from ..detectors import Annulus
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
@@ -91,7 +100,7 @@ def atoms_fields(ctx: typer.Context, **values: Any) -> tuple[dict[str, Any], tup
     return {ATOMS_FIELDS[name]: value for name, value in values.items()}, given
 
 
-SOURCE_FORMATS = ("native", "dectris")
+SOURCE_FORMATS = ("native", "dectris", "merlin")
 
 
 def _numbers(text: str, sep: str, n: int, option: str, example: str) -> tuple[float, ...]:
@@ -130,10 +139,12 @@ def dectris_config(
     masks = [mask] if isinstance(mask, Path) else list(mask or ())
     stream = stream.strip().lower()
     given = [name for name, v in (("--scan", scan), ("--annulus", annuli), ("--centre", centre), ("--mask", masks),
-                                  ("--channel", channel), ("--dectris-stream", stream != "auto")) if v]
+                                  ("--channel", channel)) if v]
     if fmt == "native":
         if given:
-            raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris")
+            raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris (or merlin)")
+        if stream != "auto":
+            raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
         return None
     rows_cols = None
     if scan is not None:
@@ -152,6 +163,26 @@ def dectris_config(
         scan=rows_cols, annuli=tuple(_annulus(a) for a in annuli), masks=tuple(masks), centre=xy, channel=channel,
         stream=stream,
     )
+
+
+def merlin_config(
+    source: str, scan: str | None, annulus: Sequence[str] | str | None, centre: str | None,
+    mask: Sequence[Path] | Path | None, channel: str | None, stream: str = "auto",
+) -> MerlinConfig:
+    """``--source-format merlin`` and the scan options as a :class:`~livedenoise.daemon.MerlinConfig`,
+    parsed and checked as for DECTRIS (a Merlin has no channels); the source must be its data
+    port, ``tcp://HOST:PORT``, and the ``merlin`` extra installed: one ``error:`` line at start."""
+    from ..detectors import load_qd_mpx, parse_data_address
+
+    if channel is not None:
+        raise LivedenoiseError("--channel: only with --source-format dectris")
+    if stream.strip().lower() != "auto":
+        raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
+    parse_data_address(source)
+    load_qd_mpx()
+    parsed = dectris_config("dectris", scan, annulus, centre, mask, None)
+    assert parsed is not None
+    return MerlinConfig(scan=parsed.scan, annuli=parsed.annuli, masks=parsed.masks, centre=parsed.centre)
 
 
 def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
@@ -211,8 +242,9 @@ def serve(
     push_output: str | None = config_option(ServeConfig, "push_output", panel=STREAM),
     pull: bool = config_option(ServeConfig, "pull", panel=STREAM),
     source_format: str = typer.Option(
-        "native", help="The detector's stream: native (the livedenoise protocol) or dectris (SIMPLON Stream v1 or "
-        "v2, told apart by its messages; implies --pull). docs/dectris.md.", rich_help_panel=STREAM,
+        "native", help="The detector's stream: native (the livedenoise protocol), dectris (SIMPLON Stream v1 or "
+        "v2, told apart by its messages; implies --pull; docs/dectris.md) or merlin (a Quantum Detectors Merlin's "
+        "data port, --source tcp://HOST:6342; the merlin extra; docs/acquisition.md).", rich_help_panel=STREAM,
     ),
     scan: str | None = config_option(DectrisConfig, "scan", panel=STREAM, metavar="ROWSxCOLS"),
     annulus: list[str] | None = typer.Option(
@@ -261,6 +293,7 @@ def serve(
     guard_window: int = config_option(GuardConfig, "window", panel=GUARD),
     guard_interval: float = config_option(GuardConfig, "interval", panel=GUARD),
     unexplained_rate: float = config_option(GuardConfig, "unexplained_rate", panel=GUARD),
+    score_rate: float = config_option(GuardConfig, "score_rate", panel=GUARD),
     curve_secret: Path | None = config_option(SecurityConfig, "curve_secret", panel=SECURITY),
     curve_allow: Path | None = config_option(SecurityConfig, "curve_allow", panel=SECURITY),
     source_curve_server_key: Path | None = config_option(
@@ -280,9 +313,12 @@ def serve(
     atoms_cfg = atoms_config(atoms, atoms_threshold, given=given, **fields)
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
-    dectris = dectris_config(source_format, scan, annulus, centre, mask, channel, dectris_stream)
+    if source_format.strip().lower() == "merlin":
+        dectris, merlin = None, merlin_config(source, scan, annulus, centre, mask, channel, dectris_stream)
+    else:
+        dectris, merlin = dectris_config(source_format, scan, annulus, centre, mask, channel, dectris_stream), None
     cfg = ServeConfig(
-        model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris,
+        model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris, merlin=merlin,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),
         queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
         engine=EngineConfig(
@@ -294,7 +330,8 @@ def serve(
         ),
         atoms=atoms_cfg,
         security=SecurityConfig(curve_secret, curve_allow, source_curve_server_key),
-        guard=GuardConfig(window=guard_window, interval=guard_interval, unexplained_rate=unexplained_rate)
+        guard=GuardConfig(window=guard_window, interval=guard_interval, unexplained_rate=unexplained_rate,
+                          score_rate=score_rate)
         if guard else None,
     )
     daemon = Daemon(cfg)
@@ -389,7 +426,9 @@ def format_stats(s: dict) -> str:
         f"fps in {num(s.get('fps_in'), '6.1f')}  out {num(s.get('fps_out'), '6.1f')} | "
         f"latency p50 {num(s.get('latency_ms_p50'), '6.1f')} p99 {num(s.get('latency_ms_p99'), '6.1f')} ms | "
         f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
-        f"CSS {num(s.get('css'), '.3f')} | {s.get('provider', '')}"
+        f"CSS {num(s.get('css'), '.3f')}"
+        + (f"  score {num(s.get('score_db'), '+.1f')} dB (filter {num(s.get('score_filter_db'), '+.1f')})" if "score_db" in s else "")
+        + f" | {s.get('provider', '')}"
         + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
         + (f", weak {num(s.get('atoms_weak_last'), 'd')}" if "atoms_weak_last" in s else "")
         + (f", hops {s['hops']}" if "hops" in s else "")

@@ -1,7 +1,10 @@
 """``train`` (owned by the train work): its command group, merged into the app by ``cli/__init__.py``.
 
-``livedenoise train`` trains Noise2Atom on a movie and exports Ms2c to ONNX with its model card.
-torch is imported only inside the command body (``trainer`` needs the ``train`` extra).
+``livedenoise train`` trains denoisers on a movie and exports the one the ground-truth-free score
+puts first (``--method auto``, :mod:`trainer.auto`), or one method: the self-supervised causal
+model, the classical causal filter, or Noise2Atom (``--method noise2atom``, also what ``--preset``
+and ``--resume`` imply: their options are Noise2Atom's). torch is imported only inside the command
+body (``trainer`` needs the ``train`` extra).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ def train(
     frames: Path = typer.Option(..., "--frames", help="Noisy movie (T, H, W), frames >= 128x128: TIFF, .npy, Nion .ndata/.h5, or (formats extra) any image file RosettaSciIO reads (.emd, .dm3/.dm4, .ser/.emi, .mrc, .hspy, .zspy ...). Its pixel size goes into the model card."),
     signal: str = typer.Option(None, "--signal", help="In a file with several signals (HAADF, BF, EDS ...): the one to train on, by title or index."),
     out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
+    method: str = typer.Option(None, "--method", help="auto (default): train the self-supervised model and choose the causal filter's window and Gaussian, add Noise2Atom where the movie holds sparse atoms, score them and the shipped models on held-out frames, keep the best | selfsup | filter | noise2atom (also implied by --preset or --resume)."),
+    minutes: float = typer.Option(15.0, "--minutes", help="Training budget of the self-supervised model (it also stops at its steps)."),
     preset: str = typer.Option(None, "--preset", help="paper | lite | tiny | rt (tiny distilled into a 2x faster CPU net) | temporal (tiny on the mean of the current and 2 previous frames); default tiny; on --resume, the checkpoint's (a tiny checkpoint may be distilled anew as rt)."),
     steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu."),
@@ -46,14 +51,25 @@ def train(
     workers: int = typer.Option(None, "--workers", rich_help_panel="Cluster", help="With --parallel: worker processes to start (default: one per run, at most one per core or GPU)."),
     threads: int = typer.Option(None, "--threads", rich_help_panel="Cluster", help="With --parallel/--scheduler: torch threads per stage-1 run (default: the worker's share of its machine's cores). A run's weights depend on it on the CPU."),
 ) -> None:
-    """Train the Noise2Atom denoiser on a noisy movie and export it to ONNX."""
+    """Train denoisers on a noisy movie, keep the best by a score without ground truth, export it to ONNX."""
     try:
         import torch  # noqa: F401 - only: is the train extra installed?
     except ImportError:
         raise LivedenoiseError('training needs torch: pip install -e ".[train]" (after installing torch)') from None
+    from trainer.auto import METHODS, AutoConfig, train_auto
     from trainer.run import TrainConfig
     from trainer.run import train as run_training
 
+    if method is None:
+        method = "noise2atom" if (preset or resume) else "auto"
+    if method not in METHODS:
+        raise LivedenoiseError(f"--method {method!r}: choose {', '.join(METHODS)}")
+    if method != "noise2atom" and (preset or resume):
+        raise LivedenoiseError(f"--preset and --resume are Noise2Atom's options: not with --method {method}")
+    if method != "noise2atom":
+        train_auto(AutoConfig(frames=frames, out=out, method=method, seed=seed, minutes=minutes, window=window,
+                              steps=steps, signal=signal))
+        return
     run_training(
         TrainConfig(
             frames=frames,

@@ -17,16 +17,19 @@ from ._config import (
     AtomsConfig,
     DectrisConfig,
     GuardConfig,
+    MerlinConfig,
     QueueConfig,
     RecordingConfig,
+    ScanConfig,
     SecurityConfig,
     ServeConfig,
 )
 from ._daemon import Daemon
 from ._guard import StreamGuard
+from ._merlin import MerlinSource
 from ._publish import Delivered, Publisher
 from ._queue import FrameQueue, QueueClosed
-from ._receive import Received, Source, max_part_bytes, restarts
+from ._receive import Received, Receiver, Source, max_part_bytes, restarts
 from ._stats import Stats
 from ._threads import LogThrottle, PipelineThread
 
@@ -41,12 +44,16 @@ __all__ = [
     "FrameQueue",
     "GuardConfig",
     "LogThrottle",
+    "MerlinConfig",
+    "MerlinSource",
     "PipelineThread",
     "Publisher",
     "QueueClosed",
     "QueueConfig",
     "Received",
+    "Receiver",
     "RecordingConfig",
+    "ScanConfig",
     "SecurityConfig",
     "ServeConfig",
     "Source",

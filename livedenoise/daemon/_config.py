@@ -1,8 +1,8 @@
 """What ``serve`` is configured with, grouped by concern.
 
 :class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the input's
-format (:class:`DectrisConfig` for a DECTRIS detector, else the livedenoise protocol), the queue
-between receiving and inference (:class:`QueueConfig`), the engine
+format (:class:`DectrisConfig` for a DECTRIS detector, :class:`MerlinConfig` for a Merlin, else the
+livedenoise protocol), the queue between receiving and inference (:class:`QueueConfig`), the engine
 (:class:`~livedenoise.engine.EngineConfig`), recording, atoms and security; ``None`` for an
 optional stage means it is off. Each field's help text is declared once here
 (:func:`~livedenoise._options.option`) and shown by ``serve --help``.
@@ -29,10 +29,11 @@ DECTRIS_STREAMS = ("auto", "v1", "v2")
 
 
 @dataclass(slots=True)
-class DectrisConfig:
-    """``--source-format dectris``: a DECTRIS SIMPLON stream and, for 4D-STEM, the virtual detector
+class ScanConfig:
+    """A pixelated detector's stream: for 4D-STEM, the scan and the virtual detector
     (:mod:`livedenoise.detectors`): one or several annuli and masks, reduced in one pass; the first
-    (annuli before masks, each in the order given) is denoised, the others published on ``virtual``."""
+    (annuli before masks, each in the order given) is denoised, the others published on
+    ``virtual``. The fields every such detector shares."""
 
     scan: tuple[int, int] | None = option(
         None, "4D-STEM: the scan's ROWSxCOLS (the detector does not know it); each scan of diffraction patterns "
@@ -52,17 +53,9 @@ class DectrisConfig:
     centre: tuple[float, float] | None = option(
         None, "Virtual detector: the annuli's centre X,Y in detector pixels (default: found from each series' first patterns)."
     )
-    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
     centre_frames: int = option(16, "Patterns averaged to find the annuli's centre.")
-    stream: str = option(
-        "auto", "auto: the Python decoder reads Stream v1 and v2, told apart by their messages; v1: Stream v1 "
-        "through libertem-dectris's Rust receiver (in a process of its own; the Python decoder where it is not "
-        "installed); v2: Stream v2. docs/dectris.md."
-    )
 
     def __post_init__(self) -> None:
-        if self.stream not in DECTRIS_STREAMS:
-            raise LivedenoiseError(f"--dectris-stream {self.stream!r}: expected one of {', '.join(DECTRIS_STREAMS)}")
         if self.inner is not None or self.outer is not None:  # the one-annulus shorthand, first
             inner = 0.0 if self.inner is None else self.inner
             if self.outer is None or not (0 <= inner < self.outer):
@@ -84,12 +77,36 @@ class DectrisConfig:
             raise LivedenoiseError("--centre goes with --annulus, not --mask")
         if self.centre_frames < 1:
             raise LivedenoiseError("centre_frames must be at least 1")
-        if self.channel is not None and self.stream == "v1":
-            raise LivedenoiseError("--channel picks a Stream v2 channel; Stream v1 has one")
 
     def virtual_detectors(self) -> list[Annulus | Weights]:
         """The virtual detectors in order, mask files read (one clear error for one that is not)."""
         return [*self.annuli, *(Weights(read_mask(path), name=path.stem) for path in self.masks)]
+
+
+@dataclass(slots=True)
+class DectrisConfig(ScanConfig):
+    """``--source-format dectris``: a DECTRIS SIMPLON stream, Stream v1 or v2 (``stream``: which,
+    and so which receiver reads it) and, for 4D-STEM, the virtual detector."""
+
+    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
+    stream: str = option(
+        "auto", "auto: the Python decoder reads Stream v1 and v2, told apart by their messages; v1: Stream v1 "
+        "through libertem-dectris's Rust receiver (in a process of its own; the Python decoder where it is not "
+        "installed); v2: Stream v2. docs/dectris.md."
+    )
+
+    def __post_init__(self) -> None:
+        ScanConfig.__post_init__(self)  # not super(): slots=True makes a new class
+        if self.stream not in DECTRIS_STREAMS:
+            raise LivedenoiseError(f"--dectris-stream {self.stream!r}: expected one of {', '.join(DECTRIS_STREAMS)}")
+        if self.channel is not None and self.stream == "v1":
+            raise LivedenoiseError("--channel picks a Stream v2 channel; Stream v1 has one")
+
+
+@dataclass(slots=True)
+class MerlinConfig(ScanConfig):
+    """``--source-format merlin``: a Quantum Detectors Merlin's data port (its MIB frames over TCP,
+    read by libertem-qd-mpx) and, for 4D-STEM, the virtual detector."""
 
 
 @dataclass(slots=True)
@@ -170,8 +187,9 @@ class AtomsConfig:
 
 @dataclass(slots=True)
 class GuardConfig:
-    """The guard (issue 19): does the stream look like the model's training data, and what do the
-    denoised frames leave unexplained in the raw ones (:class:`~livedenoise.daemon.StreamGuard`)."""
+    """The guard (issues 19, 24): does the model beat the classical causal filter on the stream
+    (measured without ground truth), does the stream look like the model's training data, and what
+    do the denoised frames leave unexplained in the raw ones (:class:`~livedenoise.daemon.StreamGuard`)."""
 
     window: int = option(32, "Guard: raw frames of the stream averaged for each estimate of what it shows.")
     interval: float = option(
@@ -181,6 +199,10 @@ class GuardConfig:
         10.0, "Guard: frames per second at most whose unexplained signal is computed (~1 ms each at 128²; a sample "
         "is enough for a running figure, and leaves a 2-core CPU to inference); 0: none.",
     )
+    score_rate: float = option(
+        10.0, "Guard: frames per second at most scored without ground truth, the model's output against a bank of "
+        "causal filters' (~5 ms each at 128², at most 15 % of a core): the score in stats and the measured verdict; 0: none.",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 1024:
@@ -189,6 +211,8 @@ class GuardConfig:
             raise LivedenoiseError(f"--guard-interval {self.interval}: must be a positive number of seconds")
         if not (math.isfinite(self.unexplained_rate) and self.unexplained_rate >= 0):
             raise LivedenoiseError(f"--unexplained-rate {self.unexplained_rate}: must be 0 or more frames per second")
+        if not (math.isfinite(self.score_rate) and self.score_rate >= 0):
+            raise LivedenoiseError(f"--score-rate {self.score_rate}: must be 0 or more frames per second")
 
 
 @dataclass(slots=True)
@@ -226,6 +250,9 @@ class ServeConfig:
     dectris: DectrisConfig | None = option(
         None, "A DECTRIS detector's stream (implies pull: the detector binds PUSH); None: the livedenoise protocol."
     )
+    merlin: MerlinConfig | None = option(
+        None, "A Quantum Detectors Merlin's data port (source: tcp://HOST:PORT); None: the livedenoise protocol."
+    )
     stats_interval: float = option(0.5, "Seconds between stats messages.")
     pipeline_cpus: tuple[int, ...] = option(
         (),
@@ -246,6 +273,8 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.dectris is not None and self.merlin is not None:
+            raise LivedenoiseError("one source format: dectris or merlin")
         if self.queue.lossless or self.dectris is not None:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives; DECTRIS binds PUSH
         if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):

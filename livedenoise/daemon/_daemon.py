@@ -52,9 +52,10 @@ from ..protocol import TOPIC_VIRTUAL, encode_published
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
+from ._merlin import MerlinSource
 from ._publish import Publisher
 from ._queue import FrameQueue
-from ._receive import Received, Source, make_decoder, restarts
+from ._receive import Received, Receiver, Source, make_decoder, restarts
 from ._stats import CalibrationCheck, Stats
 from ._threads import LogThrottle, PipelineThread, place_pipeline
 
@@ -94,15 +95,19 @@ class Daemon:
 
             # lossless: a small receive HWM, so back-pressure reaches the detector quickly
             rcvhwm = max(2, config.engine.max_batch) if q.lossless else 1000
-            decoder, max_part = make_decoder(config.dectris, config.limits, config.source)  # None: the livedenoise protocol
-            self.source = Source(
-                self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
-                configure=configure_source, decoder=decoder, max_part=max_part,
-            )
+            self.source: Receiver
+            if config.merlin is not None:  # a Merlin's data port (TCP, libertem-qd-mpx), not ZeroMQ
+                self.source = MerlinSource(config.source, self.queue, config.merlin, limits=config.limits)
+            else:
+                decoder, max_part = make_decoder(config.dectris, config.limits, config.source)  # None: the livedenoise protocol
+                self.source = Source(
+                    self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
+                    configure=configure_source, decoder=decoder, max_part=max_part,
+                )
             self.stats = Stats(
                 model=self.engine.name, provider=self.engine.provider, source=self.source, frame_queue=self.queue
             )
-            if decoder is not None:
+            if config.dectris is not None or config.merlin is not None:
                 self.stats.extras.append(self.source.counters)
             try:
                 self.publisher = Publisher(
@@ -147,7 +152,8 @@ class Daemon:
             if config.guard is not None:
                 g = config.guard
                 self.guard = StreamGuard(
-                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate
+                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate,
+                    score_rate=g.score_rate,
                 )
                 self.publisher.hooks.append(self.guard.submit)
                 self.publisher.finishers.append(self.guard.close)

@@ -1,12 +1,19 @@
-"""``serve``'s guard (issue 19): does the stream look like what the model was trained on, and how
-much of each raw frame does the denoised one leave unexplained? In a thread of its own.
+"""``serve``'s guard (issues 19 and 24): does the model fit the stream, measured, and why might it
+not? How much of each raw frame does the denoised one leave unexplained? In a thread of its own.
 
 A model trained on sparse atoms and pointed at a lattice shows clean, convincing, wrong images.
-Two figures say so while the operator looks:
+The figures that say so while the operator looks:
 
-* the **verdict**: about once a second, :func:`~livedenoise.analysis.estimate_content` on the
-  last ``window`` raw frames of the stream (tens of ms at 128²), compared with the model card's
-  ``expects`` (the training movie's figures) by :func:`~livedenoise.analysis.compare_content`;
+* the **verdict**, measured (issue 24): a sample of the frames (``score_rate`` a second) is scored
+  without ground truth (:class:`~livedenoise.analysis.MeasuredFit`: each frame's error estimated
+  from the two raw frames after it), the model's output and a bank of classical causal filters'
+  on the same frames; the model *fits* where it beats the best filter, *does not fit* where the
+  filter beats it, with hysteresis and *undecided* while the evidence is thin (at most 30 s).
+  The model's score, as a gain over raw in dB, goes out in ``stats`` beside CSS (``score_db``);
+* **why**: about once a second, :func:`~livedenoise.analysis.estimate_content` on the last
+  ``window`` raw frames of the stream (tens of ms at 128²), compared with the model card's
+  ``expects`` (the training movie's figures) by :func:`~livedenoise.analysis.compare_content`:
+  the figures go out, and their sentence joins the message of a model that does not fit;
 * the **unexplained** signal of each frame (:func:`~livedenoise.analysis.unexplained`, about a
   millisecond at 128²): raw counts the denoised frame, mapped back to counts, leaves unexplained
   beyond the noise, summed where they cluster. It rises when atoms are erased. At a low dose one
@@ -26,6 +33,7 @@ sample of the frames (``unexplained_rate`` a second), which a per-frame message 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -38,8 +46,10 @@ import numpy as np
 
 from ..analysis import (
     ATOM_SIGMA,
-    NO_EXPECTS,
+    DOES_NOT_FIT,
+    FITS,
     GuardVerdict,
+    MeasuredFit,
     SampleContent,
     atom_width,
     compare_content,
@@ -58,12 +68,15 @@ WARN_EVERY_S = 60.0  # a verdict that does not fit is logged again this often wh
 RECENT = 64  # frames in the unexplained running mean
 
 
-__all__ = ["NO_EXPECTS", "StreamGuard"]
+__all__ = ["StreamGuard"]
+
+SCORE_SHARE = 0.15  # of a core, at most, for the measured fit (it waits longer after a slow frame)
 
 
 class _Pair(NamedTuple):
     raw: np.ndarray
     denoised: np.ndarray
+    image_id: int = 0
 
 
 class StreamGuard:
@@ -81,8 +94,8 @@ class StreamGuard:
     Parameters
     ----------
     expects:
-        The model card's ``expects`` (None: no verdicts, one log line; the unexplained figures
-        are still computed).
+        The model card's ``expects`` (None: no content figures, one log line; the measured verdict
+        and the unexplained figures are still computed).
     """
 
     def __init__(
@@ -92,12 +105,20 @@ class StreamGuard:
         window: int = 32,
         interval: float = 1.0,
         unexplained_rate: float = 10.0,
+        score_rate: float = 10.0,
         window_bytes: int = 256 << 20,
         logger: logging.Logger | None = None,
     ):
         self.log = logger or log
         self.expected, self.off_reason = expected_content(expects)
-        self.window, self.interval = max(1, int(window)), float(interval)
+        self.fit = MeasuredFit()
+        self.window = max(int(window), self.fit.depth + 3)  # the measured fit needs its filters' history
+        self.interval = float(interval)
+        self.score_rate = float(score_rate)
+        self._next_score = 0.0
+        self._last_scored: int | None = None  # image id of the last frame scored
+        self.scored = 0
+        self.score_ms: float | None = None
         self.unexplained_rate = float(unexplained_rate)
         self.window_bytes = window_bytes
         self._frames: deque[_Pair] = deque()  # the window: the current run's last frames
@@ -111,6 +132,7 @@ class StreamGuard:
         self._thread: threading.Thread | None = None
         self._failures = LogThrottle(self.log)
         self._next_warn = 0.0
+        self._new_run = False
         self.verdict: GuardVerdict | None = None
         self.seen: SampleContent | None = None
         self.estimates = 0
@@ -130,12 +152,13 @@ class StreamGuard:
         raw = delivered.raw
         run = (delivered.series_id, delivered.epoch, raw.shape)
         now = time.monotonic()
-        pair = _Pair(raw, delivered.denoised)
+        pair = _Pair(raw, delivered.denoised, delivered.image_id)
         with self._cv:
             if run != self._run:
                 self._frames.clear()
                 self._frame_bytes = 0
                 self._run = run
+                self._new_run = True
             self._frames.append(pair)
             self._frame_bytes += raw.nbytes + pair.denoised.nbytes
             while len(self._frames) > self.window or (self._frame_bytes > self.window_bytes and len(self._frames) > 1):
@@ -154,7 +177,7 @@ class StreamGuard:
 
     def start(self, spawn: Spawn = spawn_thread) -> None:
         if self.expected is None:
-            self.log.info("%s", self.off_reason)
+            self.log.info("guard: %s; the measured fit is on", self.off_reason)
         else:
             self.log.info("guard: the model expects %s", self.expected.describe())
         self._thread = spawn("guard", self.run)
@@ -168,15 +191,12 @@ class StreamGuard:
             self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
-        """``stats`` fields: the verdict and its figures, the unexplained signal (see docs/protocol.md)."""
-        verdict = self.verdict
-        if self.expected is None:
-            out: dict[str, Any] = {"guard": "off", "guard_message": self.off_reason}
-        elif verdict is None:
-            out = {"guard": "unknown", "guard_message": "no estimate yet"}
-        else:
-            out = verdict.to_dict()
-        out |= {"guard_estimates": self.estimates, "guard_failed": self.failed, "guard_ms": self.estimate_ms}
+        """``stats`` fields: the verdict and its figures, the score, the unexplained signal (see docs/protocol.md)."""
+        verdict, fit = self.verdict, self.fit.summary()
+        out: dict[str, Any] = verdict.to_dict() if verdict is not None else {}
+        out |= fit.to_dict() | {"guard": fit.state, "guard_message": self._message(fit, verdict)}
+        out |= {"guard_estimates": self.estimates, "guard_failed": self.failed, "guard_ms": self.estimate_ms,
+                "score_ms": self.score_ms, "scored": self.scored}
         recent = np.array(self._unexplained, np.float64).reshape(-1, 2)
         window = self.window_figure
         return out | {
@@ -191,6 +211,15 @@ class StreamGuard:
 
     # ------------------------------------------------------------------ guard thread
 
+    def _message(self, fit, verdict: GuardVerdict | None) -> str:
+        """The measured verdict's sentence, and the content estimate's where it says what is off."""
+        text = fit.message
+        if fit.state != FITS and verdict is not None and verdict.fits is False:
+            text += f"; {verdict.message}"
+        elif verdict is None and self.expected is None and fit.state != FITS:
+            text += f" ({self.off_reason})"
+        return text
+
     def run(self) -> None:
         if sys.platform.startswith("linux"):  # Linux nice values are per thread: inference goes first
             with contextlib.suppress(OSError):
@@ -198,16 +227,63 @@ class StreamGuard:
         next_estimate = time.monotonic() + self.interval
         while True:
             with self._cv:
-                while not self._stopping and not self._pairs and time.monotonic() < next_estimate:
-                    self._cv.wait(max(0.0, next_estimate - time.monotonic()))
+                while (not self._stopping and not self._pairs and time.monotonic() < next_estimate
+                       and not self._score_due()):
+                    self._cv.wait(max(0.0, min(next_estimate, self._next_score) - time.monotonic()))
                 if self._stopping:
                     return
                 pair = self._pairs.popleft() if self._pairs else None
+                job = self._score_job() if self._score_due() else None
             if pair is not None:
                 self._unexplained_of(pair)
+            if job is not None:
+                self._score(*job)
             if time.monotonic() >= next_estimate:
                 took = self._estimate()
                 next_estimate = time.monotonic() + max(self.interval, 2.0 * took)
+
+    # ------------------------------------------------------------------ measured fit (issue 24)
+
+    def _score_due(self) -> bool:
+        return self.score_rate > 0 and time.monotonic() >= self._next_score and len(self._frames) >= 3
+
+    def _score_job(self) -> tuple[list[_Pair] | None, bool]:
+        """Under the lock: whether a new run began, and the frames to score the newest frame ``t``
+        that has two after it: ``t``'s filters' history (consecutive ids: no frame dropped), ``t``
+        and the two after it; None where there is no such frame not scored yet."""
+        self._next_score = time.monotonic() + 1.0 / self.score_rate
+        new_run, self._new_run = self._new_run, False
+        frames = list(self._frames)
+        t = len(frames) - 3
+        start = t - self.fit.depth + 1
+        if start < 0 or (not new_run and self._last_scored is not None and frames[t].image_id <= self._last_scored):
+            return None, new_run
+        ids = [p.image_id for p in frames[start:]]
+        if any(b - a != 1 for a, b in itertools.pairwise(ids)):
+            return None, new_run
+        return frames[start:], new_run
+
+    def _score(self, frames: list[_Pair] | None, new_run: bool) -> None:
+        if new_run:
+            self.fit.reset()
+            self._last_scored = None
+        if frames is None:
+            return
+        t0 = time.perf_counter()
+        before = self.fit.state
+        try:
+            summary = self.fit.add(np.stack([p.raw for p in frames]), frames[-3].denoised, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - frames the score cannot take: count, go on
+            self.failed += 1
+            self._failures.warning("measured fit failed on a %s frame: %r", frames[-1].raw.shape, exc)
+            summary = None
+        took = time.perf_counter() - t0
+        self._last_scored = frames[-3].image_id
+        self.scored += 1
+        self.score_ms = round(took * 1e3, 2)
+        self._next_score = max(self._next_score, time.monotonic() + took / SCORE_SHARE)
+        if summary is not None:
+            self._report_fit(before, summary)
 
     def _unexplained_of(self, pair: _Pair) -> None:
         try:
@@ -252,18 +328,16 @@ class StreamGuard:
         self.estimates += 1
         if verdict is not None:
             self.seen = seen
-            self._report(verdict)
             self.verdict = verdict
         return took
 
-    def _report(self, verdict: GuardVerdict) -> None:
-        """Log a verdict that does not fit (at once when it changes, then once a minute), and the return to fitting."""
-        before = self.verdict
+    def _report_fit(self, before: str, summary) -> None:
+        """Log a model that does not fit (at once when it turns, then once a minute), and the return to fitting."""
         now = time.monotonic()
-        if verdict.fits is False:
-            changed = before is None or before.fits is not False or before.reasons != verdict.reasons
-            if changed or now >= self._next_warn:
-                self.log.warning("guard: %s", verdict.message)
+        message = self._message(summary, self.verdict)
+        if summary.state == DOES_NOT_FIT:
+            if before != DOES_NOT_FIT or now >= self._next_warn:
+                self.log.warning("guard: %s", message)
                 self._next_warn = now + WARN_EVERY_S
-        elif verdict.fits and before is not None and before.fits is False:
-            self.log.info("guard: %s", verdict.message)
+        elif summary.state == FITS and before != FITS:
+            self.log.info("guard: %s", message)

@@ -13,7 +13,7 @@ Bad messages are logged (throttled) and counted as ``malformed``; the receiver k
 are a decoder's skips: ``malformed``, ``gaps`` (added to the receiver's own), and
 ``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats). A decoder's
 :class:`~livedenoise.detectors.VirtualImage` (the virtual detectors after the first) goes to
-:attr:`Source.on_virtual` (``serve`` publishes it on ``virtual``). A decoder that receives in a
+:attr:`Receiver.on_virtual` (``serve`` publishes it on ``virtual``). A decoder that receives in a
 process of its own (:class:`~livedenoise.detectors.LibertemReceiver`) names the ``endpoint`` the
 socket connects to instead of the detector, and is closed with the receiver.
 Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
@@ -46,7 +46,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import zmq
 
@@ -63,9 +63,12 @@ from ..protocol import (
     SeriesStart,
     decode_detector_message,
 )
-from ._config import DectrisConfig
+from ._config import DectrisConfig, ScanConfig
 from ._queue import FrameQueue, QueueClosed
 from ._threads import LogThrottle
+
+if TYPE_CHECKING:
+    from ..detectors import VirtualDetector
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -129,22 +132,30 @@ def make_decoder(
     the receiver process does not start."""
     if dectris is None:
         return None, None
-    from ..detectors import DectrisDecoder, LibertemReceiver, VirtualDetector, libertem_available
+    from ..detectors import DectrisDecoder, LibertemReceiver, libertem_available
 
-    virtual = None
-    if dectris.scan is not None:
-        detectors = dectris.virtual_detectors()
-        virtual = VirtualDetector(dectris.scan, detectors=detectors, centre=dectris.centre, centre_frames=dectris.centre_frames)
-        what = ", ".join(d.label for d in detectors)
-        log.info("DECTRIS stream: virtual detectors %s (the first denoised), %dx%d scan positions per image", what, *dectris.scan)
-    else:
-        log.info("DECTRIS stream: each detector frame is a frame")
+    virtual = make_virtual(dectris, "DECTRIS stream")
     max_part = 4 * max_part_bytes(limits) + limits.max_header_bytes
     if dectris.stream == "v1" and source is not None:
         if libertem_available():
             return LibertemReceiver(source, virtual=virtual), max_part
         log.warning("libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1")
     return DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits), max_part
+
+
+def make_virtual(scan: ScanConfig, stream: str) -> VirtualDetector | None:
+    """The virtual detector of a 4D-STEM stream (None without ``--scan``: each detector frame is a
+    frame): its annuli and masks, the first denoised; logged. A mask file that cannot be read fails here."""
+    from ..detectors import VirtualDetector
+
+    if scan.scan is None:
+        log.info("%s: each detector frame is a frame", stream)
+        return None
+    detectors = scan.virtual_detectors()
+    virtual = VirtualDetector(scan.scan, detectors=detectors, centre=scan.centre, centre_frames=scan.centre_frames)
+    what = ", ".join(d.label for d in detectors)
+    log.info("%s: virtual detectors %s (the first denoised), %dx%d scan positions per image", stream, what, *scan.scan)
+    return virtual
 
 
 MAX_EPOCHS_TRACKED = 64  # series whose last epoch restarts() remembers (more than any history kept)
@@ -170,16 +181,117 @@ def restarts(batch: Sequence[Received], epochs: dict[int, int]) -> list[bool]:
     return flags
 
 
-class Source:
+class Receiver:
+    """What every receiving stage shares: its counters, series tracking and epochs, the decoder's
+    skips, and handing frames to the queue (:meth:`_accept`, :meth:`_enqueue`). Subclasses read
+    their input in :meth:`run` (:class:`Source`: a ZeroMQ socket; the Merlin's: its data port).
+
+    Counters (each written by the receiver thread only): ``received`` (valid image frames),
+    ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series),
+    ``incomplete`` (scan frames a decoder gave up on), ``disconnects`` (connections to the detector
+    lost), ``virtual`` (a virtual detector's other images, handed to :attr:`on_virtual`).
+    """
+
+    def __init__(self, queue: FrameQueue[Received], limits: Limits = DEFAULT_LIMITS):
+        self.queue = queue
+        self.limits = limits
+        self.received = 0
+        self.malformed = 0
+        self.gaps = 0
+        self.incomplete = 0
+        self.disconnects = 0
+        self.virtual = 0
+        self.on_virtual: Callable[[VirtualImage], None] | None = None  # serve: publish on 'virtual'
+        self.series_id: int | None = None
+        self.epoch = 0  # advanced by each start message and change of series id
+        self._last_image_id: int | None = None
+        self._stop = threading.Event()
+        self._bad = LogThrottle(log)
+        self._gap_log = LogThrottle(log)
+        self._conn_log = LogThrottle(log)
+
+    def counters(self) -> dict[str, int]:
+        """``scan_incomplete`` and ``virtual_images``, for the stats of a detector's own stream."""
+        return {"scan_incomplete": self.incomplete, "virtual_images": self.virtual}
+
+    def stop(self) -> None:
+        """Stop receiving (the thread finishes the message in hand, then closes its input)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the input where :meth:`run` never started."""
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def _accept(self, msgs: Sequence[DetectorMessage | Skip], t_recv: float, items: list[Received]) -> None:
+        """A decoder's messages: frames into ``items`` (counted, tracked), series starts and ends
+        logged, skips counted."""
+        for msg in msgs:
+            kind = type(msg)
+            if kind is ImageFrame:
+                self._track(msg)
+                self.received += 1
+                items.append(Received(msg, t_recv, self.epoch))
+            elif kind is SeriesStart:
+                log.info("series %d: start", msg.series_id)
+                self.series_id, self._last_image_id = msg.series_id, None
+                self.epoch += 1
+            elif kind is SeriesEnd:
+                log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
+            elif kind is Skip:
+                self._skip(msg)
+            elif kind is VirtualImage:
+                self.virtual += 1
+                if self.on_virtual is not None:
+                    self.on_virtual(msg)
+
+    def _skip(self, skip: Skip) -> None:
+        """A decoder's skipped input: counted by kind, logged (throttled)."""
+        if skip.kind == "gaps":
+            self.gaps += skip.count
+            self._gap_log.warning("%s", skip.reason)
+        elif skip.kind == "incomplete":
+            self.incomplete += skip.count
+            self._gap_log.warning("%s", skip.reason)
+        elif skip.kind == "disconnects":
+            self.disconnects += skip.count
+            self._conn_log.warning("%s", skip.reason)
+        else:
+            self.malformed += skip.count
+            self._bad.warning("malformed input skipped: %s", skip.reason)
+
+    def _enqueue(self, items: list[Received]) -> None:
+        # Lossless: wait for room however long it takes (the inference thread drains the queue,
+        # also during shutdown); a frame taken off the socket is never dropped.
+        while items:
+            items = items[self.queue.put_many(items, timeout=0.1) :]
+
+    def _track(self, frame: ImageFrame) -> None:
+        if frame.series_id != self.series_id:
+            if self.series_id is not None:
+                log.info("series %d -> %d (image %d)", self.series_id, frame.series_id, frame.image_id)
+            self.series_id = frame.series_id
+            self.epoch += 1
+        elif self._last_image_id is not None and frame.image_id != self._last_image_id + 1:
+            self.gaps += 1
+            self._gap_log.warning(
+                "series %d: image id %d after %d (%d missing)",
+                frame.series_id,
+                frame.image_id,
+                self._last_image_id,
+                frame.image_id - self._last_image_id - 1,
+            )
+        self._last_image_id = frame.image_id
+
+
+class Source(Receiver):
     """Receives detector messages and feeds a :class:`~livedenoise.daemon.FrameQueue`.
 
     The socket is created and connected here, in the caller's thread, so a bad address fails at
     once; afterwards only the receiver thread (:meth:`run`) uses it.
 
-    Counters (each written by the receiver thread only): ``received`` (valid image frames),
-    ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series),
-    ``incomplete`` (scan frames a decoder gave up on), ``virtual`` (a decoder's other virtual
-    images, handed to ``on_virtual``). ``decoder``: :class:`NativeDecoder` by default; ``max_part``:
+    Counters: :class:`Receiver`'s. ``decoder``: :class:`NativeDecoder` by default; ``max_part``:
     the largest message part libzmq accepts (default :func:`max_part_bytes`).
     """
 
@@ -197,6 +309,7 @@ class Source:
         decoder: Decoder | None = None,
         max_part: int | None = None,
     ):
+        super().__init__(queue, limits)
         relay = getattr(decoder, "endpoint", None)  # a decoder receiving in a process of its own
         if relay is not None:
             if configure is not None:
@@ -204,24 +317,8 @@ class Source:
             address, configure = relay, None
         self.address = address
         self.drain = max(1, drain)  # messages taken per wake-up at most
-        self.queue = queue
         self.pull = pull
-        self.limits = limits
         self.decoder: Decoder = decoder if decoder is not None else NativeDecoder(limits)
-        self.received = 0
-        self.malformed = 0
-        self.gaps = 0
-        self.incomplete = 0
-        self.virtual = 0
-        self.on_virtual: Callable[[VirtualImage], None] | None = None  # serve: publish on 'virtual'
-        self.disconnects = 0  # connections to the detector lost (it went away, or libzmq dropped it)
-        self.series_id: int | None = None
-        self.epoch = 0  # advanced by each start message and change of series id
-        self._last_image_id: int | None = None
-        self._stop = threading.Event()
-        self._bad = LogThrottle(log)
-        self._gap_log = LogThrottle(log)
-        self._conn_log = LogThrottle(log)
         self.socket = ctx.socket(zmq.PULL if pull else zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -240,11 +337,10 @@ class Source:
             raise LivedenoiseError(f"cannot connect to detector address {address!r}: {exc}") from None
 
     def counters(self) -> dict[str, int]:
-        """The decoder's figures, ``scan_incomplete`` and ``virtual_images``, for the stats (a non-native decoder)."""
-        return {"scan_incomplete": self.incomplete, "virtual_images": self.virtual, **self.decoder.counters()}
+        """The decoder's figures and ``scan_incomplete``, for the stats (a non-native decoder)."""
+        return {**super().counters(), **self.decoder.counters()}
 
     def close(self) -> None:
-        """Close the socket and the decoder, where :meth:`run` never will (a daemon that did not start)."""
         self.socket.close(linger=0)
         self._close_decoder()
 
@@ -252,10 +348,6 @@ class Source:
         close = getattr(self.decoder, "close", None)
         if close is not None:
             close()
-
-    def stop(self) -> None:
-        """Stop receiving (the thread finishes the message in hand, then closes the socket)."""
-        self._stop.set()
 
     def run(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -329,62 +421,10 @@ class Source:
                     self.malformed += 1
                     self._bad.warning("malformed message rejected: %s", exc)
                     continue
-                for msg in msgs:
-                    kind = type(msg)
-                    if kind is ImageFrame:
-                        self._track(msg)
-                        self.received += 1
-                        items.append(Received(msg, t_recv, self.epoch))
-                    elif kind is SeriesStart:
-                        log.info("series %d: start", msg.series_id)
-                        self.series_id, self._last_image_id = msg.series_id, None
-                        self.epoch += 1
-                    elif kind is SeriesEnd:
-                        log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
-                    elif kind is Skip:
-                        self._skip(msg)
-                    elif kind is VirtualImage:
-                        self.virtual += 1
-                        if self.on_virtual is not None:
-                            self.on_virtual(msg)
+                self._accept(msgs, t_recv, items)
         except BaseException:
             if items:  # counted as received already: queue them before the failure surfaces
                 with contextlib.suppress(QueueClosed):
                     self._enqueue(items)
             raise
         return items
-
-    def _skip(self, skip: Skip) -> None:
-        """A decoder's skipped input: counted by kind, logged (throttled)."""
-        if skip.kind == "gaps":
-            self.gaps += skip.count
-            self._gap_log.warning("%s", skip.reason)
-        elif skip.kind == "incomplete":
-            self.incomplete += skip.count
-            self._gap_log.warning("%s", skip.reason)
-        else:
-            self.malformed += skip.count
-            self._bad.warning("malformed input skipped: %s", skip.reason)
-
-    def _enqueue(self, items: list[Received]) -> None:
-        # Lossless: wait for room however long it takes (the inference thread drains the queue,
-        # also during shutdown); a frame taken off the socket is never dropped.
-        while items:
-            items = items[self.queue.put_many(items, timeout=0.1) :]
-
-    def _track(self, frame: ImageFrame) -> None:
-        if frame.series_id != self.series_id:
-            if self.series_id is not None:
-                log.info("series %d -> %d (image %d)", self.series_id, frame.series_id, frame.image_id)
-            self.series_id = frame.series_id
-            self.epoch += 1
-        elif self._last_image_id is not None and frame.image_id != self._last_image_id + 1:
-            self.gaps += 1
-            self._gap_log.warning(
-                "series %d: image id %d after %d (%d missing)",
-                frame.series_id,
-                frame.image_id,
-                self._last_image_id,
-                frame.image_id - self._last_image_id - 1,
-            )
-        self._last_image_id = frame.image_id

@@ -15,8 +15,8 @@ class Skip(NamedTuple):
 
     ``kind``: ``"malformed"`` (a part that breaks the format, a corrupt blob, a series without its
     header, a pixel mask that does not fit), ``"gaps"`` (frame ids that jump; ``count``
-    discontinuities) or ``"incomplete"`` (scan frames given up: their series ended before they
-    did, or the receiver lost them).
+    discontinuities), ``"incomplete"`` (scan frames given up: their series ended before they did,
+    or the receiver lost them) or ``"disconnects"`` (the detector's stream ended).
     """
 
     kind: str

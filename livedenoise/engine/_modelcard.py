@@ -77,17 +77,23 @@ class ModelCard:
     #: width and counts of its atoms, a lattice): ``serve`` and ``denoise`` compare a stream with it
     #: and warn when it does not fit (issue 19). None on cards written before it: no guard.
     expects: dict[str, Any] | None = None
+    #: The ground-truth-free score (issue 24: gain over raw in dB, ``livedenoise.analysis.score``)
+    #: of this model and of the candidates it was chosen from, on frames held out of training.
+    #: None on cards written before it.
+    scores: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         size = self.pixel_size_nm
         if size is not None and not (isinstance(size, int | float) and not isinstance(size, bool) and math.isfinite(size) and size > 0):
             raise ModelError(f"model card pixel_size_nm must be a positive number or null, got {size!r:.40}")
-        if self.expects is not None and not isinstance(self.expects, dict):
-            raise ModelError(f"model card expects must be an object or null, got {self.expects!r:.40}")
+        for key in ("expects", "scores"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, dict):
+                raise ModelError(f"model card {key} must be an object or null, got {value!r:.40}")
 
     def to_json(self) -> str:
         raw = asdict(self)
-        for key in ("pixel_size_nm", "expects"):
+        for key in ("pixel_size_nm", "expects", "scores"):
             if raw[key] is None:
                 del raw[key]  # a card without it stays readable by versions before the field
         return json.dumps(raw, sort_keys=True)

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ._movie import Movie, SimConfig, _acquire, _free, _support, render_atoms
+from ._movie import Movie, SimConfig, _free, _support, render_atoms
+from ._noise import acquire
 
 __all__ = ["DENSE_KINDS", "GROUP_NOTE", "DenseConfig", "DenseMovie", "dense_metadata", "simulate_dense"]
 
@@ -368,7 +369,7 @@ def simulate_dense(cfg: DenseConfig) -> DenseMovie:
         truth[t] = support + render_atoms(
             positions[t], cfg.size, cfg.atom_sigma, peaks, cfg.atom_tail, cfg.atom_tail_sigma
         )
-    noisy = _acquire(truth, noise_cfg, rng)
+    noisy = acquire(truth, noise_cfg.noise(), rng)
     return DenseMovie(noisy, truth, positions, groups, weights, sites, float(dose), cfg.kind, zone)
 
 

@@ -16,7 +16,8 @@ the measured comparison. In short, per frame:
   sites for the larger ones) that rotate slowly and jitter;
 * **noise**: expected counts = dose x truth + pedestal; occasional +-1 px scan-line shifts of
   those expected counts (not in the truth or the positions); Poisson counting; Gaussian read
-  noise per pixel; a Gaussian offset per scan line (row).
+  noise per pixel; a Gaussian offset per scan line (row): :func:`~._noise.acquire`, shared by
+  every simulator.
 
 A 48-frame 128 x 128 movie takes about 0.15 s, 48 frames of 512 x 512 about 2 s.
 """
@@ -29,6 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from ._noise import NoiseConfig, acquire
 
 __all__ = ["Movie", "SimConfig", "as_dtype", "movie_metadata", "render_atoms", "simulate_movie", "stream_frames"]
 
@@ -76,6 +79,10 @@ class SimConfig:
     line_noise: float = 0.15  # counts, Gaussian offset per scan line (row)
     line_shift: float = 0.02  # probability per row of a +-1 px shift along x
     margin: float = 11.0  # px kept free of atoms at the frame's edges
+
+    def noise(self) -> NoiseConfig:
+        """The detector part of this acquisition."""
+        return NoiseConfig(self.dose, self.pedestal, self.read_noise, self.line_noise, self.line_shift)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,31 +307,8 @@ def simulate_movie(cfg: SimConfig) -> Movie:
         truth[t] = support + render_atoms(
             positions[t], n, cfg.atom_sigma, cfg.atom_peak, cfg.atom_tail, cfg.atom_tail_sigma
         )
-    noisy = _acquire(truth, cfg, rng)
+    noisy = acquire(truth, cfg.noise(), rng)
     return Movie(noisy, truth, positions, groups)
-
-
-def _acquire(truth: np.ndarray, cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
-    """Detector counts: scan-line shifts of the expected counts, Poisson, read and line noise.
-
-    Frame by frame, so the float64 expected counts never exist for the whole movie at once.
-    """
-    counts = np.empty(truth.shape, np.float32)
-    h, w = truth.shape[1:]
-    for t in range(truth.shape[0]):
-        lam = cfg.dose * truth[t].astype(np.float64) + cfg.pedestal
-        if cfg.line_shift > 0:
-            rows = np.flatnonzero(rng.random(h) < cfg.line_shift)
-            for r, s in zip(rows, rng.choice([-1, 1], rows.size)):
-                row = lam[r]
-                lam[r] = np.concatenate([row[:1], row[:-1]]) if s > 0 else np.concatenate([row[1:], row[-1:]])
-        c = rng.poisson(np.maximum(lam, 0.0)).astype(np.float32)
-        if cfg.read_noise > 0:
-            c += np.float32(cfg.read_noise) * rng.standard_normal((h, w), dtype=np.float32)
-        if cfg.line_noise > 0:
-            c += np.float32(cfg.line_noise) * rng.standard_normal((h, 1), dtype=np.float32)
-        counts[t] = c
-    return counts
 
 
 # ---------------------------------------------------------------------------- outputs

@@ -27,6 +27,9 @@ Fixtures
     dir, bound on port 0 (``get_uri()``); the test is skipped without the package.
 ``dectris_v2_sender()``
     factory: a :class:`~livedenoise.sim.DectrisV2Sender` (Stream v2, PUSH on port 0), closed after the test.
+``merlin_sender()``
+    factory: a :class:`~livedenoise.sim.MerlinSender` (a Merlin's data port, TCP on 127.0.0.1 port 0),
+    closed after the test; the test is skipped without libertem-qd-mpx (the ``merlin`` extra).
 """
 
 from __future__ import annotations
@@ -180,3 +183,22 @@ def dectris_v2_sender() -> Iterator[Callable[..., object]]:
     yield make
     for s in senders:
         s.close(linger=0)
+
+
+@pytest.fixture
+def merlin_sender() -> Iterator[Callable[..., object]]:
+    """Factory: ``merlin_sender()`` -> a listening :class:`~livedenoise.sim.MerlinSender`, closed after
+    the test (its receiver then sees the stream end). Skips the test without libertem-qd-mpx."""
+    pytest.importorskip("libertem_qd_mpx")
+    from livedenoise.sim import MerlinSender
+
+    senders: list[MerlinSender] = []
+
+    def make() -> MerlinSender:
+        sender = MerlinSender()
+        senders.append(sender)
+        return sender
+
+    yield make
+    for s in senders:
+        s.close()

@@ -1,0 +1,408 @@
+"""``livedenoise train``'s default (issue 24): train the candidates, keep the one the ground-truth-free
+score puts first on frames none of them trained on, and write every candidate's score in the card.
+
+The candidates:
+
+* ``selfsup``: the causal self-supervised denoiser trained on the movie (:mod:`trainer.selfsup`);
+* ``filter``: the classical causal filter, its window and Gaussian chosen by the same score
+  (:mod:`livedenoise.analysis`'s :class:`~livedenoise.analysis.CausalFilter`, exported by
+  :mod:`trainer.filtermodel`);
+* ``noise2atom``: Noise2Atom (:func:`trainer.run.train`) where the content estimate says sparse
+  atoms, the world it was made for (17-27 min), or on request (``--method noise2atom``);
+* the shipped models, scored as they are (no training): on a movie like the one a shipped model
+  was made for, it may well be the best choice, and ``train`` then says so and writes it.
+
+The last quarter of the movie (at least 6 frames) is held out; the score (:func:`livedenoise.
+analysis.score`: a causal output against the next raw frame, less the noise two raw frames show)
+is computed there. Before anything, the movie is read for what changes the plan: its noise
+(analog gain and offset, line noise, noise shared between frames), drift, scene changes, a
+constant or saturated field, a single image or too few frames; each finding is one log line and,
+where it must, a change of method that the log names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livedenoise.analysis import (
+    CausalFilter,
+    SampleContent,
+    Score,
+    drift_per_frame,
+    estimate_content,
+    filter_grid,
+    frame_terms,
+    noise_model,
+    scene_changes,
+    summarise,
+)
+from livedenoise.engine import ModelCard, default_model_path
+from livedenoise.errors import LivedenoiseError
+
+from .domains import load_movie, paper_like
+from .filtermodel import filter_card, filter_graph
+from .onnxfile import with_card, write_model
+
+METHODS = ("auto", "selfsup", "filter", "noise2atom")
+SHIPPED = ("default", "rt", "temporal", "lowdose", "hops", "filter", "general")
+MIN_HELD = 6  # frames held out for the score (at least)
+MIN_TEMPORAL = 16  # frames below which the self-supervised model reads one frame (no held-out split)
+SATURATED = 0.5  # share of pixels at the movie's maximum above which it is not trained on
+MAX_DRIFT = 1.0  # px per frame a causal window can follow
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    frames: Path
+    out: Path
+    method: str = "auto"
+    seed: int = 0
+    minutes: float = 15.0  # the self-supervised model's training budget
+    window: int | None = None  # the self-supervised model's frames (default 8)
+    steps: int | None = None  # the self-supervised model's steps
+    signal: str | None = None
+    shipped: bool = True  # score the shipped models too
+    noise2atom: Any = None  # a trainer.run.TrainConfig for the Noise2Atom candidate (auto: made here)
+    log_file: Any = None
+
+
+@dataclass
+class Candidate:
+    name: str
+    description: str
+    score: Score | None = None
+    seconds: float = 0.0
+    onnx: bytes | None = None  # the model, card to be written
+    card: ModelCard | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": self.description, "train_seconds": round(self.seconds, 1)}
+        if self.score is not None:
+            out |= self.score.to_dict()
+        if self.note:
+            out["note"] = self.note
+        return out | self.extra
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class MoviePlan:
+    """What the movie allows: held-out frames, restarts at scene changes, the self-supervised
+    model's window, and the log lines that say why."""
+
+    train: np.ndarray
+    held: np.ndarray
+    starts: list[int]
+    window: int
+    temporal: bool
+    notes: list[str]
+    fallback: str | None  # a reason to write the causal filter only
+
+
+def plan_movie(frames: np.ndarray, single_image: bool, window: int | None) -> tuple[MoviePlan, dict[str, Any]]:
+    """Read the movie for what changes the plan (module text); returns the plan and the findings
+    for the card."""
+    t = frames.shape[0]
+    notes: list[str] = []
+    fallback = None
+    sample = frames[: min(t, 64)].astype(np.float32)
+    noise = noise_model(sample)
+    drift = drift_per_frame(sample) if t >= 4 and not single_image else 0.0
+    starts = [] if single_image else scene_changes(frames)
+    top = float(sample.max())
+    saturated = float(np.mean(sample >= top)) if float(np.ptp(sample)) > 0 else 1.0
+    findings = {"noise": noise.to_dict(), "drift_px_per_frame": round(drift, 4), "scene_changes": starts,
+                "saturated_share": round(saturated, 4)}
+    if float(np.ptp(sample)) == 0.0:
+        fallback = "the movie is constant: there is nothing to learn"
+    elif saturated > SATURATED:
+        fallback = f"{saturated:.0%} of the pixels sit at the movie's maximum ({top:g}): saturated, nothing to learn there"
+    notes.append(f"movie: {t} {'tiles of one image' if single_image else 'frames'} {frames.shape[1]}x{frames.shape[2]}; "
+                 f"{noise.describe()}" + (f"; drift {drift:.2f} px/frame" if not single_image else ""))
+    if starts:
+        notes.append(f"scene change at frame {', '.join(map(str, starts))}: causal windows restart there, as serve's do at a new series")
+    if drift > MAX_DRIFT:
+        notes.append(f"drift {drift:.2f} px/frame is more than a causal window can follow ({MAX_DRIFT:g}): the models are "
+                     "trained on it, the score says what they make of it")
+    temporal = not single_image and t >= MIN_TEMPORAL and not noise.shared
+    if single_image:
+        notes.append("one image: no time axis, so the self-supervised model reads one frame (a blind scan line, "
+                     "no temporal window) and no held-out score can be made")
+    elif t < MIN_TEMPORAL:
+        notes.append(f"{t} frames are too few for temporal self-supervision with frames held out (at least "
+                     f"{MIN_TEMPORAL}): the self-supervised model reads one frame; the score is on frames it trained on")
+    elif noise.shared:
+        notes.append(f"consecutive frames share noise (difference correlation {noise.diff_corr:+.2f}, -0.5 when "
+                     "independent): the frames were averaged or smoothed in time before they were saved. A temporal "
+                     "model would learn that noise, so the self-supervised model reads one frame; the score, which "
+                     "needs independent frames, favours methods that keep the shared noise")
+    if temporal:
+        n_held = max(MIN_HELD, t // 4)
+        train_idx = np.arange(0, t - n_held)
+        held = np.arange(t - n_held, t - 2)
+    else:
+        train_idx = np.arange(t)
+        held = np.arange(0, max(t - 2, 0)) if not single_image else np.arange(0)
+    k = (window or 8) if temporal else 1
+    return MoviePlan(train_idx, held, starts, k, temporal, notes, fallback), findings
+
+
+def _score_output(frames: np.ndarray, den: np.ndarray, held: np.ndarray, raw_terms) -> Score | None:
+    if held.size < 3 or raw_terms is None:
+        return None
+    return summarise(frame_terms(frames, den, held), raw_terms)
+
+
+def _run_onnx(data_or_path: bytes | Path, frames: np.ndarray, starts: list[int]) -> np.ndarray:
+    """A model's output on every frame, causally, through the engine (series restart at scene changes)."""
+    from livedenoise.engine import Engine
+
+    with tempfile.TemporaryDirectory(prefix="livedenoise-score-") as tmp:
+        path = data_or_path
+        if isinstance(data_or_path, bytes):
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(data_or_path)
+        eng = Engine(path, provider="cpu")
+        series = np.zeros(len(frames), np.int64)
+        for s in starts:
+            series[s:] += 1
+        out = eng.infer(list(frames), series=series.tolist())
+    if out.errors:
+        raise LivedenoiseError(f"model failed on frame {out.errors[0][0]}: {out.errors[0][2]}")
+    return np.stack(out.outputs)
+
+
+def _best_filter(frames: np.ndarray, plan: MoviePlan, raw_terms, log) -> Candidate:
+    """The causal filter the score puts first on the held-out frames (on all frames where none are held out)."""
+    t0 = time.monotonic()
+    held = plan.held if plan.held.size >= 3 else np.arange(max(frames.shape[0] - 2, 0))
+    best: tuple[float, CausalFilter | None, Score | None] = (-math.inf, None, None)
+    segments = _segments(frames.shape[0], plan.starts)
+    for flt in filter_grid():
+        den = np.concatenate([flt.apply(frames[a:b]) for a, b in segments])
+        s = _score_output(frames, den, held, raw_terms)
+        if s is not None and s.gain_db > best[0]:
+            best = (s.gain_db, flt, s)
+    flt = best[1] or CausalFilter()
+    cand = Candidate("filter", flt.describe(), best[2], time.monotonic() - t0, extra={"filter": flt.to_dict()})
+    log(f"candidate filter: {flt.describe()}" + (f", {best[2].gain_db:+.2f} dB over raw" if best[2] else ""))
+    return cand
+
+
+def _segments(t: int, starts: list[int]) -> list[tuple[int, int]]:
+    cuts = [0, *[s for s in sorted(starts) if 0 < s < t], t]
+    return list(itertools.pairwise(cuts))
+
+
+def _display(values: np.ndarray) -> tuple[float, float]:
+    """Raw units that become 0 and 1 in the engine's output: the background and the brightest features."""
+    lo, hi = np.percentile(values, [1.0, 99.9])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, log) -> Candidate:
+    import torch
+
+    from .export import to_onnx_bytes, verify
+    from .selfsup import CausalDenoiser, SelfSupConfig, TrainingDiverged, causal_index, denoise_counts, train_selfsup
+
+    sc = SelfSupConfig(frames=plan.window, seconds=cfg.minutes * 60.0)
+    if cfg.steps:
+        sc = replace(sc, steps=cfg.steps, eval_every=min(sc.eval_every, cfg.steps))
+    m = sc.size_multiple
+    t, h, w = frames.shape
+    hh, ww = h - h % m, w - w % m
+    log(f"candidate selfsup: {sc.frames}-frame causal U-Net {tuple(sc.widths)} on {sc.shuffle}x{sc.shuffle} phases, "
+        f"blind to each frame's own scan line; {len(plan.train)} training frames, at most {sc.steps} steps or "
+        f"{cfg.minutes:g} min, scored every {sc.eval_every} steps on {len(plan.held)} held-out frames")
+    t0 = time.monotonic()
+    try:
+        result = train_selfsup(frames, plan.train, plan.held, sc, starts=plan.starts, seed=cfg.seed, log=log)
+    except TrainingDiverged as exc:
+        return Candidate("selfsup", "self-supervised causal U-Net", None, time.monotonic() - t0,
+                         note=f"{exc}: not a candidate")
+    seconds = time.monotonic() - t0
+    windows = causal_index(t, sc.frames, plan.starts)
+    den = np.zeros((t, hh, ww), np.float32)
+    den_idx = plan.held if plan.held.size else plan.train
+    den[den_idx] = denoise_counts(result.model, frames[:, :hh, :ww], windows[den_idx])
+    if not np.isfinite(den).all():
+        return Candidate("selfsup", "self-supervised causal U-Net", None, seconds, note="non-finite output: not a candidate")
+    exported = CausalDenoiser(sc, display=_display(den[den_idx]))
+    exported.load_state_dict(result.model.state_dict())
+    exported.eval()
+    raw = to_onnx_bytes(exported, sc.frames)
+    check = np.ascontiguousarray(frames[windows[den_idx[:2]]][:, :, :hh, :ww], np.float32)
+    diff = verify(exported, raw, [check])
+    if not diff < 1e-3:
+        raise LivedenoiseError(f"exported self-supervised model differs from torch by {diff:.3g}; not written")
+    score = _score_output(frames[:, :hh, :ww], den, plan.held, raw_terms) if raw_terms is not None else None
+    del torch
+    return Candidate(
+        "selfsup", f"self-supervised causal U-Net, {sc.frames} frames", score, seconds, onnx=raw,
+        extra={"config": sc.to_dict(), "steps": result.steps, "best_step": result.best_step, "curve": result.curve,
+               "size_multiple": m},
+    )
+
+
+def _noise2atom(cfg: AutoConfig, frames: np.ndarray, plan: MoviePlan, raw_terms, pixel_size_nm, log) -> Candidate:
+    """Noise2Atom (trainer.run.train, its defaults: preset temporal, 5 frames) on the training frames."""
+    from livedenoise.io import write_imagej
+
+    from .run import TrainConfig, train
+
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="livedenoise-n2a-") as tmp:
+        movie = Path(tmp) / "train.tif"
+        write_imagej(movie, frames[plan.train], pixel_size_nm=pixel_size_nm)
+        n2a = cfg.noise2atom or TrainConfig(frames=movie, out=Path(tmp) / "n2a.onnx", preset="temporal", window=5,
+                                            seed=cfg.seed, figures=False, progress=False)
+        n2a = replace(n2a, frames=movie, out=Path(tmp) / "n2a.onnx", figures=False)
+        log(f"candidate noise2atom: preset {n2a.preset}, on the {len(plan.train)} training frames")
+        try:
+            train(n2a, log=lambda msg: log(f"  noise2atom: {msg}"))
+        except LivedenoiseError as exc:
+            return Candidate("noise2atom", "Noise2Atom", None, time.monotonic() - t0, note=f"not trained: {exc}")
+        data = n2a.out.read_bytes()
+    den = _run_onnx(data, frames, plan.starts)
+    return Candidate("noise2atom", f"Noise2Atom, preset {n2a.preset}", _score_output(frames, den, plan.held, raw_terms),
+                     time.monotonic() - t0, onnx=data)
+
+
+def _shipped(frames: np.ndarray, plan: MoviePlan, raw_terms, log) -> list[Candidate]:
+    out = []
+    models = default_model_path().parent
+    for name in SHIPPED:
+        path = models / f"{name}.onnx"
+        if not path.is_file():
+            continue
+        t0 = time.monotonic()
+        try:
+            den = _run_onnx(path, frames, plan.starts)
+        except LivedenoiseError as exc:
+            log(f"shipped {name}: not scored ({exc})")
+            continue
+        out.append(Candidate(f"shipped:{name}", f"the shipped model {name!r}, as it is",
+                             _score_output(frames, den, plan.held, raw_terms), time.monotonic() - t0, onnx=path.read_bytes()))
+    return out
+
+
+def _sparse_atoms(content: SampleContent) -> bool:
+    """Noise2Atom's world: scattered atoms, no lattice (the content estimate's own rule for the paper's Domain C)."""
+    return bool(content.reliable and paper_like(content))
+
+
+def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
+    """Train and choose (module text); returns the summary written into the card's ``training``."""
+    from livedenoise import __version__
+
+    if cfg.method not in METHODS:
+        raise LivedenoiseError(f"--method {cfg.method!r}: choose {', '.join(METHODS)}")
+    if cfg.minutes <= 0:
+        raise LivedenoiseError("--minutes must be a positive number")
+    if cfg.window is not None and not (1 <= cfg.window <= 16):
+        raise LivedenoiseError(f"--window {cfg.window}: choose 1 to 16 frames")
+    from .run import check_writable
+
+    check_writable(Path(cfg.out))
+    frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
+    frames = np.asarray(frames_all, np.float32)
+    plan, findings = plan_movie(frames, single_image, cfg.window)
+    for note in plan.notes:
+        log(note)
+    content = estimate_content(frames[0] if single_image else frames, pixel_size_nm)
+    raw_terms = frame_terms(frames, frames, plan.held) if plan.held.size >= 3 else None
+    candidates: list[Candidate] = []
+    method = cfg.method
+    if plan.fallback:
+        log(f"{plan.fallback}: writing the causal filter (causal mean of 5, Gaussian 1 px) instead of training")
+        method = "fallback"
+    if method in ("auto", "filter", "fallback"):
+        candidates.append(_best_filter(frames, plan, raw_terms, log) if method != "fallback"
+                          else Candidate("filter", CausalFilter().describe(), extra={"filter": CausalFilter().to_dict()}))
+    if method in ("auto", "selfsup"):
+        cand = _selfsup(frames, plan, cfg, raw_terms, log)
+        if cand.onnx is None:
+            log(f"selfsup: {cand.note}; the causal filter is kept instead")
+            if not any(c.name == "filter" for c in candidates):
+                candidates.append(_best_filter(frames, plan, raw_terms, log))
+        candidates.append(cand)
+    sparse = _sparse_atoms(content)
+    if method == "noise2atom" or (method == "auto" and sparse and plan.temporal):
+        candidates.append(_noise2atom(cfg, frames, plan, raw_terms, pixel_size_nm, log))
+    elif method == "auto":
+        candidates.append(Candidate("noise2atom", "Noise2Atom", note="not trained: the movie does not look like sparse atoms "
+                                    "(its world); --method noise2atom trains it anyway"))
+    if method == "auto" and cfg.shipped and raw_terms is not None:
+        candidates += _shipped(frames, plan, raw_terms, log)
+    usable = [c for c in candidates if c.onnx is not None or c.name == "filter"]
+    scored = [c for c in usable if c.score is not None]
+    if scored:
+        chosen = max(scored, key=lambda c: c.score.gain_db)
+    else:
+        chosen = next((c for c in usable if c.name != "filter"), usable[0])
+    for c in candidates:
+        if c.score is not None:
+            log(f"  {c.name:18s} {c.score.gain_db:+6.2f} dB over raw  ({c.description})")
+        elif c.note:
+            log(f"  {c.name:18s} {c.note}")
+    reason = (f"{chosen.score.gain_db:+.2f} dB over raw by the ground-truth-free score on {chosen.score.frames} held-out frames"
+              if chosen.score is not None else "no held-out frames to score on")
+    others = ", ".join(f"{c.name} {c.score.gain_db:+.2f} dB" for c in scored if c is not chosen)
+    log(f"picked {chosen.name}: {reason}" + (f" ({others})" if others else ""))
+    training = {
+        "method": chosen.name,
+        "picked_by": "ground-truth-free score (uMSE against the next frame), gain over raw on held-out frames",
+        "candidates": {c.name: c.to_dict() for c in candidates},
+        "movie": findings | {"frames": int(frames.shape[0]), "frame_shape": [int(frames.shape[1]), int(frames.shape[2])],
+                             "held_out": [int(plan.held[0]), int(plan.held[-1]) + 2] if plan.held.size else None,
+                             "single_image": bool(single_image)},
+        "frames_file": Path(cfg.frames).name,
+        "seed": cfg.seed,
+        "version": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    scores = {c.name: round(c.score.gain_db, 3) for c in scored}
+    data = _finish(chosen, frames, plan, training, scores, content, pixel_size_nm)
+    write_model(cfg.out, data)
+    log(f"wrote {cfg.out} ({chosen.name})")
+    return training
+
+
+def _finish(chosen: Candidate, frames, plan, training, scores, content, pixel_size_nm) -> bytes:
+    """The chosen model's ONNX with its card."""
+    import onnx
+
+    from livedenoise.engine import Normalisation
+
+    card_extra = {"pixel_size_nm": pixel_size_nm, "expects": content.to_dict(), "scores": scores}
+    if chosen.name == "filter":
+        flt = CausalFilter(**chosen.extra["filter"])
+        den = np.concatenate([flt.apply(frames[a:b]) for a, b in _segments(frames.shape[0], plan.starts)])
+        sel = plan.held if plan.held.size else np.arange(frames.shape[0])
+        card = filter_card(flt, training, **card_extra)
+        return with_card(filter_graph(flt, _display(den[sel])), card)
+    if chosen.name == "selfsup":
+        card = ModelCard(preset="selfsup", normalisation=Normalisation(offset=0.0, scale=1.0), input_frames=plan.window,
+                         size_multiple=chosen.extra["size_multiple"], training=training, **card_extra)
+        return with_card(chosen.onnx, card)
+    # noise2atom or a shipped model: its own card, with this training's choice and scores added
+    model = onnx.load_from_string(chosen.onnx)
+    old = ModelCard.from_metadata({p.key: p.value for p in model.metadata_props}, source=chosen.name)
+    card = replace(old, training={**old.training, "chosen": training}, scores=scores,
+                   pixel_size_nm=old.pixel_size_nm or pixel_size_nm)
+    return with_card(chosen.onnx, card)

@@ -1,0 +1,293 @@
+"""The self-supervised causal denoiser (issue 24): the clean image learnt from the movie itself.
+
+Noise2Atom draws Gaussian peaks, which a real ADF image is not. This model learns whatever the
+sample is, from the noisy movie alone, because the noise of a frame is independent of every other
+frame's and of the other scan lines of its own frame:
+
+* **causal**: it reads the current frame and the ``frames - 1`` before it (the engine's
+  multi-frame window, series restarts included), so ``serve`` runs it live;
+* **blind to the current frame's own scan line**: the output for a pixel of an even line is made
+  from the current frame with its even lines replaced by the mean of the odd lines around them
+  (and the other way round), and from the previous frames whole. Two passes of one U-Net, one per
+  parity. So the output never sees the noise of the pixel it estimates, nor the line's common
+  offset or a line shifted by the scan (STEM's correlated noise runs along lines, which a
+  single-pixel blind spot would leave in), and the loss can be the plain squared difference to
+  the noisy current frame: its minimum is the clean frame (Noise2Self's J-invariance, with the
+  lines as the partition). Training and inference run the same function; there is no masking
+  at training time that inference does not see (Noise2Void's mismatch).
+* **units**: the window is centred and scaled by its own mean and standard deviation inside the
+  graph, and the output scaled back, so the network works in units of the window's contrast: a
+  slow dose decay, an analog offset or an unknown gain change nothing. The output goes to the
+  engine's display range [0, 1] by a fixed map from raw units (``display``: the training movie's
+  background and brightest features), or, for a model meant for unknown samples, by each frame's
+  own minimum and maximum.
+
+The U-Net runs on the frame's ``shuffle x shuffle`` sub-pixel phases (as the ``rt`` preset), so
+two passes cost what one ``rt`` pass does on a CPU. Training keeps the weights' exponential moving
+average and, every ``eval_every`` steps, scores it with the ground-truth-free score
+(:func:`livedenoise.analysis.frame_terms`) on frames it never trained on; the best is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from livedenoise.analysis import frame_terms
+from livedenoise.errors import LivedenoiseError
+
+LEAK = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class SelfSupConfig:
+    """The network and its training. ``frames``: the causal window (1: the current frame only,
+    a spatial blind spot); ``widths``: the U-Net's channels at its three levels; ``shuffle``: the
+    sub-pixel phases it runs on; ``seconds``: a time budget that ends training early."""
+
+    frames: int = 8
+    widths: tuple[int, ...] = (32, 48, 64)
+    shuffle: int = 4
+    steps: int = 3000
+    batch: int = 8
+    crop: int = 64
+    lr: float = 5e-4
+    ema: float = 0.99
+    eval_every: int = 250
+    seconds: float = 15 * 60.0
+
+    @property
+    def size_multiple(self) -> int:
+        return self.shuffle * 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
+        self.c2 = nn.Conv2d(cout, cout, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.c2(F.leaky_relu(self.c1(x), LEAK)), LEAK)
+
+
+class UNet(nn.Module):
+    """A small U-Net on the ``shuffle x shuffle`` sub-pixel phases: one output channel."""
+
+    def __init__(self, inputs: int, widths: tuple[int, ...], shuffle: int):
+        super().__init__()
+        self.shuffle = shuffle
+        w = widths
+        self.down = nn.ModuleList([_Block(inputs * shuffle * shuffle, w[0])] + [_Block(w[i - 1], w[i]) for i in range(1, len(w))])
+        self.up = nn.ModuleList([_Block(w[i + 1] + w[i], w[i]) for i in range(len(w) - 1)])
+        self.out = nn.Conv2d(w[0], shuffle * shuffle, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_unshuffle(x, self.shuffle) if self.shuffle > 1 else x
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.avg_pool2d(x, 2))
+            skips.append(x)
+        for i in range(len(self.up) - 1, -1, -1):
+            x = self.up[i](torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skips[i]], 1))
+        x = self.out(x)
+        return F.pixel_shuffle(x, self.shuffle) if self.shuffle > 1 else x
+
+
+def blind_lines(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, 1, H, W)`` (H even) -> the frame with its even lines replaced by the mean of the odd
+    lines above and below, and the frame with its odd lines replaced likewise (edges: the one
+    neighbour)."""
+    n, c, h, w = frame.shape
+    pairs = frame.reshape(n, c, h // 2, 2, w)
+    even, odd = pairs[:, :, :, 0], pairs[:, :, :, 1]
+    odd_above = torch.cat([odd[:, :, :1], odd[:, :, :-1]], 2)  # the odd line before each even line
+    even_below = torch.cat([even[:, :, 1:], even[:, :, -1:]], 2)  # the even line after each odd line
+    a = torch.stack([0.5 * (odd_above + odd), odd], 3).reshape(n, c, h, w)
+    b = torch.stack([even, 0.5 * (even + even_below)], 3).reshape(n, c, h, w)
+    return a, b
+
+
+def merge_lines(from_a: torch.Tensor, from_b: torch.Tensor) -> torch.Tensor:
+    """Even lines of ``from_a``, odd lines of ``from_b``."""
+    n, c, h, w = from_a.shape
+    a = from_a.reshape(n, c, h // 2, 2, w)[:, :, :, 0]
+    b = from_b.reshape(n, c, h // 2, 2, w)[:, :, :, 1]
+    return torch.stack([a, b], 3).reshape(n, c, h, w)
+
+
+class CausalDenoiser(nn.Module):
+    """``[N, frames, H, W]`` raw frames (oldest first, the current one last) -> ``[N, 1, H, W]``
+    in the engine's output range (``2 * display - 1``). See the module text."""
+
+    def __init__(self, cfg: SelfSupConfig, display: tuple[float, float] | None = None):
+        super().__init__()
+        self.frames = cfg.frames
+        self.unet = UNet(cfg.frames, tuple(cfg.widths), cfg.shuffle)
+        self.fixed = display is not None
+        lo, hi = display if display is not None else (0.0, 1.0)
+        self.register_buffer("lo", torch.tensor(float(lo)))
+        self.register_buffer("span", torch.tensor(float(max(hi - lo, 1e-12))))
+
+    def standardise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu = x.mean(dim=(1, 2, 3), keepdim=True)
+        sd = torch.sqrt(((x - mu) ** 2).mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+        return (x - mu) / sd, mu, sd
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """The blind estimate of the current frame of standardised windows ``z``."""
+        a, b = blind_lines(z[:, -1:])
+        past = z[:, :-1]
+        both = torch.cat([torch.cat([past, a], 1), torch.cat([past, b], 1)], 0)
+        out_a, out_b = self.unet(both).chunk(2, 0)
+        return merge_lines(out_a, out_b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, mu, sd = self.standardise(x)
+        counts = self.predict(z) * sd + mu
+        if self.fixed:
+            lo, span = self.lo, self.span
+        else:  # each frame's own range: a model for samples it has never seen
+            lo = counts.amin(dim=(1, 2, 3), keepdim=True)
+            span = counts.amax(dim=(1, 2, 3), keepdim=True) - lo + 1e-12
+        return (counts - lo) / span * 2.0 - 1.0
+
+    def counts(self, x: torch.Tensor) -> torch.Tensor:
+        """The denoised frames in the input's units (what the score compares)."""
+        z, mu, sd = self.standardise(x)
+        return self.predict(z) * sd + mu
+
+
+class TrainingDiverged(LivedenoiseError):
+    """The loss became NaN or infinite."""
+
+
+def causal_index(n: int, k: int, starts: list[int]) -> np.ndarray:
+    """``(n, k)`` frame indices of each frame's causal window, oldest first, restarting at each
+    frame of ``starts`` (a scene change: the window does not reach across it); before a start the
+    start frame is repeated, as the engine does at a series' first frame."""
+    first = np.zeros(n, np.intp)
+    for s in sorted(starts):
+        if 0 < s < n:
+            first[s:] = s
+    lags = np.arange(1 - k, 1)
+    return np.maximum(np.arange(n)[:, None] + lags[None, :], first[:, None])
+
+
+def denoise_counts(model: CausalDenoiser, movie: np.ndarray, index: np.ndarray, batch: int = 4) -> np.ndarray:
+    """The model's output in raw units for frames ``index[:, -1]`` of ``movie`` (windows ``index``).
+    Frames are cropped to the model's size multiple by the caller."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(index), batch):
+            x = torch.from_numpy(np.ascontiguousarray(movie[index[i : i + batch]], np.float32))
+            out.append(model.counts(x)[:, 0].numpy())
+    return np.concatenate(out) if out else np.empty((0, *movie.shape[1:]), np.float32)
+
+
+@dataclass
+class SelfSupResult:
+    model: CausalDenoiser
+    steps: int
+    best_step: int
+    seconds: float
+    curve: list[tuple[int, float]]  # (step, held-out gain over raw, dB)
+    loss: float
+
+
+def train_selfsup(
+    movie: np.ndarray,
+    train_frames: np.ndarray,
+    held_frames: np.ndarray,
+    cfg: SelfSupConfig,
+    *,
+    starts: list[int] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> SelfSupResult:
+    """Train on the causal windows of frames ``train_frames`` of the raw ``(T, H, W)`` movie and
+    keep the weights that score best on ``held_frames`` (each needs the two frames after it in the
+    movie; at least 3 such frames, else the last weights are kept). ``starts``: scene changes."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    m = cfg.size_multiple
+    t, h, w = movie.shape
+    hh, ww = h - h % m, w - w % m
+    if hh < m or ww < m:
+        raise LivedenoiseError(f"frames of {h}x{w} are smaller than the network's {m}-pixel multiple")
+    crop = min(cfg.crop, hh, ww)
+    crop -= crop % m
+    frames = np.ascontiguousarray(movie[:, :hh, :ww], np.float32)
+    windows = causal_index(t, cfg.frames, starts or [])
+    held = np.asarray([i for i in held_frames if i + 2 < t], np.intp)
+    model = CausalDenoiser(cfg)
+    ema = CausalDenoiser(cfg)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    raw_terms = frame_terms(frames, frames, held) if held.size >= 3 else None
+    best = (-math.inf, 0, None)
+    curve: list[tuple[int, float]] = []
+    t0 = time.monotonic()
+    losses: list[float] = []
+    step = 0
+
+    def evaluate() -> None:
+        nonlocal best
+        if raw_terms is None:
+            return
+        den = np.zeros_like(frames)
+        den[held] = denoise_counts(ema, frames, windows[held])
+        terms = frame_terms(frames, den, held)
+        gain = 10 * math.log10(max(float(raw_terms.umse.mean()), 1e-30) / max(float(terms.umse.mean()), 1e-3 * float(terms.noise.mean())))
+        curve.append((step, round(gain, 3)))
+        if gain > best[0]:
+            best = (gain, step, {k: v.clone() for k, v in ema.state_dict().items()})
+
+    for step in range(1, cfg.steps + 1):
+        model.train()
+        idx = windows[rng.choice(train_frames, cfg.batch)]
+        y0 = rng.integers(0, hh - crop + 1, cfg.batch)
+        x0 = rng.integers(0, ww - crop + 1, cfg.batch)
+        batch = np.stack([frames[i][:, a : a + crop, b : b + crop] for i, a, b in zip(idx, y0, x0)])
+        if rng.random() < 0.5:
+            batch = batch[..., ::-1]
+        if rng.random() < 0.5:
+            batch = batch[..., ::-1, :]
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        z, _, _ = model.standardise(x)
+        loss = F.mse_loss(model.predict(z), z[:, -1:])
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"self-supervised training diverged at step {step} (loss {loss.item()})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 - cfg.ema)
+        losses.append(loss.item())
+        out_of_time = time.monotonic() - t0 > cfg.seconds
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            evaluate()
+            log(f"self-supervised step {step}/{cfg.steps}: loss {np.mean(losses[-50:]):.4f}"
+                + (f", held-out gain over raw {curve[-1][1]:+.2f} dB" if curve else "")
+                + f" ({time.monotonic() - t0:.0f} s)")
+        if out_of_time:
+            log(f"self-supervised training stopped at step {step}: its {cfg.seconds / 60:.0f}-minute budget is spent")
+            break
+    if best[2] is not None:
+        ema.load_state_dict(best[2])
+    return SelfSupResult(ema.eval(), step, best[1] or step, time.monotonic() - t0, curve, float(np.mean(losses[-50:])))
