@@ -3,7 +3,7 @@ against bare decoders, in one run.
 
 For each frame size, a simulated 4D-STEM scan (``livedenoise.sim.simulate_4dstem``, u16 Poisson
 patterns) is encoded as the detector sends it, Stream v1 (``bs16-lz4<``, four parts per image) and
-v2 (one CBOR message, ``bslz4``). Two comparisons:
+v2 (one CBOR message, ``bslz4``). Three comparisons:
 
 **In memory** (the messages already received, as after ``recv``), best of ``--passes``,
 alternating:
@@ -23,16 +23,26 @@ into one numpy stack, no reduction), ``ours``: a pyzmq PULL socket read part by 
 daemon's receiver does, into ``DectrisDecoder`` + the virtual detector. Wall time from the
 sender's go to the last pattern.
 
+**Through serve** (Stream v1, ``--serve``): a longer stream (``--serve-scans`` scans of
+``--serve-scan`` positions, the patterns of a 1,024-pattern simulation repeated under new frame
+ids) from ``DectrisSim`` to ``libertem`` as above and to ``serve --source-format dectris --scan``
+(the :class:`~livedenoise.daemon.Daemon`, shipped ``rt`` model, CPU) with ``--dectris-stream v1``
+(libertem-dectris in the receiver process, stacks decompressed into the virtual detector's stack
+buffer and reduced there) and ``auto`` (the Python decoder in serve's receiver thread). Wall time
+from the sender's go to the last virtual image at a subscriber of ``raw``.
+
 bitshuffle runs on one thread everywhere (``single_thread_bitshuffle``, what the decoder sets in
 its thread): its OpenMP helpers only cost time on patterns of 3-9 blocks.
 
-    python benchmarks/dectris.py                 # 96² and 192², ~1-2 min
-    python benchmarks/dectris.py --sizes 96 --passes 5 --no-loopback
+    python benchmarks/dectris.py                 # 96² and 192², ~8 min
+    python benchmarks/dectris.py --sizes 96 --passes 5 --no-loopback --no-serve
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -46,9 +56,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import zmq
 
-from livedenoise.detectors import BSLZ4_HEADER, DectrisDecoder, VirtualDetector, load_codecs, single_thread_bitshuffle
+from livedenoise.daemon import Daemon, DectrisConfig, ServeConfig
+from livedenoise.detectors import (
+    BSLZ4_HEADER,
+    Annulus,
+    DectrisDecoder,
+    VirtualDetector,
+    load_codecs,
+    single_thread_bitshuffle,
+)
 from livedenoise.detectors._dectris import _bshuf_c
-from livedenoise.protocol import ImageFrame
+from livedenoise.engine import EngineConfig, default_model_path
+from livedenoise.protocol import ImageFrame, decode_published
 from livedenoise.sim import dectris_v1_messages, dectris_v2_messages, simulate_4dstem, write_dectris_dump
 
 SCAN = (16, 16)
@@ -149,14 +168,13 @@ def ours_loopback(dump: str, scan4d, n: int) -> float:
     return dt
 
 
-def libertem_loopback(dump: str, size: int, n: int, tmp: str) -> float:
+def libertem_loopback(dump: str, size: int, n: int, tmp: str, stack: int = 64) -> float:
     import libertem_dectris
 
     sim = Sim(dump)
-    stack = 64
     conn = libertem_dectris.DectrisConnection(
         uri=sim.uri, frame_stack_size=stack, handle_path=os.path.join(tmp, f"shm-{time.monotonic_ns()}"),
-        num_slots=max(64, n // stack + 8), bytes_per_frame=size * size * 2, huge=False,
+        num_slots=64, bytes_per_frame=size * size * 2, huge=False,
     )
     conn.start(1)
     client = libertem_dectris.CamClient(conn.get_socket_path())
@@ -177,6 +195,79 @@ def libertem_loopback(dump: str, size: int, n: int, tmp: str) -> float:
     client.close()
     conn.close()
     return dt
+
+
+# ------------------------------------------------------------------ through serve
+
+
+def serve_dump(path: Path, scan4d, n: int) -> str:
+    """A dump of one series of ``n`` patterns: the simulation's patterns over and over (their
+    blobs encoded once), under new frame ids."""
+    messages = dectris_v1_messages(scan4d.patterns, series=1)
+    header, images, end = messages[0], messages[1:-1], messages[-1]
+    config = json.loads(header[1])
+    config["ntrigger"] = n
+    header = [header[0], json.dumps(config).encode()]
+
+    def stream():
+        yield header
+        for i in range(n):
+            _, dimaged, blob, _ = images[i % len(images)]
+            dimage = json.dumps({"htype": "dimage-1.0", "series": 1, "frame": i, "hash": f"{i:032x}"}).encode()
+            dconfig = json.dumps({"htype": "dconfig-1.0", "start_time": i * 1000, "stop_time": i * 1000 + 900, "real_time": 900})
+            yield [dimage, dimaged, blob, dconfig.encode()]
+        yield end
+
+    return str(write_dectris_dump(path, stream()))
+
+
+def serve_loopback(dump: str, scan4d, n: int, scan: tuple[int, int], stream: str) -> float:
+    """``serve --source-format dectris --scan`` (a Daemon in this process): go to the last virtual image."""
+    sim = Sim(dump)
+    config = ServeConfig(
+        model=default_model_path().with_name("rt.onnx"), source=sim.uri, publish="tcp://127.0.0.1:0",
+        dectris=DectrisConfig(scan=scan, annuli=(Annulus(scan4d.inner, scan4d.outer),), centre=scan4d.centre, stream=stream),
+        engine=EngineConfig(provider="cpu", shapes=(scan,)), stats_interval=0.2, guard=None,
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"raw")
+    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
+    sub.setsockopt(zmq.RCVTIMEO, 60000)
+    sub.connect(daemon.publish_address)
+    while decode_published(sub.recv_multipart()).topic != b"stats":  # subscribed
+        pass
+    images, want = 0, n // (scan[0] * scan[1])
+    t0 = sim.go()
+    while images < want:
+        images += decode_published(sub.recv_multipart()).topic == b"raw"
+    dt = time.perf_counter() - t0
+    sim.parent.recv()
+    sim.close()
+    sub.close(0)
+    daemon.stop()
+    return dt
+
+
+def measure_serve(size: int, scan: tuple[int, int], scans: int, passes: int) -> dict:
+    """Best of ``passes`` for each, and the median over the passes of each pass's ratios (the
+    three run back to back in a pass: a machine whose load swings shows in the best, not in both)."""
+    scan4d = simulate_4dstem((32, 32), detector=size, frames=1, seed=0)  # 1,024 patterns, repeated
+    n = scans * scan[0] * scan[1]
+    times: dict[str, list[float]] = {"libertem": [], "serve v1": [], "serve auto": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = serve_dump(Path(tmp) / "serve.bin", scan4d, n)
+        for _ in range(passes):
+            times["libertem"].append(libertem_loopback(dump, size, n, tmp, stack=128))
+            times["serve v1"].append(serve_loopback(dump, scan4d, n, scan, "v1"))
+            times["serve auto"].append(serve_loopback(dump, scan4d, n, scan, "auto"))
+    lib = np.array(times["libertem"])
+    return {
+        "size": size, "frames": n, **{k: n / min(v) for k, v in times.items()},
+        "median v1": float(np.median(lib / np.array(times["serve v1"]))),
+        "median auto": float(np.median(lib / np.array(times["serve auto"]))),
+    }
 
 
 # ------------------------------------------------------------------ the table
@@ -227,13 +318,18 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=8, help="16x16 scans per size (patterns = 256 x this)")
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--no-loopback", dest="loopback", action="store_false", help="skip the DectrisSim loopback comparison")
+    ap.add_argument("--no-serve", dest="serve", action="store_false", help="skip the comparison through serve")
+    ap.add_argument("--serve-scan", type=int, nargs=2, default=(128, 128), metavar=("ROWS", "COLS"), help="serve's --scan")
+    ap.add_argument("--serve-scans", type=int, default=8, help="scans in serve's stream")
+    ap.add_argument("--serve-passes", type=int, default=5, help="passes through serve (each: libertem, v1, auto)")
     args = ap.parse_args()
-    if args.loopback:
+    if args.loopback or args.serve:
         try:
             import libertem_dectris  # noqa: F401
         except ImportError:
-            print("libertem-dectris not installed (the test extra): loopback comparison skipped")
-            args.loopback = False
+            print("libertem-dectris not installed (the dectris extra): loopback and serve comparisons skipped")
+            args.loopback = args.serve = False
+    logging.basicConfig(level=logging.ERROR)  # serve's own log (connections that come and go) would interleave the tables
     single_thread_bitshuffle()
     bitshuffle = load_codecs()[2]
     print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
@@ -259,7 +355,24 @@ def main() -> None:
         for r in results:
             if "libertem" in r:
                 print(f"| {r['size']}² u16 | {r['libertem']:,.0f} | **{r['ours']:,.0f}** | **{r['ours'] / r['libertem']:.2f}** |")
-    print(f"\n{results[0]['frames']} patterns per size, best of {args.passes} passes; load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"\n{results[0]['frames']} patterns per size, best of {args.passes} passes; load average {os.getloadavg()[0]:.2f}")
+    if args.serve:
+        scan = tuple(args.serve_scan)
+        served = [measure_serve(size, scan, args.serve_scans, args.serve_passes) for size in args.sizes]  # type: ignore[arg-type]
+        print()
+        print(f"Through serve --source-format dectris --scan {scan[0]}x{scan[1]} (Stream v1 from DectrisSim, shipped rt model, CPU), patterns/s:")
+        print()
+        print("| frame | libertem-dectris receiver (receive + decompress) | serve --dectris-stream v1 | / libertem (best; median of passes) | serve (auto: Python decoder) | / libertem (best; median) |")
+        print("|---|---|---|---|---|---|")
+        for r in served:
+            print(
+                f"| {r['size']}² u16 | {r['libertem']:,.0f} | **{r['serve v1']:,.0f}** | **{r['serve v1'] / r['libertem']:.2f}**; "
+                f"{r['median v1']:.2f} | {r['serve auto']:,.0f} | {r['serve auto'] / r['libertem']:.2f}; {r['median auto']:.2f} |"
+            )
+        print(
+            f"\n{served[0]['frames']} patterns per size ({args.serve_scans} scans), best of {args.serve_passes} passes; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from ..daemon import (
     SecurityConfig,
     ServeConfig,
 )
+from ..detectors import Annulus
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..sim import ReplayConfig
@@ -112,23 +114,37 @@ def _numbers(text: str, sep: str, n: int, option: str, example: str) -> tuple[fl
     return values
 
 
+def _annulus(text: str) -> Annulus:
+    """``[NAME=]INNER:OUTER`` as an :class:`~livedenoise.detectors.Annulus`."""
+    name, _, radii = text.rpartition("=")
+    inner, outer = _numbers(radii, ":", 2, "--annulus", "[NAME=]INNER:OUTER radii in pixels, like 10:40 or haadf=24:60")
+    return Annulus(inner, outer, name.strip())
+
+
 def dectris_config(
-    source_format: str, scan: str | None, annulus: str | None, centre: str | None, mask: Path | None, channel: str | None
+    source_format: str, scan: str | None, annulus: Sequence[str] | str | None, centre: str | None,
+    mask: Sequence[Path] | Path | None, channel: str | None, stream: str = "auto",
 ) -> DectrisConfig | None:
     """``--source-format`` and the DECTRIS options as a :class:`~livedenoise.daemon.DectrisConfig`
     (None: the livedenoise protocol); one ``error:`` line for anything that does not parse or fit.
+    ``annulus`` and ``mask`` may be given several times (several virtual detectors).
 
-    >>> dectris_config("dectris", "64x32", "10:40", None, None, None).scan
-    (64, 32)
+    >>> dectris_config("dectris", "64x32", ["haadf=24:60", "0:8"], None, None, None).annuli[1]
+    Annulus(inner=0.0, outer=8.0, name='')
     """
     fmt = source_format.strip().lower()
     if fmt not in SOURCE_FORMATS:
         raise LivedenoiseError(f"--source-format {source_format!r}: expected one of {', '.join(SOURCE_FORMATS)}")
-    given = [name for name, v in (("--scan", scan), ("--annulus", annulus), ("--centre", centre), ("--mask", mask),
-                                  ("--channel", channel)) if v is not None]
+    annuli = [annulus] if isinstance(annulus, str) else list(annulus or ())
+    masks = [mask] if isinstance(mask, Path) else list(mask or ())
+    stream = stream.strip().lower()
+    given = [name for name, v in (("--scan", scan), ("--annulus", annuli), ("--centre", centre), ("--mask", masks),
+                                  ("--channel", channel)) if v]
     if fmt == "native":
         if given:
             raise LivedenoiseError(f"{', '.join(given)}: only with --source-format dectris (or merlin)")
+        if stream != "auto":
+            raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
         return None
     rows_cols = None
     if scan is not None:
@@ -139,17 +155,19 @@ def dectris_config(
         if len(rows_cols) != 1 or min(rows_cols[0]) < 1:
             raise LivedenoiseError(f"--scan {scan!r}: expected ROWSxCOLS, like 64x64")
         rows_cols = rows_cols[0]
-    inner = outer = None
-    if annulus is not None:
-        inner, outer = _numbers(annulus, ":", 2, "--annulus", "INNER:OUTER radii in pixels, like 10:40")
     xy = None if centre is None else _numbers(centre, ",", 2, "--centre", "X,Y in pixels, like 47.5,48")
-    if mask is not None and not mask.is_file():
-        raise LivedenoiseError(f"--mask {mask}: no such file")
-    return DectrisConfig(scan=rows_cols, inner=inner, outer=outer, centre=xy, mask=mask, channel=channel)
+    for path in masks:
+        if not path.is_file():
+            raise LivedenoiseError(f"--mask {path}: no such file")
+    return DectrisConfig(
+        scan=rows_cols, annuli=tuple(_annulus(a) for a in annuli), masks=tuple(masks), centre=xy, channel=channel,
+        stream=stream,
+    )
 
 
 def merlin_config(
-    source: str, scan: str | None, annulus: str | None, centre: str | None, mask: Path | None, channel: str | None
+    source: str, scan: str | None, annulus: Sequence[str] | str | None, centre: str | None,
+    mask: Sequence[Path] | Path | None, channel: str | None, stream: str = "auto",
 ) -> MerlinConfig:
     """``--source-format merlin`` and the scan options as a :class:`~livedenoise.daemon.MerlinConfig`,
     parsed and checked as for DECTRIS (a Merlin has no channels); the source must be its data
@@ -158,11 +176,13 @@ def merlin_config(
 
     if channel is not None:
         raise LivedenoiseError("--channel: only with --source-format dectris")
+    if stream.strip().lower() != "auto":
+        raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
     parse_data_address(source)
     load_qd_mpx()
     parsed = dectris_config("dectris", scan, annulus, centre, mask, None)
     assert parsed is not None
-    return MerlinConfig(scan=parsed.scan, inner=parsed.inner, outer=parsed.outer, centre=parsed.centre, mask=parsed.mask)
+    return MerlinConfig(scan=parsed.scan, annuli=parsed.annuli, masks=parsed.masks, centre=parsed.centre)
 
 
 def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
@@ -227,13 +247,16 @@ def serve(
         "data port, --source tcp://HOST:6342; the merlin extra; docs/acquisition.md).", rich_help_panel=STREAM,
     ),
     scan: str | None = config_option(DectrisConfig, "scan", panel=STREAM, metavar="ROWSxCOLS"),
-    annulus: str | None = typer.Option(
-        None, help="Virtual detector (with --scan): the annulus' INNER:OUTER radii in detector pixels, like 10:40.",
+    annulus: list[str] | None = typer.Option(
+        None, help="Virtual detector (with --scan): an annulus' INNER:OUTER radii in detector pixels, like 10:40, or "
+        "NAME=INNER:OUTER. Repeat it (and --mask) for several detectors in one pass, e.g. haadf=24:60 adf=12:24 "
+        "bf=0:8: the first (annuli before masks) is denoised, the others are published on 'virtual'.",
         rich_help_panel=STREAM,
     ),
     centre: str | None = config_option(DectrisConfig, "centre", panel=STREAM, metavar="X,Y"),
-    mask: Path | None = config_option(DectrisConfig, "mask", panel=STREAM),
+    mask: list[Path] | None = config_option(DectrisConfig, "masks", "--mask", panel=STREAM, default=None),
     channel: str | None = config_option(DectrisConfig, "channel", panel=STREAM),
+    dectris_stream: str = config_option(DectrisConfig, "stream", "--dectris-stream", panel=STREAM, metavar="auto|v1|v2"),
     lossless: bool = config_option(QueueConfig, "lossless", panel=QUEUE),
     queue: int = config_option(QueueConfig, "capacity", "--queue", panel=QUEUE),
     max_wait_ms: float = config_option(QueueConfig, "max_wait_ms", panel=QUEUE),
@@ -291,9 +314,9 @@ def serve(
     if record is None and record_raw:
         raise LivedenoiseError("--record-raw needs --record DIR")
     if source_format.strip().lower() == "merlin":
-        dectris, merlin = None, merlin_config(source, scan, annulus, centre, mask, channel)
+        dectris, merlin = None, merlin_config(source, scan, annulus, centre, mask, channel, dectris_stream)
     else:
-        dectris, merlin = dectris_config(source_format, scan, annulus, centre, mask, channel), None
+        dectris, merlin = dectris_config(source_format, scan, annulus, centre, mask, channel, dectris_stream), None
     cfg = ServeConfig(
         model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris, merlin=merlin,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus),

@@ -45,8 +45,10 @@ import threading
 import zmq
 
 from .._signals import stop_on_signals
+from ..detectors import VirtualImage
 from ..engine import Engine
 from ..errors import PipelineError
+from ..protocol import TOPIC_VIRTUAL, encode_published
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
@@ -97,7 +99,7 @@ class Daemon:
             if config.merlin is not None:  # a Merlin's data port (TCP, libertem-qd-mpx), not ZeroMQ
                 self.source = MerlinSource(config.source, self.queue, config.merlin, limits=config.limits)
             else:
-                decoder, max_part = make_decoder(config.dectris, config.limits)  # None: the livedenoise protocol
+                decoder, max_part = make_decoder(config.dectris, config.limits, config.source)  # None: the livedenoise protocol
                 self.source = Source(
                     self.ctx, config.source, self.queue, pull=config.pull, rcvhwm=rcvhwm, limits=config.limits,
                     configure=configure_source, decoder=decoder, max_part=max_part,
@@ -115,6 +117,7 @@ class Daemon:
             except Exception:
                 self.source.close()
                 raise
+            self.source.on_virtual = self._publish_virtual  # a virtual detector's other images
             if config.push_output is not None:
                 self.stats.extras.append(self.publisher.push_counters)
             if self.engine.card.pixel_size_nm is not None:  # frames at another pixel size: warned, counted
@@ -169,6 +172,13 @@ class Daemon:
         self._stopped = threading.Event()
         self._code = 0
         self._failures = LogThrottle(log)
+
+    def _publish_virtual(self, image: VirtualImage) -> None:
+        """In the receiver thread: a virtual image beside the denoised one, published as it is on
+        ``virtual`` by the publisher thread (``[b"virtual", header, pixels]``; the header names the
+        detector)."""
+        header = {"series_id": image.series_id, "image_id": image.image_id, "detector": image.name, "index": image.index}
+        self.publisher.post(encode_published(TOPIC_VIRTUAL, header, image.data))
 
     @property
     def publish_address(self) -> str:

@@ -11,7 +11,11 @@ and :class:`~livedenoise.detectors.Skip` entries for what it passed over.
 
 Bad messages are logged (throttled) and counted as ``malformed``; the receiver keeps going. So
 are a decoder's skips: ``malformed``, ``gaps`` (added to the receiver's own), and
-``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats).
+``incomplete`` (scan frames a series ended before: ``scan_incomplete`` in the stats). A decoder's
+:class:`~livedenoise.detectors.VirtualImage` (the virtual detectors after the first) goes to
+:attr:`Receiver.on_virtual` (``serve`` publishes it on ``virtual``). A decoder that receives in a
+process of its own (:class:`~livedenoise.detectors.LibertemReceiver`) names the ``endpoint`` the
+socket connects to instead of the detector, and is closed with the receiver.
 Series are tracked: a new ``series_id`` is logged, and so is a gap in ``image_id`` within a series
 (counted as ``gaps``), loudly rather than silently. Every frame carries its series' *epoch*
 (:attr:`Received.epoch`), a counter the receiver advances at each ``start`` message (a series
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import zmq
 
-from ..detectors import Skip
+from ..detectors import Skip, VirtualImage
 from ..errors import LivedenoiseError, MalformedMessage
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -93,8 +97,9 @@ class Received(NamedTuple):
 
 class Decoder(Protocol):
     """The receiver's decoding step: the parts of one ZeroMQ message in, the messages they
-    complete out (with :class:`Skip` entries); :class:`MalformedMessage` for a message it rejects
-    whole. ``counters()``: more figures for the stats (none for the native protocol)."""
+    complete out (with :class:`Skip` and :class:`VirtualImage` entries); :class:`MalformedMessage`
+    for a message it rejects whole. ``counters()``: more figures for the stats (none for the native
+    protocol). Optional: ``endpoint`` (connect there, not to the source) and ``close()``."""
 
     def feed(self, parts: Sequence[Buffer]) -> Sequence[DetectorMessage | Skip]: ...
 
@@ -116,34 +121,40 @@ class NativeDecoder:
         return {}
 
 
-def make_decoder(dectris: DectrisConfig | None, limits: Limits = DEFAULT_LIMITS) -> tuple[Decoder | None, int | None]:
+def make_decoder(
+    dectris: DectrisConfig | None, limits: Limits = DEFAULT_LIMITS, source: str | None = None
+) -> tuple[Decoder | None, int | None]:
     """The decoder ``serve`` reads its source with, and the largest message part to accept: the
     native protocol's (``None, None``), or a DECTRIS stream's (a v2 message carries every channel:
-    up to 4 frames). Fails here, not in the receiver thread, where the ``dectris`` extra is missing
-    or a mask file is unreadable."""
+    up to 4 frames): Stream v1 (``dectris.stream == "v1"``) through libertem-dectris's receiver
+    process where it is installed (connected to ``source``), else the Python decoder. Fails here,
+    not in the receiver thread, where the ``dectris`` extra is missing, a mask file is unreadable or
+    the receiver process does not start."""
     if dectris is None:
         return None, None
-    from ..detectors import DectrisDecoder
+    from ..detectors import DectrisDecoder, LibertemReceiver, libertem_available
 
-    virtual = make_virtual(dectris, "DECTRIS stream (v1 or v2)")
-    decoder = DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits)
-    return decoder, 4 * max_part_bytes(limits) + limits.max_header_bytes
+    virtual = make_virtual(dectris, "DECTRIS stream")
+    max_part = 4 * max_part_bytes(limits) + limits.max_header_bytes
+    if dectris.stream == "v1" and source is not None:
+        if libertem_available():
+            return LibertemReceiver(source, virtual=virtual), max_part
+        log.warning("libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1")
+    return DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits), max_part
 
 
 def make_virtual(scan: ScanConfig, stream: str) -> VirtualDetector | None:
     """The virtual detector of a 4D-STEM stream (None without ``--scan``: each detector frame is a
-    frame), logged; a mask file that cannot be read fails here."""
-    from ..detectors import VirtualDetector, read_mask
+    frame): its annuli and masks, the first denoised; logged. A mask file that cannot be read fails here."""
+    from ..detectors import VirtualDetector
 
     if scan.scan is None:
         log.info("%s: each detector frame is a frame", stream)
         return None
-    virtual = VirtualDetector(
-        scan.scan, inner=scan.inner, outer=scan.outer, centre=scan.centre,
-        mask=None if scan.mask is None else read_mask(scan.mask), centre_frames=scan.centre_frames,
-    )
-    what = f"mask {scan.mask}" if scan.mask else f"annulus {scan.inner or 0:g}-{scan.outer:g} px"
-    log.info("%s: virtual detector (%s), %dx%d scan positions per image", stream, what, *scan.scan)
+    detectors = scan.virtual_detectors()
+    virtual = VirtualDetector(scan.scan, detectors=detectors, centre=scan.centre, centre_frames=scan.centre_frames)
+    what = ", ".join(d.label for d in detectors)
+    log.info("%s: virtual detectors %s (the first denoised), %dx%d scan positions per image", stream, what, *scan.scan)
     return virtual
 
 
@@ -177,7 +188,8 @@ class Receiver:
 
     Counters (each written by the receiver thread only): ``received`` (valid image frames),
     ``malformed`` (rejected messages), ``gaps`` (image-id discontinuities within a series),
-    ``incomplete`` (scan frames a decoder gave up on), ``disconnects`` (connections to the detector lost).
+    ``incomplete`` (scan frames a decoder gave up on), ``disconnects`` (connections to the detector
+    lost), ``virtual`` (a virtual detector's other images, handed to :attr:`on_virtual`).
     """
 
     def __init__(self, queue: FrameQueue[Received], limits: Limits = DEFAULT_LIMITS):
@@ -188,6 +200,8 @@ class Receiver:
         self.gaps = 0
         self.incomplete = 0
         self.disconnects = 0
+        self.virtual = 0
+        self.on_virtual: Callable[[VirtualImage], None] | None = None  # serve: publish on 'virtual'
         self.series_id: int | None = None
         self.epoch = 0  # advanced by each start message and change of series id
         self._last_image_id: int | None = None
@@ -197,8 +211,8 @@ class Receiver:
         self._conn_log = LogThrottle(log)
 
     def counters(self) -> dict[str, int]:
-        """``scan_incomplete``, for the stats of a detector's own stream."""
-        return {"scan_incomplete": self.incomplete}
+        """``scan_incomplete`` and ``virtual_images``, for the stats of a detector's own stream."""
+        return {"scan_incomplete": self.incomplete, "virtual_images": self.virtual}
 
     def stop(self) -> None:
         """Stop receiving (the thread finishes the message in hand, then closes its input)."""
@@ -227,6 +241,10 @@ class Receiver:
                 log.info("series %d: end after image %s", msg.series_id, self._last_image_id)
             elif kind is Skip:
                 self._skip(msg)
+            elif kind is VirtualImage:
+                self.virtual += 1
+                if self.on_virtual is not None:
+                    self.on_virtual(msg)
 
     def _skip(self, skip: Skip) -> None:
         """A decoder's skipped input: counted by kind, logged (throttled)."""
@@ -292,6 +310,11 @@ class Source(Receiver):
         max_part: int | None = None,
     ):
         super().__init__(queue, limits)
+        relay = getattr(decoder, "endpoint", None)  # a decoder receiving in a process of its own
+        if relay is not None:
+            if configure is not None:
+                log.warning("the DECTRIS receiver process connects to %s without CURVE", address)
+            address, configure = relay, None
         self.address = address
         self.drain = max(1, drain)  # messages taken per wake-up at most
         self.pull = pull
@@ -319,6 +342,12 @@ class Source(Receiver):
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        self._close_decoder()
+
+    def _close_decoder(self) -> None:
+        close = getattr(self.decoder, "close", None)
+        if close is not None:
+            close()
 
     def run(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -356,6 +385,7 @@ class Source(Receiver):
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+            self._close_decoder()
             self.queue.close()  # the inference thread drains what is queued, then ends
 
     def _rearm(self) -> None:

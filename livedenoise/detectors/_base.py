@@ -1,8 +1,11 @@
-"""What every decoder of a detector stream hands the receiver besides messages: the input it skipped."""
+"""What every decoder of a detector stream hands the receiver besides messages: the input it
+skipped, and the virtual images beyond the one that is denoised."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import numpy as np
 
 
 class Skip(NamedTuple):
@@ -10,11 +13,25 @@ class Skip(NamedTuple):
     counts and logs it (throttled); never an exception, so one bad part does not cost the good
     messages decoded around it.
 
-    ``kind``: ``"malformed"`` (a part that breaks the format, a corrupt blob), ``"gaps"`` (frame
-    ids that jump; ``count`` discontinuities), ``"incomplete"`` (a scan frame given up because
-    its series ended before it did) or ``"disconnects"`` (the detector's stream ended).
+    ``kind``: ``"malformed"`` (a part that breaks the format, a corrupt blob, a series without its
+    header, a pixel mask that does not fit), ``"gaps"`` (frame ids that jump; ``count``
+    discontinuities), ``"incomplete"`` (scan frames given up: their series ended before they did,
+    or the receiver lost them) or ``"disconnects"`` (the detector's stream ended).
     """
 
     kind: str
     reason: str
     count: int = 1
+
+
+class VirtualImage(NamedTuple):
+    """A virtual image of a detector other than the first (:class:`~livedenoise.detectors.VirtualDetector`
+    with several): the first is an :class:`~livedenoise.protocol.ImageFrame` and is denoised, these
+    are published as they are (``serve``: the ``virtual`` topic). ``index``: the detector's place in
+    the list (1, 2 ...), ``name`` its name; ``image_id``: the scan frame's, as the first's."""
+
+    series_id: int
+    image_id: int
+    index: int
+    name: str
+    data: np.ndarray

@@ -129,17 +129,16 @@ def reduce_stack(
     virtual: VirtualDetector, series: int, first_id: int, count: int, shape: tuple[int, int], dtype: np.dtype,
     decode: Callable[[np.ndarray, int, int], None],
 ) -> list[ImageFrame | Skip]:
-    """A stack of ``count`` patterns into the virtual detector: pattern ``i`` is decoded by
-    ``decode(out, i, i + 1)`` (into ``out[0]``) straight into the batch row :meth:`VirtualDetector.lend`
-    gives (a fresh array while it gives none), then added as image ``first_id + i``. The one place
-    the Merlin path calls the virtual detector."""
-    out: list[ImageFrame | Skip] = []
-    for i in range(count):
-        lent = virtual.lend(series, shape, dtype)
-        row = lent[0] if lent is not None else np.empty(shape, dtype)
-        decode(row[None], i, i + 1)
-        out += virtual.add(series, first_id + i, row)
-    return out
+    """A stack of ``count`` patterns into the virtual detector, as images ``first_id`` on: decoded
+    at once by ``decode(out, 0, count)`` straight into the stack buffer
+    :meth:`VirtualDetector.stack_buffer` lends (a fresh array while it lends none: the weights wait
+    for a series' first patterns) and reduced at once (:meth:`VirtualDetector.add_stack`: no Python
+    per pattern). The one place the Merlin path calls the virtual detector."""
+    buf = virtual.stack_buffer(series, count, shape, dtype)
+    if buf is None:
+        buf = np.empty((count, *shape), dtype)
+    decode(buf, 0, count)
+    return virtual.add_stack(series, first_id, buf)
 
 
 class MerlinStream:

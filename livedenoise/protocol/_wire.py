@@ -12,7 +12,9 @@ Input (detector -> daemon):
 * series framing: one-part ``{htype: "start", series_id, ...}`` and ``{htype: "end", series_id}``.
 
 Output (daemon PUB socket, ``[topic, header(, payload)]``): topics :data:`TOPIC_DENOISED`,
-:data:`TOPIC_RAW`, :data:`TOPIC_STATS`, :data:`TOPIC_ATOMS` and :data:`TOPIC_HOPS`. ``atoms``
+:data:`TOPIC_RAW`, :data:`TOPIC_STATS`, :data:`TOPIC_ATOMS`, :data:`TOPIC_HOPS` and
+:data:`TOPIC_VIRTUAL` (4D-STEM with several virtual detectors: the images of those after the first,
+``[topic, header, payload]`` as ``raw``, the header naming the ``detector`` and its ``index``). ``atoms``
 (``serve --atoms``) is header-only like ``stats``: ids, ``count``, ``threshold`` and the peaks'
 positions, intensities and heights as float32 ``bin`` fields, optionally each atom's evidence
 z-score and track id (:func:`encode_atoms`, :func:`decode_atoms`), at most :data:`MAX_ATOMS` of
@@ -52,7 +54,8 @@ TOPIC_RAW = b"raw"
 TOPIC_STATS = b"stats"
 TOPIC_ATOMS = b"atoms"
 TOPIC_HOPS = b"hops"
-TOPICS: tuple[bytes, ...] = (TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, TOPIC_ATOMS, TOPIC_HOPS)
+TOPIC_VIRTUAL = b"virtual"  # 4D-STEM: the virtual detectors after the first (serve --scan, several --annulus/--mask)
+TOPICS: tuple[bytes, ...] = (TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, TOPIC_ATOMS, TOPIC_HOPS, TOPIC_VIRTUAL)
 
 Buffer = bytes | bytearray | memoryview  # anything with the buffer protocol (zmq.Frame too)
 

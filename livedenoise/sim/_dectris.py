@@ -9,13 +9,14 @@ were trained on.
 
 Senders, written from DECTRIS' documentation of the SIMPLON stream interface:
 
-* Stream v1: :func:`dectris_v1_messages` (``dheader-1.0`` + config, per image ``dimage-1.0``,
-  ``dimage_d-1.0``, the blob, ``dconfig-1.0``; ``dseries_end-1.0``) in the encodings
-  ``bs16-lz4<`` (bitshuffle + LZ4 with its 12-byte header), ``lz4<`` and ``<``;
-  :func:`write_dectris_dump` writes them as the records (i64 little-endian length + one ZeroMQ
-  part) that LiberTEM's ``DectrisSim`` replays.
-* Stream v2: :func:`dectris_v2_messages` (CBOR ``start``, ``image``, ``end``; compression tag 56500
-  ``bslz4`` or ``lz4`` in the HDF5 filters' framing, or none), sent by :class:`DectrisV2Sender`.
+* Stream v1: :func:`dectris_v1_messages` (``dheader-1.0`` + config, with a pixel mask the
+  ``header_detail: all`` parts too, per image ``dimage-1.0``, ``dimage_d-1.0``, the blob,
+  ``dconfig-1.0``; ``dseries_end-1.0``) in the encodings ``bs16-lz4<`` (bitshuffle + LZ4 with its
+  12-byte header), ``lz4<`` and ``<``; :func:`write_dectris_dump` writes them as the records (i64
+  little-endian length + one ZeroMQ part) that LiberTEM's ``DectrisSim`` replays.
+* Stream v2: :func:`dectris_v2_messages` (CBOR ``start`` with an optional ``pixel_mask``,
+  ``image``, ``end``; compression tag 56500 ``bslz4`` or ``lz4`` in the HDF5 filters' framing, or
+  none), sent by :class:`DectrisV2Sender`.
 
 Needs the ``dectris`` extra (cbor2, lz4, bitshuffle) to encode.
 """
@@ -133,9 +134,12 @@ def _json(obj: dict) -> bytes:
 
 def dectris_v1_messages(
     patterns: np.ndarray, series: int = 1, *, encoding: str = "bs16-lz4<", first_image: int = 0, end: bool = True,
+    pixel_mask: np.ndarray | None = None, header: bool = True,
 ) -> list[list[bytes]]:
     """The Stream v1 messages of one series, grouped as the detector sends them: ``[dheader,
-    config]``, per image ``[dimage, dimage_d, blob, dconfig]``, ``[dseries_end]``."""
+    config]`` (with ``pixel_mask``, ``header_detail: all``: ``[dheader, config, flatfield header,
+    flatfield, pixel mask header, pixel mask, count-rate header, table]``; none without
+    ``header``), per image ``[dimage, dimage_d, blob, dconfig]``, ``[dseries_end]``."""
     n, h, w = patterns.shape
     type_ = {"u1": "uint8", "u2": "uint16", "u4": "uint32"}[patterns.dtype.str[1:]]
     bits = patterns.dtype.itemsize * 8
@@ -144,7 +148,18 @@ def dectris_v1_messages(
         "ntrigger": n, "nimages": 1, "trigger_mode": "exte", "x_pixels_in_detector": w, "y_pixels_in_detector": h,
         "bit_depth_image": bits, "compression": "bslz4" if enc.startswith("bs") else "lz4", "description": "livedenoise sim",
     }
-    messages = [[_json({"htype": "dheader-1.0", "header_detail": "basic", "series": series}), _json(config)]]
+    detail = "basic" if pixel_mask is None else "all"
+    messages = [[_json({"htype": "dheader-1.0", "header_detail": detail, "series": series}), _json(config)]]
+    if pixel_mask is not None:
+        mask = np.ascontiguousarray(pixel_mask, "<u4")
+        mh, mw = mask.shape
+        messages[0] += [
+            _json({"htype": "dflatfield-1.0", "shape": [mw, mh], "type": "float32"}), np.ones(mask.shape, "<f4").tobytes(),
+            _json({"htype": "dpixelmask-1.0", "shape": [mw, mh], "type": "uint32"}), mask.tobytes(),
+            _json({"htype": "dcountrate_table-1.0", "shape": [2, 4], "type": "float32"}), np.zeros(8, "<f4").tobytes(),
+        ]
+    if not header:
+        messages = []
     dimaged = _json({"htype": "dimage_d-1.0", "shape": [w, h], "type": type_, "encoding": enc})
     for i, frame in enumerate(patterns):
         image_id = first_image + i
@@ -177,18 +192,25 @@ def dectris_v2_messages(
     channels: Sequence[str] = ("threshold_1",),
     first_image: int = 0,
     end: bool = True,
+    pixel_mask: np.ndarray | None = None,
+    start: bool = True,
 ) -> list[bytes]:
-    """The Stream v2 messages of one series (CBOR, self-described): ``start``, one ``image`` per
-    pattern (every channel carries it, the n-th channel times n + 1), ``end``."""
+    """The Stream v2 messages of one series (CBOR, self-described): ``start`` (with ``pixel_mask``,
+    u32, for every channel; none without ``start``), one ``image`` per pattern (every channel
+    carries it, the n-th channel times n + 1), ``end``."""
     cbor2 = load_codecs()[0]
     tag = cbor2.CBORTag
     n, h, w = patterns.shape
     uid = f"livedenoise-{series:08d}"
-    start = {
+    start_msg = {
         "type": "start", "series_id": series, "series_unique_id": uid, "channels": list(channels),
         "image_size_x": w, "image_size_y": h, "number_of_images": n, "detector_description": "livedenoise sim",
     }
-    messages = [cbor2.dumps(tag(55799, start))]
+    if pixel_mask is not None:
+        mask = np.ascontiguousarray(pixel_mask, "<u4")
+        array = tag(40, [list(mask.shape), tag(TYPED_ARRAY_TAG["<u4"], mask.tobytes())])
+        start_msg.update(pixel_mask={name: array for name in channels}, pixel_mask_enabled=True)
+    messages = [cbor2.dumps(tag(55799, start_msg))] if start else []
     typed = TYPED_ARRAY_TAG[patterns.dtype.str]
     for i, frame in enumerate(patterns):
         data = {}

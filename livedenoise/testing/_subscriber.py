@@ -22,6 +22,7 @@ class Subscriber:
         self.sock.connect(address)
         self.last_stats: dict | None = None
         self._pending: list[Published] = []  # frames read while waiting for stats, handed out by collect()
+        self.others: list[Published] = []  # what collect() read of topics other than denoised, raw, stats
 
     def recv(self, timeout: float = 5.0) -> Published | None:
         """The next message, or None after ``timeout`` seconds."""
@@ -61,6 +62,8 @@ class Subscriber:
                 last = time.monotonic()
             elif msg.topic == b"raw":
                 raw.append(msg)
+            elif msg.topic != b"stats":
+                self.others.append(msg)
         return denoised, raw
 
     def stats_until(self, predicate: Callable[[dict], bool], timeout: float = 10.0) -> dict:

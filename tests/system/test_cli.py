@@ -142,8 +142,8 @@ SERVE_OPTIONS = {
     "pull": (ServeConfig, "pull", "Stream"),
     "scan": (DectrisConfig, "scan", "Stream"),
     "centre": (DectrisConfig, "centre", "Stream"),
-    "mask": (DectrisConfig, "mask", "Stream"),
     "channel": (DectrisConfig, "channel", "Stream"),
+    "dectris_stream": (DectrisConfig, "stream", "Stream"),
     "lossless": (QueueConfig, "lossless", "Queue"),
     "queue": (QueueConfig, "capacity", "Queue"),
     "max_wait_ms": (QueueConfig, "max_wait_ms", "Queue"),
@@ -186,7 +186,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
         assert param.help == help_for(cls, field) and param.help, name
         assert param.default == default_for(cls, field), name
         assert param.rich_help_panel == panel, name
-    partial = {"source_format": "Stream", "annulus": "Stream", "model": "Engine", "warmup_size": "Engine", "pipeline_cpus": "Engine", "record": "Recording", "atoms": "Atoms",
+    partial = {"source_format": "Stream", "annulus": "Stream", "mask": "Stream", "model": "Engine", "warmup_size": "Engine", "pipeline_cpus": "Engine", "record": "Recording", "atoms": "Atoms",
                "atoms_threshold": "Atoms", "guard": "Guard", "view": "Viewer and logging", "log_level": "Viewer and logging"}
     assert set(params) == set(SERVE_OPTIONS) | set(partial)  # every option sits in a panel
     for name, panel in partial.items():
@@ -194,6 +194,7 @@ def test_serve_help_is_grouped_in_panels_and_each_help_is_the_config_fields():
     assert params["model"].help.startswith(help_for(ServeConfig, "model")) and "lowdose" in params["model"].help
     assert params["warmup_size"].help == help_for(EngineConfig, "shapes") and params["warmup_size"].default == "128x128"
     assert params["record"].help == help_for(RecordingConfig, "directory")
+    assert params["mask"].help == help_for(DectrisConfig, "masks") and params["mask"].default is None
     assert params["pipeline_cpus"].help == help_for(ServeConfig, "pipeline_cpus") and params["pipeline_cpus"].default == ""
     assert params["atoms"].help == help_for(ServeConfig, "atoms") and params["atoms"].default is False
     assert help_for(AtomsConfig, "threshold")[1:] in params["atoms_threshold"].help

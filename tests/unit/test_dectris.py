@@ -276,3 +276,64 @@ def test_missing_extra_is_one_line(monkeypatch):
 def test_decompress_errors_are_malformed():
     with pytest.raises(MalformedMessage):
         decompress_bslz4(b"\x00" * 5, 16, np.dtype("<u2"))
+
+
+@pytest.mark.parametrize("stream", ["v1", "v2"])
+def test_the_streams_pixel_mask_is_left_out(scan4d, stream):
+    """v2's start message carries the pixel mask, v1's header with header_detail 'all': its bad
+    pixels get weight 0 (a hot pixel in the annulus would add to every position)."""
+    patterns = scan4d.patterns.copy()
+    ring = annular_mask((32, 32), scan4d.centre, scan4d.inner, scan4d.outer)
+    rows, cols = np.nonzero(ring)
+    bad = np.zeros((32, 32), np.uint32)
+    bad[rows[:3], cols[:3]] = 8  # hot
+    patterns[:, rows[:3], cols[:3]] = 900
+    if stream == "v1":
+        messages = dectris_v1_messages(patterns, series=2, pixel_mask=bad)
+        assert len(messages[0]) == 8  # dheader, config, flatfield, pixel mask, count-rate table: headers and blobs
+    else:
+        messages = [[m] for m in dectris_v2_messages(patterns, series=2, pixel_mask=bad)]
+    vd = VirtualDetector(SCAN, inner=scan4d.inner, outer=scan4d.outer, centre=scan4d.centre)
+    out = run(DectrisDecoder(virtual=vd), messages)
+    assert not [m for m in out if type(m) is Skip]
+    expected = ring & (bad == 0)
+    np.testing.assert_array_equal(np.stack([f.data for f in frames_of(out)]), virtual_reference(patterns, expected, SCAN))
+
+
+def test_a_pixel_mask_of_the_wrong_shape_is_refused_once(scan4d):
+    messages = [[m] for m in dectris_v2_messages(scan4d.patterns, series=2, pixel_mask=np.ones((64, 64), np.uint32))]
+    vd = VirtualDetector(SCAN, inner=scan4d.inner, outer=scan4d.outer, centre=scan4d.centre)
+    out = run(DectrisDecoder(virtual=vd), messages)
+    assert [(s.kind, "refused" in s.reason) for s in out if type(s) is Skip] == [("malformed", True)]
+    ref = virtual_reference(scan4d.patterns, annular_mask((32, 32), scan4d.centre, scan4d.inner, scan4d.outer), SCAN)
+    np.testing.assert_array_equal(np.stack([f.data for f in frames_of(out)]), ref)
+
+
+@pytest.mark.parametrize("stream", ["v1", "v2"])
+def test_a_series_without_its_header_is_counted_and_picked_up(scan4d, stream):
+    per_scan = SCAN[0] * SCAN[1]
+    first = per_scan // 3
+    if stream == "v1":
+        messages = dectris_v1_messages(scan4d.patterns[first:], series=6, first_image=first, header=False)
+    else:
+        messages = [[m] for m in dectris_v2_messages(scan4d.patterns[first:], series=6, first_image=first, start=False)]
+    vd = VirtualDetector(SCAN, inner=scan4d.inner, outer=scan4d.outer, centre=scan4d.centre)
+    out = run(DectrisDecoder(virtual=vd), messages)
+    assert [(s.kind, s.reason.split(":")[0]) for s in out if type(s) is Skip] == [("malformed", "series 6"), ("incomplete", "series 6")]
+    assert "without the series' start" in skips(out, "malformed")[0].reason
+    assert [f.image_id for f in frames_of(out)] == [1]  # scan frame 0 was joined a third in: dropped, never partial
+    ref = virtual_reference(scan4d.patterns, annular_mask((32, 32), scan4d.centre, scan4d.inner, scan4d.outer), SCAN)
+    np.testing.assert_array_equal(frames_of(out)[0].data, ref[1])
+
+
+def test_v1_without_libertem_dectris_is_one_line_and_the_python_decoder(monkeypatch, caplog):
+    from livedenoise.daemon import DectrisConfig
+    from livedenoise.daemon._receive import make_decoder
+    from livedenoise.detectors import _libertem
+
+    monkeypatch.setattr(_libertem.importlib.util, "find_spec", lambda name: None)  # as if not installed
+    with caplog.at_level("WARNING", logger="livedenoise.daemon"):
+        decoder, _ = make_decoder(DectrisConfig(scan=(4, 4), outer=5.0, stream="v1"), source="tcp://127.0.0.1:9999")
+    assert type(decoder) is DectrisDecoder
+    lines = [r.getMessage() for r in caplog.records if "libertem-dectris" in r.getMessage()]
+    assert lines == ["libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1"]
