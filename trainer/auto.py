@@ -74,7 +74,7 @@ class AutoConfig:
     shipped: bool = True  # score the shipped models too
     selfsup: Any = None  # a trainer.selfsup.SelfSupConfig (default: its defaults); frames/steps/minutes above override it
     noise2atom: Any = None  # a trainer.run.TrainConfig for the Noise2Atom candidate (auto: made here)
-    log_file: Any = None
+    keep: Path | None = None  # a folder to write every trained candidate's model into, beside the chosen one
 
 
 @dataclass
@@ -397,6 +397,13 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
     data = _finish(chosen, frames, norm, plan, training, scores, content, pixel_size_nm)
     write_model(cfg.out, data)
     log(f"wrote {cfg.out} ({chosen.name})")
+    if cfg.keep is not None:  # every trained candidate too, each with its card (the benchmarks compare them)
+        Path(cfg.keep).mkdir(parents=True, exist_ok=True)
+        for c in candidates:
+            if c.name in ("filter", "selfsup", "noise2atom") and (c.onnx is not None or c.name == "filter"):
+                path = Path(cfg.keep) / f"{c.name}.onnx"
+                write_model(path, _finish(c, frames, norm, plan, training, scores, content, pixel_size_nm))
+        log(f"candidates written to {cfg.keep}")
     return training
 
 

@@ -62,6 +62,10 @@ class SelfSupConfig:
     ema: float = 0.99
     eval_every: int = 250
     seconds: float = 15 * 60.0
+    # Not seen in a training movie, but in every session: the stage moves to another area. This
+    # share of the training windows has its frames before a random cut taken from elsewhere in
+    # the movie, so the model learns to drop a past that does not match the current frame.
+    change_prob: float = 0.15
 
     @property
     def size_multiple(self) -> int:
@@ -266,6 +270,12 @@ def train_selfsup(
         y0 = rng.integers(0, hh - crop + 1, cfg.batch)
         x0 = rng.integers(0, ww - crop + 1, cfg.batch)
         batch = np.stack([frames[i][:, a : a + crop, b : b + crop] for i, a, b in zip(idx, y0, x0)])
+        if cfg.frames > 1 and cfg.change_prob > 0:
+            for j in np.flatnonzero(rng.random(cfg.batch) < cfg.change_prob):
+                cut = rng.integers(1, cfg.frames)  # frames before the cut: another area, another time
+                a, b = rng.integers(0, hh - crop + 1), rng.integers(0, ww - crop + 1)
+                other = windows[rng.choice(train_frames)]
+                batch[j, :cut] = frames[other[:cut]][:, a : a + crop, b : b + crop]
         if rng.random() < 0.5:
             batch = batch[..., ::-1]
         if rng.random() < 0.5:

@@ -25,6 +25,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="ONNX model to write; checkpoint and figures go next to it."),
     method: str = typer.Option(None, "--method", help="auto (default): train the self-supervised model and choose the causal filter's window and Gaussian, add Noise2Atom where the movie holds sparse atoms, score them and the shipped models on held-out frames, keep the best | selfsup | filter | noise2atom (also implied by --preset or --resume)."),
     minutes: float = typer.Option(15.0, "--minutes", help="Training budget of the self-supervised model (it also stops at its steps)."),
+    keep: Path = typer.Option(None, "--keep", metavar="DIR", help="Also write every trained candidate (filter.onnx, selfsup.onnx, noise2atom.onnx) into DIR, each with its card."),
     preset: str = typer.Option(None, "--preset", help="paper | lite | tiny | rt (tiny distilled into a 2x faster CPU net) | temporal (tiny on the mean of the current and 2 previous frames); default tiny; on --resume, the checkpoint's (a tiny checkpoint may be distilled anew as rt)."),
     steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu."),
@@ -68,7 +69,7 @@ def train(
         raise LivedenoiseError(f"--preset and --resume are Noise2Atom's options: not with --method {method}")
     if method != "noise2atom":
         train_auto(AutoConfig(frames=frames, out=out, method=method, seed=seed, minutes=minutes, window=window,
-                              steps=steps, signal=signal))
+                              steps=steps, signal=signal, keep=keep))
         return
     run_training(
         TrainConfig(

@@ -171,6 +171,7 @@ SERVE_OPTIONS = {
     "guard_window": (GuardConfig, "window", "Guard"),
     "guard_interval": (GuardConfig, "interval", "Guard"),
     "unexplained_rate": (GuardConfig, "unexplained_rate", "Guard"),
+    "score_rate": (GuardConfig, "score_rate", "Guard"),
 }
 
 
