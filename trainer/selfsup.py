@@ -22,8 +22,9 @@ frame's and of the other scan lines of its own frame:
   background and brightest features), or, for a model meant for unknown samples, by each frame's
   own minimum and maximum.
 
-The U-Net runs on the frame's ``shuffle x shuffle`` sub-pixel phases (as the ``rt`` preset), so
-two passes cost what one ``rt`` pass does on a CPU. Training keeps the weights' exponential moving
+The U-Net runs on the frame's ``shuffle x shuffle`` sub-pixel phases (as the ``rt`` preset), behind
+a linear first layer whose part for the previous frames is computed once for both passes, so the
+two passes cost less than one ``rt`` pass on a CPU. Training keeps the weights' exponential moving
 average and, every ``eval_every`` steps, scores it with the ground-truth-free score
 (:func:`livedenoise.analysis.frame_terms`) on frames it never trained on; the best is kept.
 """
@@ -49,11 +50,11 @@ LEAK = 0.1
 @dataclass(frozen=True, slots=True)
 class SelfSupConfig:
     """The network and its training. ``frames``: the causal window (1: the current frame only,
-    a spatial blind spot); ``widths``: the U-Net's channels at its three levels; ``shuffle``: the
+    a spatial blind spot); ``widths``: the U-Net's channels at each of its levels; ``shuffle``: the
     sub-pixel phases it runs on; ``seconds``: a time budget that ends training early."""
 
     frames: int = 8
-    widths: tuple[int, ...] = (32, 48, 64)
+    widths: tuple[int, ...] = (24, 32, 48, 64)
     shuffle: int = 4
     steps: int = 3000
     batch: int = 8
@@ -86,26 +87,24 @@ class _Block(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net on the ``shuffle x shuffle`` sub-pixel phases: one output channel."""
+    """A small U-Net on ``w[0]`` channels at the top level, ``len(widths)`` levels: one output
+    channel per sub-pixel phase (``shuffle ** 2``)."""
 
-    def __init__(self, inputs: int, widths: tuple[int, ...], shuffle: int):
+    def __init__(self, widths: tuple[int, ...], shuffle: int):
         super().__init__()
-        self.shuffle = shuffle
         w = widths
-        self.down = nn.ModuleList([_Block(inputs * shuffle * shuffle, w[0])] + [_Block(w[i - 1], w[i]) for i in range(1, len(w))])
+        self.down = nn.ModuleList([_Block(w[0], w[0])] + [_Block(w[i - 1], w[i]) for i in range(1, len(w))])
         self.up = nn.ModuleList([_Block(w[i + 1] + w[i], w[i]) for i in range(len(w) - 1)])
         self.out = nn.Conv2d(w[0], shuffle * shuffle, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pixel_unshuffle(x, self.shuffle) if self.shuffle > 1 else x
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.avg_pool2d(x, 2))
             skips.append(x)
         for i in range(len(self.up) - 1, -1, -1):
             x = self.up[i](torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skips[i]], 1))
-        x = self.out(x)
-        return F.pixel_shuffle(x, self.shuffle) if self.shuffle > 1 else x
+        return self.out(x)
 
 
 def blind_lines(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +135,13 @@ class CausalDenoiser(nn.Module):
 
     def __init__(self, cfg: SelfSupConfig, display: tuple[float, float] | None = None):
         super().__init__()
-        self.frames = cfg.frames
-        self.unet = UNet(cfg.frames, tuple(cfg.widths), cfg.shuffle)
+        self.frames, self.shuffle = cfg.frames, cfg.shuffle
+        phases = cfg.shuffle * cfg.shuffle
+        # The first layer is linear (1 x 1 on the sub-pixel phases): the previous frames' part is
+        # computed once and added to each of the two blind versions of the current frame's part.
+        self.stem_past = nn.Conv2d((cfg.frames - 1) * phases, cfg.widths[0], 1) if cfg.frames > 1 else None
+        self.stem_current = nn.Conv2d(phases, cfg.widths[0], 1)
+        self.unet = UNet(tuple(cfg.widths), cfg.shuffle)
         self.fixed = display is not None
         lo, hi = display if display is not None else (0.0, 1.0)
         self.register_buffer("lo", torch.tensor(float(lo)))
@@ -151,9 +155,18 @@ class CausalDenoiser(nn.Module):
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """The blind estimate of the current frame of standardised windows ``z``."""
         a, b = blind_lines(z[:, -1:])
-        past = z[:, :-1]
-        both = torch.cat([torch.cat([past, a], 1), torch.cat([past, b], 1)], 0)
-        out_a, out_b = self.unet(both).chunk(2, 0)
+        current = torch.cat([a, b], 0)
+        if self.shuffle > 1:
+            current = F.pixel_unshuffle(current, self.shuffle)
+        h = self.stem_current(current)
+        if self.stem_past is not None:
+            past = z[:, :-1]
+            past = self.stem_past(F.pixel_unshuffle(past, self.shuffle) if self.shuffle > 1 else past)
+            h = h + torch.cat([past, past], 0)
+        out = self.unet(F.leaky_relu(h, LEAK))
+        if self.shuffle > 1:
+            out = F.pixel_shuffle(out, self.shuffle)
+        out_a, out_b = out.chunk(2, 0)
         return merge_lines(out_a, out_b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from ._content import SampleContent, estimate_content
 from ._css import C1, C2, css, css_chain, css_series, scale_to_unit
 from ._evidence import ATOM_SIGMA, WEAK_Z, Evidence, TrackEvidence, accumulate_evidence, atom_evidence, estimate_sigma
 from ._filter import MAX_WINDOW, CausalFilter, filter_grid, gaussian_blur, gaussian_kernel
-from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSummary, MeasuredFit
+from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSummary, MeasuredFit, measure_fit
 from ._guard import NO_EXPECTS, GuardVerdict, atom_width, compare_content, expected_content
 from ._noise import NoiseModel, drift_per_frame, noise_model, scene_changes
 from ._score import FrameTerms, Score, frame_terms, paired_gain, score, summarise
@@ -65,6 +65,7 @@ __all__ = [
     "gaussian_kernel",
     "link_frames",
     "local_maxima",
+    "measure_fit",
     "noise_model",
     "paired_gain",
     "read_noise_of",

@@ -118,6 +118,32 @@ class FitSummary:
                 "fit": self.state}
 
 
+def measure_fit(raw: np.ndarray, denoised: np.ndarray, rules: FitRules | None = None,
+                bank: tuple[CausalFilter, ...] = FILTER_BANK) -> FitSummary:
+    """The verdict on a whole recorded run, offline (``denoise``): the model against the best filter
+    of ``bank`` on every frame with two after it; ``undecided`` where the interval straddles the margin."""
+    rules = rules or FitRules()
+    raw = np.asarray(raw, np.float32)
+    if raw.shape[0] < 3:
+        return FitSummary(UNDECIDED, None, None, None, None, None, 0)
+    from ._score import frame_terms
+
+    raw_terms = frame_terms(raw, raw)
+    model = frame_terms(raw, np.asarray(denoised, np.float32))
+    filters = [frame_terms(raw, f.apply(raw)) for f in bank]
+    best = int(np.argmin([f.umse.mean() for f in filters]))
+    advantage, se = paired_gain(model, filters[best], rules.block)
+    state = step(UNDECIDED, advantage, se, len(model) // rules.block, 0.0, rules)
+    noise = float(model.noise.mean())
+    floor = 1e-3 * max(noise, 1e-300)
+
+    def gain(umse: float) -> float:
+        return 10.0 * math.log10(max(float(raw_terms.umse.mean()), floor) / max(umse, floor))
+
+    return FitSummary(state, gain(float(model.umse.mean())), gain(float(filters[best].umse.mean())),
+                      bank[best].describe(), advantage, se, len(model))
+
+
 class MeasuredFit:
     """The running comparison of one stream run (series, shape): :meth:`add` one frame's evidence,
     read :meth:`summary`; :meth:`reset` at a new run."""

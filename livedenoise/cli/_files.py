@@ -260,32 +260,40 @@ UNEXPLAINED_WINDOW = 16
 
 
 def _guard(expects: dict | None, raw, denoised, pixel_size_nm: float | None) -> None:
-    """``serve``'s guard, offline: does the movie look like the model's training data (one
-    ``warning:`` line if not), and the unexplained signal per frame, in single frames and in
-    sums of UNEXPLAINED_WINDOW frames (issue 19)."""
+    """``serve``'s guard, offline: the ground-truth-free score of the model and of the best causal
+    filter, and the verdict it gives (issue 24; one ``warning:`` line where the model does not fit,
+    with what the content estimate finds off: issue 19); the unexplained signal per frame, in
+    single frames and in sums of UNEXPLAINED_WINDOW frames."""
     import numpy as np
 
     from ..analysis import (
+        DOES_NOT_FIT,
         atom_width,
         compare_content,
         estimate_content,
         expected_content,
+        measure_fit,
         read_noise_of,
         unexplained,
         unexplained_sum,
     )
 
     expected, why_not = expected_content(expects)
-    seen = None
+    seen = verdict = None
     if expected is None:
         typer.echo(f"guard: {why_not}", err=True)
     else:
         seen = estimate_content(raw, pixel_size_nm)
         verdict = compare_content(expected, seen, pixel_size_nm=pixel_size_nm)
-        if verdict.fits is False:
-            typer.echo(f"warning: {verdict.message}", err=True)
-        else:
-            typer.echo(f"guard: {verdict.message}")
+    fit = measure_fit(raw, denoised)
+    if fit.model_db is not None:
+        typer.echo(f"score: {fit.model_db:+.2f} dB over raw (ground-truth-free, {fit.frames} frames); "
+                   f"best causal filter {fit.filter_db:+.2f} dB ({fit.filter})")
+    if fit.state == DOES_NOT_FIT:
+        typer.echo(f"warning: {fit.message}" + (f"; {verdict.message}" if verdict is not None and verdict.fits is False else ""),
+                   err=True)
+    else:
+        typer.echo(f"guard: {fit.message}" + (f" ({verdict.message})" if verdict is not None else ""))
     sigma = atom_width(expected, seen)
     noise = read_noise_of(raw)
     picked = np.unique(np.linspace(0, len(raw) - 1, min(len(raw), UNEXPLAINED_FRAMES)).round().astype(int))
