@@ -274,12 +274,13 @@ def score_case(d: Path, name: str, info: dict) -> None:
 BEGIN, END = "<!-- dense:begin (benchmarks/dense.py) -->", "<!-- dense:end -->"
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put ``text`` between the dense-sample markers of ``path`` (appended where there are none)."""
+def replace_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``text`` between the markers ``begin`` and ``end`` of ``path`` (by default the dense-sample
+    section's; appended where there are none)."""
     doc = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(doc)
