@@ -41,6 +41,7 @@ from livedenoise.analysis import (
     estimate_content,
     filter_grid,
     frame_terms,
+    gaussian_blur,
     noise_model,
     scene_changes,
     summarise,
@@ -224,9 +225,9 @@ def _display(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, log) -> Candidate:
-    import torch
-
+def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, blend: CausalFilter | None, log) -> Candidate:
+    """Train the self-supervised model, choose its post-processing by the score (a share of the
+    causal filter ``blend`` blended in, a Gaussian over the blend), export it and score it."""
     from .export import to_onnx_bytes, verify
     from .selfsup import CausalDenoiser, SelfSupConfig, TrainingDiverged, causal_index, denoise_counts, train_selfsup
 
@@ -235,7 +236,6 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, lo
         sc = replace(sc, steps=cfg.steps, eval_every=min(sc.eval_every, cfg.steps))
     m = sc.size_multiple
     t, h, w = frames.shape
-    hh, ww = h - h % m, w - w % m
     log(f"candidate selfsup: {sc.frames}-frame causal U-Net {tuple(sc.widths)} on {sc.shuffle}x{sc.shuffle} phases, "
         f"blind to each frame's own scan line; {len(plan.train)} training frames, at most {sc.steps} steps or "
         f"{cfg.minutes:g} min, scored every {sc.eval_every} steps on {len(plan.held)} held-out frames")
@@ -247,25 +247,40 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, lo
                          note=f"{exc}: not a candidate")
     seconds = time.monotonic() - t0
     windows = causal_index(t, sc.frames, plan.starts)
-    den = np.zeros((t, hh, ww), np.float32)
-    den_idx = plan.held if plan.held.size else plan.train
-    den[den_idx] = denoise_counts(result.model, frames[:, :hh, :ww], windows[den_idx])
+    padded = np.pad(frames, ((0, 0), (0, (-h) % m), (0, (-w) % m)), mode="reflect")  # as the engine pads
+    den = np.zeros_like(frames)
+    sel = plan.held if plan.held.size else plan.train
+    den[sel] = denoise_counts(result.model, padded, windows[sel])[:, :h, :w]
     if not np.isfinite(den).all():
         return Candidate("selfsup", "self-supervised causal U-Net", None, seconds, note="non-finite output: not a candidate")
-    exported = CausalDenoiser(sc, display=_display(den[den_idx]))
+    post = {"weight": 1.0, "filter": None, "sigma": 0.0}
+    if raw_terms is not None and blend is not None and blend.window <= sc.frames:
+        filtered = np.concatenate([blend.apply(frames[a:b]) for a, b in _segments(t, plan.starts)])
+        best = -math.inf
+        for weight in (1.0, 0.75, 0.5):
+            mixed = weight * den + (1 - weight) * filtered
+            for sigma in (0.0, 0.5, 0.75, 1.0, 1.5, 2.0):
+                gain = summarise(frame_terms(frames, gaussian_blur(mixed, sigma), plan.held), raw_terms).gain_db
+                if gain > best:
+                    best, post = gain, {"weight": weight, "filter": blend.to_dict() if weight < 1 else None, "sigma": sigma}
+        log(f"selfsup post-processing by the score: {post['weight']:g} of the network"
+            + (f", {1 - post['weight']:g} of the causal filter ({blend.describe()})" if post["weight"] < 1 else "")
+            + (f", then Gaussian {post['sigma']:g} px" if post["sigma"] else ""))
+    exported = CausalDenoiser(sc, display=_display(den[sel]))
     exported.load_state_dict(result.model.state_dict())
+    exported.set_post(post["weight"], blend.weights() if post["filter"] else None, post["sigma"])
     exported.eval()
+    den[sel] = denoise_counts(exported, padded, windows[sel])[:, :h, :w]
     raw = to_onnx_bytes(exported, sc.frames)
-    check = np.ascontiguousarray(frames[windows[den_idx[:2]]][:, :, :hh, :ww], np.float32)
+    check = np.ascontiguousarray(padded[windows[sel[:2]]], np.float32)
     diff = verify(exported, raw, [check])
     if not diff < 1e-3:
         raise LivedenoiseError(f"exported self-supervised model differs from torch by {diff:.3g}; not written")
-    score = _score_output(frames[:, :hh, :ww], den, plan.held, raw_terms) if raw_terms is not None else None
-    del torch
     return Candidate(
-        "selfsup", f"self-supervised causal U-Net, {sc.frames} frames", score, seconds, onnx=raw,
+        "selfsup", f"self-supervised causal U-Net, {sc.frames} frames", _score_output(frames, den, plan.held, raw_terms),
+        seconds, onnx=raw,
         extra={"config": sc.to_dict(), "steps": result.steps, "best_step": result.best_step, "curve": result.curve,
-               "size_multiple": m},
+               "size_multiple": m, "post": post},
     )
 
 
@@ -352,7 +367,10 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
         candidates.append(_best_filter(frames, plan, raw_terms, log) if method != "fallback" and not single_image
                           else Candidate("filter", fixed.describe(), extra={"filter": fixed.to_dict()}))
     if method in ("auto", "selfsup"):
-        cand = _selfsup(frames, plan, cfg, raw_terms, log)
+        flt = next((c for c in candidates if c.name == "filter"), None)
+        if flt is None and raw_terms is not None:
+            flt = _best_filter(frames, plan, raw_terms, lambda m: None)  # for the blend only, not a candidate
+        cand = _selfsup(frames, plan, cfg, raw_terms, CausalFilter(**flt.extra["filter"]) if flt else None, log)
         if cand.onnx is None:
             log(f"selfsup: {cand.note}; the causal filter is kept instead")
             if not any(c.name == "filter" for c in candidates):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from livedenoise.analysis import frame_terms
+from livedenoise.analysis import frame_terms, summarise
 from livedenoise.errors import LivedenoiseError
 
 LEAK = 0.1
@@ -65,8 +65,12 @@ class SelfSupConfig:
     seconds: float = 15 * 60.0
     # Not seen in a training movie, but in every session: the stage moves to another area. This
     # share of the training windows has its frames before a random cut taken from elsewhere in
-    # the movie, so the model learns to drop a past that does not match the current frame.
+    # the movie, so the model learns to drop a past that does not match the current frame ...
     change_prob: float = 0.15
+    # ... and this share has it in a patch only (an atom hops, a column changes): the past of a
+    # random square of ``patch`` px comes from elsewhere.
+    patch_prob: float = 0.3
+    patch: int = 12
 
     @property
     def size_multiple(self) -> int:
@@ -142,6 +146,17 @@ class CausalDenoiser(nn.Module):
         self.stem_past = nn.Conv2d((cfg.frames - 1) * phases, cfg.widths[0], 1) if cfg.frames > 1 else None
         self.stem_current = nn.Conv2d(phases, cfg.widths[0], 1)
         self.unet = UNet(tuple(cfg.widths), cfg.shuffle)
+        # a full-resolution 5 x 5 convolution of each pass's output (before the lines are merged, so
+        # the blindness holds): the sub-pixel phases of the U-Net's output smoothed into one image
+        self.smooth = nn.Conv2d(1, 1, 5, padding=2, padding_mode="reflect", bias=False)
+        with torch.no_grad():
+            self.smooth.weight.zero_()
+            self.smooth.weight[0, 0, 2, 2] = 1.0
+        # after training, chosen by the score (:meth:`set_post`): a share of the classical causal
+        # filter's output blended in, and a Gaussian over the blend; off (identity) until then
+        self.register_buffer("post_weight", torch.tensor(1.0))
+        self.register_buffer("post_frames", torch.zeros(cfg.frames))
+        self.register_buffer("post_kernel", torch.ones(1))
         self.fixed = display is not None
         lo, hi = display if display is not None else (0.0, 1.0)
         self.register_buffer("lo", torch.tensor(float(lo)))
@@ -166,12 +181,23 @@ class CausalDenoiser(nn.Module):
         out = self.unet(F.leaky_relu(h, LEAK))
         if self.shuffle > 1:
             out = F.pixel_shuffle(out, self.shuffle)
-        out_a, out_b = out.chunk(2, 0)
+        out_a, out_b = self.smooth(out).chunk(2, 0)
         return merge_lines(out_a, out_b)
 
+    def set_post(self, weight: float, frame_weights: np.ndarray | None, sigma: float) -> None:
+        """The post-processing the score chose: ``weight`` of the network's output, the rest from a
+        causal filter of ``frame_weights`` (oldest first, over this model's window), then a Gaussian."""
+        from livedenoise.analysis import gaussian_kernel
+
+        self.post_weight.fill_(float(weight))
+        fw = np.zeros(self.frames, np.float32)
+        if frame_weights is not None:
+            fw[self.frames - len(frame_weights):] = frame_weights
+        self.post_frames.copy_(torch.from_numpy(fw))
+        self.post_kernel = torch.from_numpy(gaussian_kernel(sigma)) if sigma > 0 else torch.ones(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z, mu, sd = self.standardise(x)
-        counts = self.predict(z) * sd + mu
+        counts = self.counts(x)
         if self.fixed:
             lo, span = self.lo, self.span
         else:  # each frame's own range: a model for samples it has never seen
@@ -180,9 +206,18 @@ class CausalDenoiser(nn.Module):
         return (counts - lo) / span * 2.0 - 1.0
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
-        """The denoised frames in the input's units (what the score compares)."""
+        """The denoised frames in the input's units (what the score compares), post-processing included."""
         z, mu, sd = self.standardise(x)
-        return self.predict(z) * sd + mu
+        out = self.predict(z) * sd + mu
+        if float(self.post_weight) != 1.0:
+            filtered = (x * self.post_frames.view(1, -1, 1, 1)).sum(1, keepdim=True)
+            out = self.post_weight * out + (1.0 - self.post_weight) * filtered
+        k = self.post_kernel.numel()
+        if k > 1:
+            r = k // 2
+            out = F.conv2d(F.pad(out, (r, r, 0, 0), mode="reflect"), self.post_kernel.view(1, 1, 1, k))
+            out = F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), self.post_kernel.view(1, 1, k, 1))
+        return out
 
 
 class TrainingDiverged(LivedenoiseError):
@@ -211,6 +246,22 @@ def denoise_counts(model: CausalDenoiser, movie: np.ndarray, index: np.ndarray, 
             x = torch.from_numpy(np.ascontiguousarray(movie[index[i : i + batch]], np.float32))
             out.append(model.counts(x)[:, 0].numpy())
     return np.concatenate(out) if out else np.empty((0, *movie.shape[1:]), np.float32)
+
+
+def _changes(batch: np.ndarray, frames: np.ndarray, others: np.ndarray, cfg: SelfSupConfig, rng: np.random.Generator) -> None:
+    """Scene changes and local changes in training windows, in place (see ``change_prob``):
+    before a random cut, the whole crop or a patch of it shows another place at another time."""
+    n, k, crop = batch.shape[0], batch.shape[1], batch.shape[-1]
+    hh, ww = frames.shape[1:]
+    for j in range(n):
+        whole, local = rng.random() < cfg.change_prob, rng.random() < cfg.patch_prob
+        if not (whole or local):
+            continue
+        cut = rng.integers(1, k)
+        size = crop if whole else min(cfg.patch, crop)
+        py, px = (0, 0) if whole else rng.integers(0, crop - size + 1, 2)
+        a, b = rng.integers(0, hh - size + 1), rng.integers(0, ww - size + 1)
+        batch[j, :cut, py : py + size, px : px + size] = frames[others[j, :cut]][:, a : a + size, b : b + size]
 
 
 @dataclass
@@ -271,8 +322,7 @@ def train_selfsup(
             return
         den = np.zeros_like(frames)
         den[held] = denoise_counts(ema, frames, windows[held])
-        terms = frame_terms(frames, den, held)
-        gain = 10 * math.log10(max(float(raw_terms.umse.mean()), 1e-30) / max(float(terms.umse.mean()), 1e-3 * float(terms.noise.mean())))
+        gain = summarise(frame_terms(frames, den, held), raw_terms).gain_db
         curve.append((step, round(gain, 3)))
         if gain > best[0]:
             best = (gain, step, {k: v.clone() for k, v in ema.state_dict().items()})
@@ -283,12 +333,8 @@ def train_selfsup(
         y0 = rng.integers(0, hh - crop + 1, cfg.batch)
         x0 = rng.integers(0, ww - crop + 1, cfg.batch)
         batch = np.stack([frames[i][:, a : a + crop, b : b + crop] for i, a, b in zip(idx, y0, x0)])
-        if cfg.frames > 1 and cfg.change_prob > 0:
-            for j in np.flatnonzero(rng.random(cfg.batch) < cfg.change_prob):
-                cut = rng.integers(1, cfg.frames)  # frames before the cut: another area, another time
-                a, b = rng.integers(0, hh - crop + 1), rng.integers(0, ww - crop + 1)
-                other = windows[rng.choice(train_frames)]
-                batch[j, :cut] = frames[other[:cut]][:, a : a + crop, b : b + crop]
+        if cfg.frames > 1:
+            _changes(batch, frames, windows[rng.choice(train_frames, cfg.batch)], cfg, rng)
         if rng.random() < 0.5:
             batch = batch[..., ::-1]
         if rng.random() < 0.5:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._filter import CausalFilter, gaussian_blur
-from ._score import FrameTerms, _fit_residual, paired_gain
+from ._score import FrameTerms, _fit_residual, frame_terms, paired_gain, summarise
 
 FITS, DOES_NOT_FIT, UNDECIDED = "fits", "does not fit", "undecided"
 
@@ -126,22 +126,15 @@ def measure_fit(raw: np.ndarray, denoised: np.ndarray, rules: FitRules | None = 
     raw = np.asarray(raw, np.float32)
     if raw.shape[0] < 3:
         return FitSummary(UNDECIDED, None, None, None, None, None, 0)
-    from ._score import frame_terms
 
     raw_terms = frame_terms(raw, raw)
     model = frame_terms(raw, np.asarray(denoised, np.float32))
-    filters = [frame_terms(raw, f.apply(raw)) for f in bank]
-    best = int(np.argmin([f.umse.mean() for f in filters]))
-    advantage, se = paired_gain(model, filters[best], rules.block)
+    filters = [summarise(frame_terms(raw, f.apply(raw)), raw_terms) for f in bank]
+    best = int(np.argmax([f.gain_db for f in filters]))
+    advantage, se = paired_gain(model, frame_terms(raw, bank[best].apply(raw)), rules.block)
     state = step(UNDECIDED, advantage, se, len(model) // rules.block, 0.0, rules)
-    noise = float(model.noise.mean())
-    floor = 1e-3 * max(noise, 1e-300)
-
-    def gain(umse: float) -> float:
-        return 10.0 * math.log10(max(float(raw_terms.umse.mean()), floor) / max(umse, floor))
-
-    return FitSummary(state, gain(float(model.umse.mean())), gain(float(filters[best].umse.mean())),
-                      bank[best].describe(), advantage, se, len(model))
+    return FitSummary(state, summarise(model, raw_terms).gain_db, filters[best].gain_db, bank[best].describe(),
+                      advantage, se, len(model))
 
 
 class MeasuredFit:
@@ -201,20 +194,16 @@ class MeasuredFit:
     def _update(self, now: float) -> FitSummary:
         rules = self.rules
         idx, res, noise = (np.array(v) for v in zip(*self._model))
-        model = FrameTerms(idx.astype(np.intp), res, noise)
+        idx = idx.astype(np.intp)
+        model = FrameTerms(idx, res, noise)
+        raw = FrameTerms(idx, np.array(self._raw), noise)
         filters = np.array(self._filters)  # (frames, bank)
-        umse_raw = float(np.mean(np.array(self._raw) - noise))
-        best = int(np.argmin((filters - noise[:, None]).mean(0)))
-        flt = FrameTerms(model.index, filters[:, best], noise)
-        advantage, se = paired_gain(model, flt, rules.block)
-        floor = 1e-3 * max(float(noise.mean()), 1e-300)
-
-        def gain(umse: float) -> float:
-            return 10.0 * math.log10(max(umse_raw, floor) / max(umse, floor))
-
+        scores = [summarise(FrameTerms(idx, filters[:, i], noise), raw, rules.block) for i in range(filters.shape[1])]
+        best = int(np.argmax([sc.gain_db for sc in scores]))
+        advantage, se = paired_gain(model, FrameTerms(idx, filters[:, best], noise), rules.block)
         blocks = len(model) // rules.block
         self.state = step(self.state, advantage, se, blocks, now - (self._started or now), rules)
-        self._summary = FitSummary(self.state, gain(float(model.umse.mean())), gain(float(flt.umse.mean())),
+        self._summary = FitSummary(self.state, summarise(model, raw, rules.block).gain_db, scores[best].gain_db,
                                    self.bank[best].describe(), advantage, se, len(model))
         return self._summary
 
