@@ -48,7 +48,15 @@ def build_filter() -> None:
 
 def _training_movies(frames: int, seed0: int) -> list[np.ndarray]:
     """The generalist's movies: simulated only (module text)."""
-    from livedenoise.sim import DenseConfig, MotionConfig, NoiseConfig, SimConfig, acquire_moving, simulate_dense, simulate_movie
+    from livedenoise.sim import (
+        DenseConfig,
+        MotionConfig,
+        NoiseConfig,
+        SimConfig,
+        acquire_moving,
+        simulate_dense,
+        simulate_movie,
+    )
 
     rng = np.random.default_rng(seed0)
     movies = []

@@ -74,6 +74,8 @@ class AutoConfig:
     signal: str | None = None
     shipped: bool = True  # score the shipped models too
     selfsup: Any = None  # a trainer.selfsup.SelfSupConfig (default: its defaults); frames/steps/minutes above override it
+    size: str = "rt"  # the self-supervised network's size (trainer.selfsup.SIZES)
+    device: str = "auto"  # where the self-supervised network trains: auto | cuda | cpu
     noise2atom: Any = None  # a trainer.run.TrainConfig for the Noise2Atom candidate (auto: made here)
     keep: Path | None = None  # a folder to write every trained candidate's model into, beside the chosen one
 
@@ -229,9 +231,19 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
     """Train the self-supervised model, choose its post-processing by the score (a share of the
     causal filter ``blend`` blended in, a Gaussian over the blend), export it and score it."""
     from .export import to_onnx_bytes, verify
-    from .selfsup import CausalDenoiser, SelfSupConfig, TrainingDiverged, causal_index, denoise_counts, train_selfsup
+    from .run import pick_device
+    from .selfsup import (
+        SIZES,
+        CausalDenoiser,
+        SelfSupConfig,
+        TrainingDiverged,
+        causal_index,
+        denoise_counts,
+        train_selfsup,
+    )
 
-    sc = replace(cfg.selfsup or SelfSupConfig(), frames=plan.window, seconds=cfg.minutes * 60.0)
+    device = pick_device(cfg.device)
+    sc = replace(cfg.selfsup or SelfSupConfig(widths=SIZES[cfg.size]), frames=plan.window, seconds=cfg.minutes * 60.0)
     if cfg.steps:
         sc = replace(sc, steps=cfg.steps, eval_every=min(sc.eval_every, cfg.steps))
     m = sc.size_multiple
@@ -241,7 +253,7 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
         f"{cfg.minutes:g} min, scored every {sc.eval_every} steps on {len(plan.held)} held-out frames")
     t0 = time.monotonic()
     try:
-        result = train_selfsup(frames, plan.train, plan.held, sc, starts=plan.starts, seed=cfg.seed, log=log)
+        result = train_selfsup(frames, plan.train, plan.held, sc, starts=plan.starts, seed=cfg.seed, log=log, device=device)
     except TrainingDiverged as exc:
         return Candidate("selfsup", "self-supervised causal U-Net", None, time.monotonic() - t0,
                          note=f"{exc}: not a candidate")
@@ -341,9 +353,12 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
         raise LivedenoiseError("--minutes must be a positive number")
     if cfg.window is not None and not (1 <= cfg.window <= 16):
         raise LivedenoiseError(f"--window {cfg.window}: choose 1 to 16 frames")
-    from .run import check_writable
+    if cfg.size not in ("rt", "large"):
+        raise LivedenoiseError(f"--size {cfg.size!r}: choose rt (CPU, live at 150 frames/s) or large (GPU)")
+    from .run import check_writable, pick_device
 
     check_writable(Path(cfg.out))
+    pick_device(cfg.device)  # a device that is not there: one line before anything runs
     frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
     raw = np.asarray(frames_all, np.float32)
     plan, findings = plan_movie(raw, single_image, cfg.window)

@@ -153,7 +153,8 @@ class Daemon:
                 g = config.guard
                 self.guard = StreamGuard(
                     self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate,
-                    score_rate=g.score_rate,
+                    score_rate=g.score_rate, trained_shape=self.engine.card.frame_shape,
+                    trained_pixel_nm=self.engine.card.pixel_size_nm,
                 )
                 self.publisher.hooks.append(self.guard.submit)
                 self.publisher.finishers.append(self.guard.close)

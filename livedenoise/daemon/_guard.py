@@ -59,6 +59,7 @@ from ..analysis import (
     unexplained,
     unexplained_sum,
 )
+from ..engine import pixel_size_differs
 from ._publish import Delivered
 from ._threads import LogThrottle, Spawn, spawn_thread
 
@@ -106,11 +107,14 @@ class StreamGuard:
         interval: float = 1.0,
         unexplained_rate: float = 10.0,
         score_rate: float = 10.0,
+        trained_shape: tuple[int, int] | None = None,
+        trained_pixel_nm: float | None = None,
         window_bytes: int = 256 << 20,
         logger: logging.Logger | None = None,
     ):
         self.log = logger or log
         self.expected, self.off_reason = expected_content(expects)
+        self.trained_shape, self.trained_pixel_nm = trained_shape, trained_pixel_nm
         self.fit = MeasuredFit()
         self.window = max(int(window), self.fit.depth + 3)  # the measured fit needs its filters' history
         self.interval = float(interval)
@@ -212,12 +216,18 @@ class StreamGuard:
     # ------------------------------------------------------------------ guard thread
 
     def _message(self, fit, verdict: GuardVerdict | None) -> str:
-        """The measured verdict's sentence, and the content estimate's where it says what is off."""
+        """The measured verdict's sentence, the content estimate's where it says what is off, and
+        a frame or pixel size the model was not trained on."""
         text = fit.message
         if fit.state != FITS and verdict is not None and verdict.fits is False:
             text += f"; {verdict.message}"
         elif verdict is None and self.expected is None and fit.state != FITS:
             text += f" ({self.off_reason})"
+        shape = self._run[2] if self._run is not None else None
+        if self.trained_shape and shape and tuple(shape) != tuple(self.trained_shape):
+            text += f"; frames {shape[0]}x{shape[1]}, the model was trained on {self.trained_shape[0]}x{self.trained_shape[1]}"
+        if pixel_size_differs(self.trained_pixel_nm, self._pixel_size):
+            text += f"; pixels of {self._pixel_size:.4g} nm, the model was trained on {self.trained_pixel_nm:.4g} nm"
         return text
 
     def run(self) -> None:

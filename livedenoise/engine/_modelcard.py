@@ -91,6 +91,13 @@ class ModelCard:
             if value is not None and not isinstance(value, dict):
                 raise ModelError(f"model card {key} must be an object or null, got {value!r:.40}")
 
+    @property
+    def frame_shape(self) -> tuple[int, int] | None:
+        """The training frames' shape, where the card says (Noise2Atom's ``training.frame_shape``, or
+        ``training.movie.frame_shape`` of a model ``train`` chose)."""
+        shape = self.training.get("frame_shape") or (self.training.get("movie") or {}).get("frame_shape")
+        return (int(shape[0]), int(shape[1])) if isinstance(shape, list | tuple) and len(shape) == 2 else None
+
     def to_json(self) -> str:
         raw = asdict(self)
         for key in ("pixel_size_nm", "expects", "scores"):

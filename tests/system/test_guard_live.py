@@ -133,7 +133,8 @@ def test_a_model_that_beats_every_causal_filter_fits_without_a_warning(
     tmp_path, sparse_card, detector, daemon_factory, subscriber, caplog
 ):
     clean = 300 * (2.4e-4 + render_atoms(hexagonal(), SIZE)) + 0.5
-    model = truth_model(tmp_path / "oracle.onnx", clean, ModelCard(preset="oracle", normalisation=DEFAULT_NORM))
+    card = ModelCard(preset="oracle", normalisation=DEFAULT_NORM, training={"frame_shape": [64, 64]})
+    model = truth_model(tmp_path / "oracle.onnx", clean, card)
     frames = np.random.default_rng(7).poisson(clean, (24, SIZE, SIZE)).astype("<u2")
     push, source = detector()
     with caplog.at_level(logging.INFO, logger="livedenoise.guard"):
@@ -144,6 +145,7 @@ def test_a_model_that_beats_every_causal_filter_fits_without_a_warning(
         assert daemon.stop() == 0
     assert good["score_db"] > good["score_filter_db"] + 1 and good["score_filter_db"] > 3
     assert good["guard_message"].startswith("this model beats the best causal filter (")
+    assert good["guard_message"].endswith("; frames 128x128, the model was trained on 64x64")  # the guard says so
     assert "guard_density_ratio" not in good  # an older card (no expects): no content figures, the measured verdict only
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "livedenoise.guard"]
     lines = [r.getMessage() for r in caplog.records if r.name == "livedenoise.guard"]
