@@ -26,14 +26,16 @@ to the subscriber, and the atom thread's wall and CPU time per frame (``analysis
 ``analysis_cpu_ms`` of every ``atoms`` message; the targets: p99 <= 2 ms); before and after the
 stream, the model's bare rate at batch 1 (the engine's session call, 5 s) on the same machine, so a
 slower or busier machine shows. ``--realtime P`` runs serve with ``--realtime P`` and replay under
-the same real-time scheduling (a detector does not share the daemon's CPU; a replay starved by other
-jobs sends bursts that serve's latency would count). ``--load N`` runs N busy-looping processes (nice 0, another job
-on a core each) through the whole measurement, bare loops included: the stalls of a slower or
-shared machine reproduced on a faster one. Serve's options can be changed with ``--serve-args``.
-Written to ``docs/benchmarks.md`` between the ``e2e-latency`` markers::
+the same real-time scheduling (a detector does not share the daemon's CPU; a replay starved by
+other jobs sends bursts that serve's latency would count). ``--load N`` runs N busy-looping
+processes (nice 0, another job on a core each) through the whole measurement, bare loops included:
+the stalls of a slower or shared machine reproduced on a faster one. Serve's options can be changed
+with ``--serve-args``. Printed, not written: the lines above and one row of the table in
+``docs/benchmarks.md``::
 
-    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60             # the machine as it is
-    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60 --load 1    # + a busy core
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60                 # the machine as it is
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60 --load 1        # + a busy core
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60 --realtime 10   # serve real-time
 
 replay and serve run as separate processes (``python -m livedenoise ...``), like a detector and a
 daemon; replay sends frames simulated beforehand (a detector costs this machine nothing). Models:
@@ -75,7 +77,6 @@ USER_RATE = {128: 150.0, 512: 15.0, 1024: 5.0}
 STACK_FRAMES = {128: 64, 512: 16, 1024: 8}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- e2e:begin (written by benchmarks/e2e.py) -->", "<!-- e2e:end -->"
-LAT_BEGIN, LAT_END = "<!-- e2e-latency:begin (written by benchmarks/e2e.py --latency) -->", "<!-- e2e-latency:end -->"
 
 
 def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:
@@ -390,20 +391,17 @@ def latency_lines(r: dict, opts) -> list[str]:
     return lines
 
 
-def write_latency_doc(lines: list[str], info: dict, load: tuple, command: str) -> None:
-    section = [
-        LAT_BEGIN, "", f"Run {datetime.date.today().isoformat()}: `{command}`", "",
-        f"* machine: {info['cpu']}; load average (1 min) at the start {load[0]:.2f}, at the end {load[1]:.2f}",
-        *lines, "", LAT_END,
-    ]
-    text = DOC.read_text()
-    if LAT_BEGIN in text and LAT_END in text:
-        head, rest = text.split(LAT_BEGIN, 1)
-        text = head + "\n".join(section) + rest.split(LAT_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(section) + "\n"
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
+def latency_row(r: dict, opts) -> str:
+    """One row of docs/benchmarks.md's live-latency table."""
+    p99 = r["p99"]
+    label = " ".join(f"--{k} {v}" for k, v in (("realtime", opts.realtime),) if v is not None) or "defaults"
+    if opts.serve_args:
+        label += f" {opts.serve_args}"
+    atoms = (f"{r['atoms_ms'][0]:.2f} / {r['atoms_ms'][1]:.2f} | {r['atoms_cpu'][0]:.2f} / {r['atoms_cpu'][1]:.2f}"
+             f" | {r['atoms_skipped']}") if r["atoms_frames"] else "- | - | -"
+    return (f"| {label} | {opts.load} | {r['bare1'][0]:.0f} / {r['bare1'][1]:.0f} | {r['dropped']}"
+            f" | **{max(p99):.1f}** / {np.median(p99):.1f} | **{r['over']}** of {r['windows']}"
+            f" | {np.median(r['p50']):.1f} | {r['e2e_p50']:.1f} / {r['e2e_p99']:.1f} | {atoms} |")
 
 
 # ---------------------------------------------------------------------------------- report
@@ -551,11 +549,11 @@ def latency_main(opts) -> None:
     print(f"machine: {info['cpu']}\nversions: {info['versions']}\nload average {load0:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ld-e2e-") as tmp:
         r = live_latency(preset_model(opts.preset), size, make_stack(size, Path(tmp)), opts)
-    load1 = os.getloadavg()[0]
-    lines = latency_lines(r, opts)
-    print("\n".join(lines) + f"\nload average at the end {load1:.2f}")
-    if not opts.no_doc:
-        write_latency_doc(lines, info, (load0, load1), "python benchmarks/e2e.py " + " ".join(sys.argv[1:]))
+    print("\n".join(latency_lines(r, opts)) + f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    print("| serve | busy processes | bare batch-1 fps before / after | dropped | p99 per window max / median ms"
+          f" | windows over {opts.p99_target:g} ms | p50 (median of windows) ms | send to subscriber p50 / p99 ms"
+          " | atom thread wall p50 / p99 ms | CPU p50 / p99 ms | skipped |")
+    print(latency_row(r, opts))
 
 
 if __name__ == "__main__":
