@@ -14,7 +14,7 @@ import numpy as np
 from ..analysis import WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
 from ..protocol import MAX_ATOMS_ANNOTATED, MAX_HOPS, encode_atoms, encode_hops
 from ._publish import Delivered, Publisher
-from ._threads import LogThrottle, Spawn, spawn_thread
+from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
 
 log = logging.getLogger("livedenoise.analysis")
 
@@ -170,10 +170,11 @@ class AtomFinder:
         return out
 
     def run(self) -> None:
-        # at serve's own priority: a niced thread is starved by other jobs on a shared machine
-        # (frames skipped, p99 20-60 ms at a load of 5 on 2 cores, against 4-7 ms un-niced), and
-        # holding the GIL when preempted it stalls the pipeline threads behind it; what it costs
-        # inference is its CPU time, ~0.5 ms a frame at 128² (docs/benchmarks.md)
+        # not niced: a niced thread is starved by other jobs on a shared machine (frames skipped,
+        # p99 20-60 ms at a load of 5 on 2 cores, against 4-7 ms un-niced), and holding the GIL
+        # when preempted it stalls the pipeline threads behind it; what it costs inference is its
+        # CPU time, ~0.5 ms a frame at 128² (docs/benchmarks.md). Under --realtime: just below.
+        demote_thread()
         self._warm_up()
         while True:
             with self._cv:
