@@ -17,6 +17,26 @@ For each combination:
    frames, and the latency measures the queue bound); latency from the detector's send to the
    subscriber's receipt, p50/p99, and serve's own.
 
+**Live latency** (``--latency``, its own report): ``replay MOVIE.tif --loop --fps RATE`` (PUB) into
+``serve --model rt --atoms`` (the guard on, serve's defaults otherwise) for ``--duration`` seconds
+(60 s there), a subscriber here on ``denoised``, ``atoms`` and ``stats``. Printed: serve's latency
+p99 (receipt to publish) of every ``stats`` window (each covers the last second, one every 0.5 s)
+and how many exceed ``--p99-target`` ms, the dropped frames, the latency from the detector's send
+to the subscriber, and the atom thread's wall and CPU time per frame (``analysis_ms``,
+``analysis_cpu_ms`` of every ``atoms`` message; the targets: p99 <= 2 ms); before and after the
+stream, the model's bare rate at batch 1 (the engine's session call, 5 s) on the same machine, so a
+slower or busier machine shows. ``--realtime P`` runs serve with ``--realtime P`` and replay under
+the same real-time scheduling (a detector does not share the daemon's CPU; a replay starved by
+other jobs sends bursts that serve's latency would count). ``--load N`` runs N busy-looping
+processes (nice 0, another job on a core each) through the whole measurement, bare loops included:
+the stalls of a slower or shared machine reproduced on a faster one. Serve's options can be changed
+with ``--serve-args``. Printed, not written: the lines above and one row of the table in
+``docs/benchmarks.md``::
+
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60                 # the machine as it is
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60 --load 1        # + a busy core
+    flock /tmp/livedenoise-cpu.lock python benchmarks/e2e.py --latency --duration 60 --realtime 10   # serve real-time
+
 replay and serve run as separate processes (``python -m livedenoise ...``), like a detector and a
 daemon; replay sends frames simulated beforehand (a detector costs this machine nothing). Models:
 ``tiny`` is the shipped, trained model; ``lite`` and ``paper`` are untrained exports of the
@@ -123,9 +143,10 @@ def usable_providers(model: Path, wanted: list[str] | None, opts) -> list[str]:
     return out
 
 
-def bare_loop(engine, size: int, seconds: float, min_runs: int = 2) -> tuple[float, int]:
-    """Frames per second of the engine's session call alone at ``size``, at serve's batch for it."""
-    batch = engine.batch_cap((size, size))
+def bare_loop(engine, size: int, seconds: float, min_runs: int = 2, batch: int | None = None) -> tuple[float, int]:
+    """Frames per second of the engine's session call alone at ``size``, at serve's batch cap for
+    it (or ``batch``)."""
+    batch = engine.batch_cap((size, size)) if batch is None else batch
     hp, wp = engine.padded_shape((size, size))
     x = np.random.default_rng(0).normal(0, 0.3, (batch, engine.card.input_frames, hp, wp)).astype(np.float32)
     engine._run(x)  # warm (the arena, cuDNN)
@@ -149,9 +170,11 @@ def make_stack(size: int, directory: Path) -> Path:
     return path
 
 
-def start(args: list[str]) -> subprocess.Popen:
+def start(args: list[str], realtime: int | None = None) -> subprocess.Popen:
+    """``python -m livedenoise ARGS`` as a child; ``realtime``: under SCHED_RR at that priority (Linux)."""
+    rr = None if realtime is None else (lambda: os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(realtime)))
     return subprocess.Popen([sys.executable, "-m", "livedenoise", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=rr)
 
 
 def burst_fps(recv: np.ndarray, gap: float) -> float:
@@ -266,6 +289,121 @@ def measure(preset: str, model: Path, size: int, provider: str, stack: Path, opt
     }
 
 
+# ---------------------------------------------------------------------------------- live latency
+
+
+def busy_load(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that spin on the CPU (nice 0): another job on a core each."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def pct(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else float("nan")
+
+
+def live_latency(model: Path, size: int, stack: Path, opts) -> dict:
+    """bare (batch 1), the live stream with every stats window kept, bare again; see the docstring."""
+    load = busy_load(opts.load)
+    try:
+        engine = make_engine(model, "cpu", opts)
+        bare_loop(engine, size, 0.0, min_runs=3, batch=1)  # warm
+        bare_before, _ = bare_loop(engine, size, 5.0, batch=1)
+        source, publish = free_addr(), free_addr()
+        serve = start(["serve", "--model", str(model), "--source", source, "--publish", publish, "--provider", "cpu",
+                       "--warmup-size", f"{size}x{size}", "--log-level", "WARNING",
+                       *(["--atoms"] if opts.atoms else []), *(["--realtime", str(opts.realtime)] if opts.realtime is not None else []),
+                       *opts.serve_args.split()])
+        ctx = zmq.Context.instance()
+        sub = output_subscriber(ctx, publish, (b"denoised", b"stats", b"atoms"))
+        windows, atoms_ms, atoms_cpu, e2e = [], [], [], []
+        last: dict = {}
+        try:
+            wait_until_serving(sub, serve, timeout=600)
+            replay = start(["replay", str(stack), "--loop", "--bind", source, "--fps", str(opts.live_rate),
+                            "--wait-subscriber", "10"], realtime=opts.realtime)
+            t_end = None
+            while t_end is None or time.monotonic() < t_end:
+                if not sub.poll(1000):
+                    if replay.poll() is not None or serve.poll() is not None:
+                        break
+                    continue
+                topic, header, *_ = sub.recv_multipart(copy=True)
+                h = msgpack.unpackb(header)
+                if topic == b"denoised":
+                    if t_end is None:  # the clock starts with the first frame out
+                        t_end = time.monotonic() + opts.duration
+                    if h.get("start_time"):
+                        e2e.append((time.time_ns() - h["start_time"]) / 1e6)
+                elif topic == b"atoms":
+                    atoms_ms.append(h["analysis_ms"])
+                    atoms_cpu.append(h["analysis_cpu_ms"])
+                elif t_end is not None:
+                    last = h
+                    if h.get("latency_ms_p99") is not None:
+                        windows.append(h)
+            stop(replay)
+            err = stop(serve)
+        finally:
+            sub.close()
+            if serve.poll() is None:
+                stop(serve)
+        if not windows:
+            raise SystemExit(f"no stats window with frames; serve said: {err[-2000:]}")
+        bare_after, _ = bare_loop(engine, size, 5.0, batch=1)
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    p99 = [w["latency_ms_p99"] for w in windows]
+    return {
+        "size": size, "rate": opts.live_rate, "bare1": (bare_before, bare_after), "windows": len(windows),
+        "p99": p99, "over": sum(v > opts.p99_target for v in p99), "p50": [w["latency_ms_p50"] for w in windows],
+        "received": last.get("received"), "denoised": last.get("denoised"), "dropped": last.get("dropped"),
+        "e2e_p50": pct(e2e, 50), "e2e_p99": pct(e2e, 99), "atoms_frames": len(atoms_ms),
+        "atoms_skipped": last.get("atoms_skipped"), "atoms_ms": (pct(atoms_ms, 50), pct(atoms_ms, 99)),
+        "atoms_cpu": (pct(atoms_cpu, 50), pct(atoms_cpu, 99)),
+        "stats_atoms_p99_max": max((w.get("atoms_ms_p99") or 0.0) for w in windows),
+        "stats_atoms_cpu_p99_max": max((w.get("atoms_cpu_ms_p99") or 0.0) for w in windows),
+    }
+
+
+def latency_lines(r: dict, opts) -> list[str]:
+    p99 = r["p99"]
+    lines = [
+        f"* bare `{opts.preset}` at batch 1, {r['size']}²: {r['bare1'][0]:.0f} frames/s before the stream,"
+        f" {r['bare1'][1]:.0f} after",
+        f"* {r['rate']:g} frames/s for {opts.duration:g} s: received {r['received']}, denoised {r['denoised']},"
+        f" dropped **{r['dropped']}**",
+        f"* serve's latency p99 per stats window ({r['windows']} windows): max **{max(p99):.1f} ms**, median"
+        f" {np.median(p99):.1f} ms, **{r['over']}** over {opts.p99_target:g} ms; p50 per window: median"
+        f" {np.median(r['p50']):.1f} ms, max {max(r['p50']):.1f} ms",
+        f"* detector send to subscriber: p50 {r['e2e_p50']:.1f} ms, p99 {r['e2e_p99']:.1f} ms",
+    ]
+    if r["atoms_frames"]:
+        lines.append(
+            f"* atom thread (find + evidence + tracks), all {r['atoms_frames']} frames: wall p50"
+            f" {r['atoms_ms'][0]:.2f} / p99 **{r['atoms_ms'][1]:.2f} ms**, CPU p50 {r['atoms_cpu'][0]:.2f} / p99"
+            f" **{r['atoms_cpu'][1]:.2f} ms**; per stats window (last 256 frames) p99 at most"
+            f" {r['stats_atoms_p99_max']:.2f} ms wall, {r['stats_atoms_cpu_p99_max']:.2f} ms CPU;"
+            f" skipped {r['atoms_skipped']}"
+        )
+    lines.append("* p99 of every window, ms: " + " ".join(f"{v:.0f}" for v in p99))
+    return lines
+
+
+def latency_row(r: dict, opts) -> str:
+    """One row of docs/benchmarks.md's live-latency table."""
+    p99 = r["p99"]
+    label = " ".join(f"--{k} {v}" for k, v in (("realtime", opts.realtime),) if v is not None) or "defaults"
+    if opts.serve_args:
+        label += f" {opts.serve_args}"
+    atoms = (f"{r['atoms_ms'][0]:.2f} / {r['atoms_ms'][1]:.2f} | {r['atoms_cpu'][0]:.2f} / {r['atoms_cpu'][1]:.2f}"
+             f" | {r['atoms_skipped']}") if r["atoms_frames"] else "- | - | -"
+    return (f"| {label} | {opts.load} | {r['bare1'][0]:.0f} / {r['bare1'][1]:.0f} | {r['dropped']}"
+            f" | **{max(p99):.1f}** / {np.median(p99):.1f} | **{r['over']}** of {r['windows']}"
+            f" | {np.median(r['p50']):.1f} | {r['e2e_p50']:.1f} / {r['e2e_p99']:.1f} | {atoms} |")
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -353,7 +491,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     ap.add_argument("--rate", type=float, default=None, help="live-phase input fps (default: the user's rate)")
     ap.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.name}")
+    lat = ap.add_argument_group("live latency (--latency)")
+    lat.add_argument("--latency", action="store_true", help="the live-latency run instead of the speed report")
+    lat.add_argument("--preset", default="rt", help="model of the latency run")
+    lat.add_argument("--live-rate", type=float, default=150.0, help="replay's frames/s")
+    lat.add_argument("--no-atoms", dest="atoms", action="store_false", help="serve without --atoms")
+    lat.add_argument("--load", type=int, default=0, help="busy-looping processes beside the run (nice 0)")
+    lat.add_argument("--realtime", type=int, default=None,
+                     help="serve --realtime P, and replay (the detector, not on this CPU at a microscope) under SCHED_RR too")
+    lat.add_argument("--p99-target", type=float, default=20.0, help="ms; windows above it are counted")
+    lat.add_argument("--serve-args", default="", help="more serve options, one string")
     opts = ap.parse_args()
+    if opts.latency:
+        latency_main(opts)
+        return
 
     from export_presets import preset_model
 
@@ -387,6 +538,22 @@ def main() -> None:
           "subscriber receipt; serve: receipt -> publish)")
     if not opts.no_doc and not opts.model:
         write_doc(rows, info, (load0, load1), "python benchmarks/e2e.py " + " ".join(sys.argv[1:]))
+
+
+def latency_main(opts) -> None:
+    from export_presets import preset_model
+
+    size = opts.sizes[0] if opts.sizes != [128, 512, 1024] else 128
+    info = machine()
+    load0 = os.getloadavg()[0]
+    print(f"machine: {info['cpu']}\nversions: {info['versions']}\nload average {load0:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ld-e2e-") as tmp:
+        r = live_latency(preset_model(opts.preset), size, make_stack(size, Path(tmp)), opts)
+    print("\n".join(latency_lines(r, opts)) + f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    print("| serve | busy processes | bare batch-1 fps before / after | dropped | p99 per window max / median ms"
+          f" | windows over {opts.p99_target:g} ms | p50 (median of windows) ms | send to subscriber p50 / p99 ms"
+          " | atom thread wall p50 / p99 ms | CPU p50 / p99 ms | skipped |")
+    print(latency_row(r, opts))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ Positions are ``[x, y] = [column, row]`` in pixels; ``[j, i]`` is the centre of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -80,18 +81,61 @@ def local_maxima(frame: np.ndarray, radius: int = 1) -> np.ndarray:
     return mask
 
 
+@lru_cache(maxsize=8)
+def _neighbourhood(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dy, dx) of the (2r+1)^2 - 1 neighbours, and which come before the pixel in raster order."""
+    dy, dx = (a.ravel() for a in np.mgrid[-radius : radius + 1, -radius : radius + 1])
+    centre = (dy == 0) & (dx == 0)
+    dy, dx = dy[~centre], dx[~centre]
+    return dy, dx, (dy < 0) | ((dy == 0) & (dx < 0))
+
+
+def _peaks_among(f: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`local_maxima` at the pixels ``(rows, cols)`` only (finite or +inf values): one gather
+    of their neighbours instead of (2r+1)^2 - 1 passes over the frame."""
+    h, w = f.shape
+    dy, dx, before = _neighbourhood(radius)
+    rr = rows[:, None] + dy
+    cc = cols[:, None] + dx
+    outside = (rr < 0) | (rr >= h) | (cc < 0) | (cc >= w)  # -inf there: every such value is higher
+    nb = f[np.minimum(np.maximum(rr, 0), h - 1), np.minimum(np.maximum(cc, 0), w - 1)]
+    v = f[rows, cols][:, None]
+    return (np.where(before, v > nb, v >= nb) | outside).all(axis=1)
+
+
+def frame_median(frame: np.ndarray) -> float:
+    """``float(np.median(frame))``, bit for bit, in a fifth of the time: one single-``kth``
+    ``np.partition`` (numpy's SIMD selection; two ``kth`` take its slow path, as ``np.median``
+    does) and the largest of the lower half; NaN if the frame holds one, as ``np.median``."""
+    x = np.asarray(frame).ravel()
+    n = x.size
+    if n == 0 or x.dtype.kind != "f":
+        return float(np.median(x))
+    k = n // 2
+    part = np.partition(x, k)
+    upper = part[k]
+    if np.isnan(part[k:].max()):  # NaN sorts last; np.median returns it
+        return float("nan")
+    if n % 2:
+        return float(upper)
+    return float((part[:k].max() + upper) / 2)  # np.median's mean of the two, in the frame's dtype
+
+
+_TINY = float(np.finfo(np.float64).tiny)
+
+
 def _offsets(m_minus: np.ndarray, m0: np.ndarray, m_plus: np.ndarray) -> np.ndarray:
     """Sub-pixel offset along one axis from three samples (Gaussian fit, parabola fallback)."""
-    tiny = np.finfo(np.float64).tiny
     ok = (m_minus > 0) & (m0 > 0) & (m_plus > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lm, l0, lp = (np.log(np.maximum(v, tiny)) for v in (m_minus, m0, m_plus))
+        lm, l0, lp = (np.log(np.maximum(v, _TINY)) for v in (m_minus, m0, m_plus))
         den_g = lm - 2 * l0 + lp
         d_g = (lm - lp) / (2 * den_g)
         den_p = m_minus - 2 * m0 + m_plus
         d_p = (m_minus - m_plus) / (2 * den_p)
     d = np.where(ok & (den_g < 0), d_g, np.where(den_p < 0, d_p, 0.0))
-    return np.clip(np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0), -0.5, 0.5)
+    d[~np.isfinite(d)] = 0.0
+    return np.minimum(np.maximum(d, -0.5), 0.5)
 
 
 def find_atoms(
@@ -110,40 +154,61 @@ def find_atoms(
     f = np.asarray(frame, dtype=np.float32)
     if f.ndim != 2:
         raise ValueError(f"need one 2-D frame, got shape {f.shape}")
-    _h, _w = f.shape
-    b = float(np.median(f)) if background is None else float(background)
-    mask = local_maxima(f, radius)
-    rows, cols = np.nonzero(mask)
-    heights = f[rows, cols] - b
+    h, w = f.shape
+    b = frame_median(f) if background is None else float(background)
+    rad = int(radius)
     if threshold is None:
-        top = float(heights.max()) if heights.size else 0.0
-        thr = rel_threshold * top
+        # the frame's highest pixel is a peak (the first of its value in raster order), so the
+        # highest peak is the frame's maximum; a NaN anywhere takes the full path below
+        top_px = f.max() if f.size else None
+        top = float(top_px - b) if top_px is not None and not np.isnan(top_px) else None
+        thr = rel_threshold * top if top is not None else None
     else:
         thr = float(threshold)
-    keep = heights > thr
-    if threshold is None and heights.size:
-        keep &= heights > 0
-    rows, cols, heights = rows[keep], cols[keep], heights[keep]
+    rows = cols = None
+    if thr is not None:
+        # candidates: the pixels high enough, computed as the kept peaks' heights are; the peak
+        # test then looks at their neighbours only (a denoised frame: ~1 % of the pixels)
+        high = f - b > thr
+        if threshold is None:
+            high &= f - b > 0
+        rows, cols = np.nonzero(high)
+        if rows.size * _neighbourhood(rad)[0].size <= f.size:
+            peak = _peaks_among(f, rows, cols, rad)
+        else:
+            peak = local_maxima(f, rad)[rows, cols]
+        rows, cols = rows[peak], cols[peak]
+        heights = f[rows, cols] - b
+    else:  # every peak, or a relative threshold on a frame with NaN
+        rows, cols = np.nonzero(local_maxima(f, rad))
+        heights = f[rows, cols] - b
+        if threshold is None:
+            top = float(heights.max()) if heights.size else 0.0
+            thr = rel_threshold * top
+        keep = heights > thr
+        if threshold is None and heights.size:
+            keep &= heights > 0
+        rows, cols, heights = rows[keep], cols[keep], heights[keep]
     order = np.argsort(-heights, kind="stable")
     rows, cols, heights = rows[order], cols[order], heights[order]
     if rows.size == 0:
         empty = np.zeros((0,), np.float32)
         return Atoms(np.zeros((0, 2), np.float32), empty, empty, b, thr)
 
+    # one (2m+1)^2 window per peak, frame - b in float64, edges repeated outward
     r = int(window)
-    pad_w = max(r, 1)
-    pad = np.pad(f.astype(np.float64) - b, pad_w, mode="edge")
-    pr, pc = rows + pad_w, cols + pad_w
-    # 3 x 3 marginals for the sub-pixel fit
-    k = np.arange(-1, 2)
-    win3 = pad[pr[:, None, None] + k[None, :, None], pc[:, None, None] + k[None, None, :]]
-    col_m = win3.sum(axis=1)  # (K, 3) sums over rows -> profile along x
-    row_m = win3.sum(axis=2)  # (K, 3) profile along y
-    dx = _offsets(col_m[:, 0], col_m[:, 1], col_m[:, 2])
-    dy = _offsets(row_m[:, 0], row_m[:, 1], row_m[:, 2])
+    m = max(r, 1)
+    k = np.arange(-m, m + 1)
+    ri = np.minimum(np.maximum(rows[:, None] + k, 0), h - 1)
+    ci = np.minimum(np.maximum(cols[:, None] + k, 0), w - 1)
+    win = np.subtract(f[ri[:, :, None], ci[:, None, :]], b, dtype=np.float64)
+    # 3 x 3 marginals for the sub-pixel fit: along x (sums over rows), then along y
+    win3 = win if m == 1 else np.ascontiguousarray(win[:, m - 1 : m + 2, m - 1 : m + 2])
+    marg = np.stack([win3.sum(axis=1), win3.sum(axis=2)])
+    dx, dy = _offsets(marg[..., 0], marg[..., 1], marg[..., 2])
     # integrated intensity over the (2r+1)^2 window
-    kr = np.arange(-r, r + 1)
-    win = pad[pr[:, None, None] + kr[None, :, None], pc[:, None, None] + kr[None, None, :]]
+    if r != m:
+        win = np.ascontiguousarray(win[:, m - r : m + r + 1, m - r : m + r + 1])
     intens = win.sum(axis=(1, 2))
     pos = np.stack([cols + dx, rows + dy], axis=1).astype(np.float32)
     return Atoms(pos, intens.astype(np.float32), heights.astype(np.float32), b, thr)

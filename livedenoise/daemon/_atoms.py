@@ -3,10 +3,7 @@ thread of their own."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -17,7 +14,7 @@ import numpy as np
 from ..analysis import WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
 from ..protocol import MAX_ATOMS_ANNOTATED, MAX_HOPS, encode_atoms, encode_hops
 from ._publish import Delivered, Publisher
-from ._threads import LogThrottle, Spawn, spawn_thread
+from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
 
 log = logging.getLogger("livedenoise.analysis")
 
@@ -47,8 +44,8 @@ class AtomFinder:
     one when evidence is on), keeping at most ``backlog`` frames and ``backlog_bytes``; when the
     thread falls behind, the oldest waiting frame is skipped and counted (``atoms_skipped``), so
     atom finding never holds back publishing, inference or the detector, lossless mode included.
-    (A batch arrives at once: ``backlog`` should hold at least two.) The thread runs, at a lower OS
-    priority on Linux:
+    (A batch arrives at once: ``backlog`` should hold at least two.) The thread runs, at serve's
+    own OS priority:
 
     1. :func:`~livedenoise.analysis.find_atoms` on the denoised frame ([0, 1], background near 0,
        an atom's peak near 1);
@@ -114,7 +111,8 @@ class AtomFinder:
         self.hops = 0  # hop events published (atom thread)
         self.last_count: int | None = None
         self.last_weak: int | None = None
-        self._ms: deque[float] = deque(maxlen=self.RECENT)
+        self._ms: deque[float] = deque(maxlen=self.RECENT)  # wall time per frame
+        self._cpu_ms: deque[float] = deque(maxlen=self.RECENT)  # the thread's CPU time per frame
 
     @property
     def annotated(self) -> bool:
@@ -149,10 +147,10 @@ class AtomFinder:
             self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
-        """Stats fields: frames done, skipped, failed and capped, the newest count, time per frame
-        (find + evidence + tracks, last 256 frames); the weak count, hops and tracks when on."""
-        ms = np.array(self._ms, dtype=np.float64)
-        p50, p99 = (round(float(v), 3) for v in np.percentile(ms, [50, 99])) if ms.size else (None, None)
+        """Stats fields: frames done, skipped, failed and capped, the newest count, wall and CPU time
+        per frame (find + evidence + tracks, last 256 frames); the weak count, hops and tracks when on."""
+        p50, p99 = _percentiles(self._ms)
+        cpu50, cpu99 = _percentiles(self._cpu_ms)
         out: dict[str, Any] = {
             "atoms_frames": self.frames,
             "atoms_skipped": self.skipped,
@@ -160,6 +158,8 @@ class AtomFinder:
             "atoms_last": self.last_count,
             "atoms_ms_p50": p50,
             "atoms_ms_p99": p99,
+            "atoms_cpu_ms_p50": cpu50,
+            "atoms_cpu_ms_p99": cpu99,
         }
         if self.annotated:
             out["atoms_capped"] = self.capped
@@ -170,9 +170,12 @@ class AtomFinder:
         return out
 
     def run(self) -> None:
-        if sys.platform.startswith("linux"):  # Linux nice values are per thread: inference goes first
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        # not niced: a niced thread is starved by other jobs on a shared machine (frames skipped,
+        # p99 20-60 ms at a load of 5 on 2 cores, against 4-7 ms un-niced), and holding the GIL
+        # when preempted it stalls the pipeline threads behind it; what it costs inference is its
+        # CPU time, ~0.5 ms a frame at 128² (docs/benchmarks.md). Under --realtime: just below.
+        demote_thread()
+        self._warm_up()
         while True:
             with self._cv:
                 while not self._items and not self._stopping:
@@ -191,6 +194,20 @@ class AtomFinder:
                 continue
             for parts in messages:
                 self.publisher.post(parts)
+
+    def _warm_up(self) -> None:
+        """Each stage once on a small frame, uncounted, before the first real one: a first call costs
+        ~10 ms (caches, the interpreter's first passes), which the per-frame figures would carry."""
+        yy, xx = np.mgrid[:32, :32]
+        frame = np.exp(-((xx - 15.3) ** 2 + (yy - 16.6) ** 2) / 1.5).astype(np.float32)
+        try:
+            atoms = find_atoms(frame, threshold=0.4)
+            ids = Tracker().update(atoms.positions, image_id=0, shape=frame.shape)
+            if self.evidence:
+                ev = atom_evidence(frame * 5.0, atoms.positions)
+                TrackEvidence().update(ids, ev.z, ev.llr)
+        except Exception as exc:  # noqa: BLE001 - the real frames will say what is wrong, counted
+            log.debug("atom finder warm-up failed: %r", exc)
 
     def _new_run(self, item: _AtomsJob) -> None:
         """End every track where a new run of frames starts: another series or epoch (a restart).
@@ -251,12 +268,14 @@ class AtomFinder:
         else:
             listed = slice(None)
         ms = (time.perf_counter() - t0) * 1e3
-        header |= {"analysis_ms": round(ms, 3), "analysis_cpu_ms": round((time.thread_time() - cpu0) * 1e3, 3)}
+        cpu_ms = (time.thread_time() - cpu0) * 1e3
+        header |= {"analysis_ms": round(ms, 3), "analysis_cpu_ms": round(cpu_ms, 3)}
         messages.append(encode_atoms(
             header, atoms.positions[listed], atoms.intensities[listed], atoms.heights[listed],
             threshold=atoms.threshold, count=n, **extra,
         ))
         self._ms.append(ms)
+        self._cpu_ms.append(cpu_ms)
         self.frames += 1
         self.last_count = n
         return messages
@@ -274,3 +293,11 @@ class AtomFinder:
             np.array([h.image_id_before % _ID_WRAP for h in listed], np.int64),
             count=len(hops),
         )
+
+
+def _percentiles(values: deque[float]) -> tuple[float | None, float | None]:
+    """p50 and p99 of ``values`` (ms, rounded to µs); None for none."""
+    if not values:
+        return None, None
+    p50, p99 = np.percentile(np.array(values, dtype=np.float64), [50, 99])
+    return round(float(p50), 3), round(float(p99), 3)

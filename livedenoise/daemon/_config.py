@@ -115,7 +115,11 @@ class QueueConfig:
 
     lossless: bool = option(False, "Never drop a frame: hold the detector back instead (implies --pull).")
     capacity: int = option(64, "Frames waiting for inference at most (live mode drops the oldest).")
-    max_wait_ms: float = option(2.0, "Longest a frame waits for its batch to fill, in ms.")
+    max_wait_ms: float = option(
+        0.0, "Longest a frame waits for its batch to fill, in ms. 0: a batch is what is queued; frames that arrive "
+        "during a run are batched anyway, and a wait idles inference (at 150 fps: 2 ms on every frame's latency, "
+        "and lost capacity on a busy CPU, docs/benchmarks.md).",
+    )
     max_age_ms: float | None = option(
         500.0, "Live mode: drop queued frames older than this (ms), never the newest (0: no limit)."
     )
@@ -260,6 +264,13 @@ class ServeConfig:
         "onnxruntime's pool) on the others. The three take turns on the GIL; on one CPU they hand over without "
         "waking another (docs/benchmarks.md: the daemon's ceiling at 128² went from ~7,800 to ~11,000 frames/s).",
     )
+    realtime: int | None = option(
+        None,
+        "Linux: run all of serve's threads (onnxruntime's and libzmq's included) under real-time round-robin "
+        "scheduling at this priority (1-99), ahead of every ordinary job: on a shared machine the CPU queue is "
+        "where serve's latency stalls come from, and a lower nice value does not remove them (docs/benchmarks.md). "
+        "The kernel keeps 5 % of the CPU for the rest. Needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO allowance.",
+    )
     limits: Limits = option(help="Caps on detector messages, checked before allocation.", factory=lambda: DEFAULT_LIMITS)
     queue: QueueConfig = option(help="The frame queue.", factory=QueueConfig)
     engine: EngineConfig = option(help="The inference engine.", factory=EngineConfig)
@@ -277,5 +288,7 @@ class ServeConfig:
             raise LivedenoiseError("one source format: dectris or merlin")
         if self.queue.lossless or self.dectris is not None:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives; DECTRIS binds PUSH
+        if self.realtime is not None and not 1 <= self.realtime <= 99:
+            raise LivedenoiseError(f"--realtime {self.realtime}: must be a priority from 1 to 99")
         if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):
             raise LivedenoiseError(f"--pipeline-cpus {self.pipeline_cpus}: expected CPU numbers like 0 or 2,3")

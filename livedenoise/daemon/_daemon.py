@@ -57,7 +57,7 @@ from ._publish import Publisher
 from ._queue import FrameQueue
 from ._receive import Received, Receiver, Source, make_decoder, restarts
 from ._stats import CalibrationCheck, Stats
-from ._threads import LogThrottle, PipelineThread, place_pipeline
+from ._threads import LogThrottle, PipelineThread, make_realtime, place_pipeline
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -69,7 +69,9 @@ class Daemon:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        # before the engine and the ZMQ context start their threads: they inherit the main thread's CPUs
+        # before the engine and the ZMQ context start their threads: they inherit the main thread's
+        # scheduling and CPUs
+        make_realtime(config.realtime)
         self._pipeline_cpus = place_pipeline(config.pipeline_cpus)
         self.engine = Engine(config.model, config.engine)
         q = config.queue

@@ -32,11 +32,8 @@ sample of the frames (``unexplained_rate`` a second), which a per-frame message 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -61,7 +58,7 @@ from ..analysis import (
 )
 from ..engine import pixel_size_differs
 from ._publish import Delivered
-from ._threads import LogThrottle, Spawn, spawn_thread
+from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
 
 log = logging.getLogger("livedenoise.guard")
 
@@ -231,15 +228,16 @@ class StreamGuard:
         return text
 
     def run(self) -> None:
-        if sys.platform.startswith("linux"):  # Linux nice values are per thread: inference goes first
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        demote_thread(10)  # inference goes first
         next_estimate = time.monotonic() + self.interval
         while True:
             with self._cv:
                 while (not self._stopping and not self._pairs and time.monotonic() < next_estimate
                        and not self._score_due()):
-                    self._cv.wait(max(0.0, min(next_estimate, self._next_score) - time.monotonic()))
+                    # the next score's time only where one can be due: a past one (score_rate 0, fewer
+                    # than 3 frames) made this wait(0), a busy loop on a core and the GIL
+                    wake = min(next_estimate, self._next_score) if self.score_rate > 0 and len(self._frames) >= 3 else next_estimate
+                    self._cv.wait(max(0.0, wake - time.monotonic()))
                 if self._stopping:
                     return
                 pair = self._pairs.popleft() if self._pairs else None

@@ -142,6 +142,7 @@ def test_atoms_of_clean_simulated_frames_match_the_truth_within_half_a_pixel(
     assert stats["atoms_last"] == len(movie.positions[-1])
     assert stats["atoms_skipped"] == stats["atoms_failed"] == 0
     assert stats["atoms_ms_p50"] > 0 and stats["atoms_ms_p99"] >= stats["atoms_ms_p50"]
+    assert stats["atoms_cpu_ms_p50"] > 0 and stats["atoms_cpu_ms_p99"] >= stats["atoms_cpu_ms_p50"]
 
 
 def test_atoms_on_a_non_square_frame_are_x_y_in_pixels(identity_model, detector, daemon_factory, subscriber):

@@ -148,6 +148,7 @@ SERVE_OPTIONS = {
     "queue": (QueueConfig, "capacity", "Queue"),
     "max_wait_ms": (QueueConfig, "max_wait_ms", "Queue"),
     "max_age_ms": (QueueConfig, "max_age_ms", "Queue"),
+    "realtime": (ServeConfig, "realtime", "Engine"),
     "provider": (EngineConfig, "provider", "Engine"),
     "threads": (EngineConfig, "threads", "Engine"),
     "spin": (EngineConfig, "spin", "Engine"),

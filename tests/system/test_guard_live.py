@@ -8,6 +8,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from livedenoise.analysis import (
     read_noise_of,
     unexplained,
 )
-from livedenoise.daemon import GuardConfig, QueueConfig
+from livedenoise.daemon import GuardConfig, QueueConfig, StreamGuard
 from livedenoise.engine import ModelCard
 from livedenoise.protocol import encode_image
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
@@ -196,3 +197,26 @@ def test_denoise_with_an_older_card_says_there_is_no_guard(tmp_path, write_tiff)
     assert f"guard: {NO_EXPECTS}" in proc.stderr.splitlines()
     assert "warning:" not in proc.stderr and "guard: no frames scored yet" not in proc.stdout
     assert "unexplained signal per frame: mean " in proc.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's CPU time from /proc")
+@pytest.mark.parametrize("score_rate", [0.0, 10.0])
+def test_an_idle_guard_sleeps(score_rate):
+    """Without frames to score (none yet, fewer than three after a series start, or scoring off)
+    the guard thread waits for frames or its next estimate: it once spun there, a core and the GIL."""
+    guard = StreamGuard(None, interval=5.0, score_rate=score_rate)
+    guard.start()
+    try:
+        time.sleep(0.1)
+        tid = guard._thread.native_id
+        cpu0 = thread_cpu_s(tid)
+        time.sleep(0.5)
+        assert thread_cpu_s(tid) - cpu0 < 0.05
+    finally:
+        guard.close()
+
+
+def thread_cpu_s(tid: int) -> float:
+    """CPU time of one of this process's threads (Linux schedstat), seconds."""
+    with open(f"/proc/self/task/{tid}/schedstat") as fh:
+        return int(fh.read().split()[0]) / 1e9

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from livedenoise.analysis import find_atoms, local_maxima
+from livedenoise.analysis._atoms import frame_median
 from livedenoise.analysis.evaluate import match_points
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
@@ -81,6 +82,49 @@ def test_close_pair_4px_apart_both_found() -> None:
     img = render_atoms(np.array([[20.0, 20.0], [22.83, 22.83]]), 48, sigma=0.875, peak=1.0)
     found = find_atoms(img)
     assert len(found) == 2
+
+
+def test_frame_median_is_numpys_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    frames = [rng.normal(size=shape).astype(dtype) for shape in ((1, 1), (1, 2), (3, 3), (17, 9), (128, 128))
+              for dtype in (np.float32, np.float64)]
+    frames += [rng.poisson(0.7, (64, 80)).astype(np.float32), np.zeros((4, 4), np.float32)]  # ties
+    frames += [rng.integers(0, 9, (5, 6)).astype(np.uint16)]
+    inf = rng.normal(size=(8, 8)).astype(np.float32)
+    inf[0, :5], inf[1, :3] = np.inf, -np.inf
+    frames.append(inf)
+    for f in frames:
+        assert np.float64(frame_median(f)).tobytes() == np.float64(np.median(f)).tobytes(), (f.shape, f.dtype)
+    nan = rng.normal(size=(8, 8)).astype(np.float32)
+    nan[5, 2] = np.nan
+    assert np.isnan(frame_median(nan)) and np.isnan(np.median(nan))
+
+
+def _every_peak_then_threshold(frame: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rule written plainly: every local maximum of the frame, those higher than the threshold
+    above the median, tallest first (raster order among equals): their [x, y] pixels and heights."""
+    f = frame.astype(np.float32)
+    rows, cols = np.nonzero(local_maxima(f))
+    heights = f[rows, cols] - float(np.median(f))
+    keep = heights > threshold
+    order = np.argsort(-heights[keep], kind="stable")
+    return np.stack([cols[keep][order], rows[keep][order]], axis=1), heights[keep][order]
+
+
+def test_peaks_found_among_the_high_pixels_are_those_of_the_whole_frame() -> None:
+    """find_atoms looks for peaks only among the pixels above the threshold (a denoised frame: ~1 %
+    of them); the peaks and their order must be those of the whole frame's local maxima."""
+    rng = np.random.default_rng(4)
+    movie = simulate_movie(SimConfig(frames=4, seed=12))
+    frames = [t / t.max() + rng.normal(0, 0.05, t.shape) for t in movie.truth]  # noisy: many small peaks
+    frames.append(np.round(rng.uniform(0, 3, (40, 50))).astype(np.float32) / 3)  # plateaus and ties
+    for f in frames:
+        for threshold in (0.0, 0.1, 0.4, 0.9):
+            found = find_atoms(f, threshold=threshold)
+            pixels, heights = _every_peak_then_threshold(f, threshold)
+            assert len(found) == len(pixels) > 0 or threshold == 0.9
+            assert np.array_equal(found.heights, heights)
+            assert np.all(np.abs(found.positions - pixels) <= 0.5)  # sub-pixel offsets stay within the pixel
 
 
 def test_fast_on_128() -> None:
