@@ -1,7 +1,8 @@
 """What benchmarks/realsamples.py measures, as functions of arrays (tests/unit/test_realsamples.py).
 
 * :func:`true_gain`: a method's gain over raw against the truth, aggregated as the ground-truth-free
-  score aggregates its estimate (a ratio of the mean squared errors after the affine fit, frames ``t``);
+  score aggregates its estimate (the mean over blocks of consecutive frames of the dB ratio of the
+  mean squared errors after the affine fit, frames ``t``);
 * :func:`choose_threshold`, :func:`pooled_f1`: atom detection where columns leave the field (rows
   of NaN in the positions are dropped frame by frame; ``evaluate`` would count them as missed);
 * :func:`replay_guard`: :class:`~livedenoise.analysis.MeasuredFit` fed frame by frame as serve's
@@ -46,11 +47,14 @@ def _mse_after_fit(den: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def true_gain(den: np.ndarray, raw: np.ndarray, truth: np.ndarray, index: np.ndarray) -> float:
-    """``10 log10(mean MSE_raw / mean MSE_den)`` over frames ``index``, each MSE after the affine fit
-    to the truth of the same frame: the quantity the score's gain over raw estimates."""
-    m_raw = float(_mse_after_fit(raw[index], truth[index]).mean())
-    m_den = float(_mse_after_fit(den[index], truth[index]).mean())
-    return 10.0 * math.log10(max(m_raw, 1e-300) / max(m_den, 1e-300))
+    """The mean over blocks of :data:`~livedenoise.analysis._score.BLOCK` frames of ``10 log10(MSE_raw /
+    MSE_den)`` over frames ``index``, each MSE after the affine fit to the truth of the same frame:
+    the quantity the score's gain over raw estimates."""
+    from livedenoise.analysis._score import BLOCK, _block_gains
+
+    m_raw = _mse_after_fit(raw[index], truth[index])
+    m_den = _mse_after_fit(den[index], truth[index])
+    return float(_block_gains(m_raw, m_den, 1e-300, BLOCK).mean())
 
 
 # ---------------------------------------------------------------------------- atoms

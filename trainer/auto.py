@@ -271,7 +271,7 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
         best = -math.inf
         for weight in (1.0, 0.75, 0.5):
             mixed = weight * den + (1 - weight) * filtered
-            for sigma in (0.0, 0.5, 0.75, 1.0, 1.5, 2.0):
+            for sigma in (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0):  # the filter grid's sigmas
                 gain = summarise(frame_terms(frames, gaussian_blur(mixed, sigma), plan.held), raw_terms).gain_db
                 if gain > best:
                     best, post = gain, {"weight": weight, "filter": blend.to_dict() if weight < 1 else None, "sigma": sigma}

@@ -225,6 +225,20 @@ class CausalDenoiser(nn.Module):
         return out
 
 
+def weights_of(onnx_path, cfg: SelfSupConfig) -> dict[str, torch.Tensor] | None:
+    """The parameters of an exported :class:`CausalDenoiser` of this configuration, read back from
+    its ONNX file's initializers (the exporter keeps their names), or None where it is another network."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    own = dict(CausalDenoiser(cfg).named_parameters())
+    if any(name not in stored or tuple(stored[name].shape) != tuple(p.shape) for name, p in own.items()):
+        return None
+    return {name: torch.from_numpy(np.array(stored[name], np.float32)) for name in own}
+
+
 class TrainingDiverged(LivedenoiseError):
     """The loss became NaN or infinite."""
 
@@ -290,6 +304,7 @@ def train_selfsup(
     seed: int = 0,
     log: Callable[[str], None] = print,
     device: str = "cpu",
+    init: dict[str, torch.Tensor] | None = None,
 ) -> SelfSupResult:
     """Train on the causal windows of frames ``train_frames`` of the raw ``(T, H, W)`` movie and
     keep the weights that score best on ``held_frames`` (each needs the two frames after it in the
@@ -307,6 +322,8 @@ def train_selfsup(
     windows = causal_index(t, cfg.frames, starts or [])
     held = np.asarray([i for i in held_frames if i + 2 < t], np.intp)
     model = CausalDenoiser(cfg).to(device)
+    if init is not None:  # fine-tuning: from another model's weights (the shipped generalist's)
+        model.load_state_dict(init, strict=False)
     ema = CausalDenoiser(cfg).to(device)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), cfg.lr)

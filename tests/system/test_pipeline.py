@@ -460,7 +460,7 @@ def test_second_signal_exits_at_once(build_model, detector, subscriber):
         sub = subscriber(publish)
         sub.wait_ready(timeout=30)
         for i in range(60):  # seconds of work for this model
-            push.send_multipart(encode_image(np.zeros((96, 96), "<u2"), series_id=1, image_id=i))
+            push.send_multipart(encode_image(np.zeros((256, 256), "<u2"), series_id=1, image_id=i))
         sub.stats_until(lambda s: s["received"] == 60, timeout=10)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
