@@ -28,6 +28,7 @@ def replay(
     loop: bool = config_option(ReplayConfig, "loop"),
     push: bool = config_option(ReplayConfig, "push"),
     count: int | None = config_option(ReplayConfig, "count"),
+    series_id: int = config_option(ReplayConfig, "series_id"),
     wait_subscriber: float = config_option(ReplayConfig, "wait_subscriber"),
     size: int = config_option(ReplayConfig, "size"),
     dtype: str = config_option(ReplayConfig, "dtype"),
@@ -41,7 +42,7 @@ def replay(
     if tiff is None and not synthetic:
         raise LivedenoiseError("give a TIFF file or --synthetic")
     replayer = Replayer(ReplayConfig(
-        path=tiff, synthetic=synthetic, fps=fps, bind=bind, loop=loop, push=push, count=count,
+        path=tiff, synthetic=synthetic, fps=fps, bind=bind, loop=loop, push=push, count=count, series_id=series_id,
         wait_subscriber=wait_subscriber, size=size, dtype=dtype, curve_secret=curve_secret, curve_allow=curve_allow,
     ))
     with stop_on_signals(lambda _signum: replayer.stop()):

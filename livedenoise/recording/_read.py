@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,52 +43,77 @@ def read_index(directory: str | Path) -> list[ChunkEntry]:
     A truncated or unparsable line (a crash while appending) is skipped. Raises
     :class:`LivedenoiseError` if ``directory`` is not a livedenoise recording.
     """
-    directory = Path(directory)
+    return _read_index(Path(directory), 0, whole=True)[0]
+
+
+def follow_index(directory: str | Path, offset: int = 0) -> tuple[list[ChunkEntry], int]:
+    """The chunks indexed from byte ``offset`` of the index on, and the offset after the last
+    complete line: what a reader following a recording while it is written (a soak that checks
+    each chunk as it closes) passes next time. A line still being appended waits for that call."""
+    return _read_index(Path(directory), offset, whole=False)
+
+
+def _read_index(directory: Path, offset: int, *, whole: bool) -> tuple[list[ChunkEntry], int]:
     if not directory.is_dir():
         raise LivedenoiseError(f"{directory} is not a directory")
     if read_marker(directory) is None:
         raise LivedenoiseError(f"{directory} is not a livedenoise recording (no valid {MARKER})")
-    entries: list[ChunkEntry] = []
     try:
-        lines = (directory / INDEX).read_bytes().splitlines()
+        with open(directory / INDEX, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
     except FileNotFoundError:
-        return entries
-    for line in lines:
-        try:
-            e = json.loads(line)
-            image_ids = tuple(int(i) for i in e["image_ids"])
-            times = e.get("start_times")
-            if times is not None:
-                times = tuple(None if t is None else int(t) for t in times)
-                if len(times) != len(image_ids):
-                    times = None  # not this recorder's line: the ids still hold
-            entry = ChunkEntry(
-                int(e["series_id"]), str(e["kind"]), directory / e["file"], image_ids, times,
-                Calibration.from_header(e.get("calibration")),
+        return [], offset
+    end = len(data) if whole else data.rfind(b"\n") + 1
+    root = directory.resolve()
+    entries = [e for e in map(partial(_entry, directory, root), data[:end].splitlines()) if e is not None]
+    return entries, offset + end
+
+
+def _entry(directory: Path, root: Path, line: bytes) -> ChunkEntry | None:
+    """One index line as a :class:`ChunkEntry`; None for a line that is not one (a crash while appending)."""
+    try:
+        e = json.loads(line)
+        image_ids = tuple(int(i) for i in e["image_ids"])
+        times = e.get("start_times")
+        if times is not None:
+            times = tuple(None if t is None else int(t) for t in times)
+            if len(times) != len(image_ids):
+                times = None  # not this recorder's line: the ids still hold
+        entry = ChunkEntry(
+            int(e["series_id"]), str(e["kind"]), directory / e["file"], image_ids, times,
+            Calibration.from_header(e.get("calibration")),
+        )
+    except (ValueError, KeyError, TypeError, MalformedMessage):
+        return None
+    if entry.kind in KINDS and entry.path.resolve().is_relative_to(root):
+        return entry
+    return None
+
+
+def chunk_frames(entry: ChunkEntry) -> Iterator[tuple[int, np.ndarray]]:
+    """``(image_id, frame)`` for each frame of one indexed chunk; :class:`LivedenoiseError` where
+    the file's pages do not match the ids its index line lists."""
+    import tifffile
+
+    with tifffile.TiffFile(entry.path) as tif:
+        if len(tif.pages) != len(entry.image_ids):
+            raise LivedenoiseError(
+                f"{entry.path}: {len(tif.pages)} pages but the index lists {len(entry.image_ids)} frames"
             )
-        except (ValueError, KeyError, TypeError, MalformedMessage):
-            continue
-        if entry.kind in KINDS and entry.path.resolve().is_relative_to(directory.resolve()):
-            entries.append(entry)
-    return entries
+        for image_id, page in zip(entry.image_ids, tif.pages, strict=True):
+            yield image_id, page.asarray()
 
 
 def iter_frames(
     directory: str | Path, *, kind: str = "denoised", series_id: int | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(series_id, image_id, frame)`` for every recorded frame of ``kind``, in recording order."""
-    import tifffile
-
     for entry in read_index(directory):
         if entry.kind != kind or (series_id is not None and entry.series_id != series_id):
             continue
-        with tifffile.TiffFile(entry.path) as tif:
-            if len(tif.pages) != len(entry.image_ids):
-                raise LivedenoiseError(
-                    f"{entry.path}: {len(tif.pages)} pages but the index lists {len(entry.image_ids)} frames"
-                )
-            for image_id, page in zip(entry.image_ids, tif.pages, strict=True):
-                yield entry.series_id, image_id, page.asarray()
+        for image_id, frame in chunk_frames(entry):
+            yield entry.series_id, image_id, frame
 
 
 def summarize(directory: str | Path) -> list[SeriesSummary]:

@@ -100,11 +100,12 @@ def test_css_prints_the_series(write_tiff, frames_u2):
 
 
 def test_replay_cli_streams_a_tiff(write_tiff, frames_u2):
+    """As one series, with the id asked for (--series-id: several replays into one daemon, each its own ids)."""
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     proc = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "replay", str(write_tiff(frames_u2)), "--push", "--bind", LOOPBACK,
-         "--fps", "200"],
+         "--fps", "200", "--series-id", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     headers = []
@@ -122,6 +123,7 @@ def test_replay_cli_streams_a_tiff(write_tiff, frames_u2):
     assert proc.returncode == 0
     assert [h["htype"] for h in headers] == ["start"] + ["image"] * len(frames_u2) + ["end"]
     assert [h["image_id"] for h in headers[1:-1]] == list(range(len(frames_u2)))
+    assert {h["series_id"] for h in headers} == {7}
 
 
 def test_demo_prints_status_lines_with_atoms_by_default(conv_model):
