@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("filter")
     g = sub.add_parser("general")
-    g.add_argument("--steps", type=int, default=8000)
+    g.add_argument("--steps", type=int, default=10000)
     g.add_argument("--minutes", type=float, default=60.0)
-    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--frames", type=int, default=8)
     sub.add_parser("scores")
     args = ap.parse_args(argv)
     if args.cmd == "filter":

@@ -59,7 +59,10 @@ MIN_HELD = 6  # frames held out for the score (at least)
 MIN_TEMPORAL = 16  # frames below which the self-supervised model reads one frame (no held-out split)
 SATURATED = 0.5  # share of pixels at the movie's maximum above which it is not trained on
 MAX_DRIFT = 1.0  # px per frame a causal window can follow
-DEFAULT_WINDOW = 8  # frames the self-supervised model reads
+# Frames the self-supervised model reads, by size: at rt size, 8 frames run as fast as the shipped
+# rt model on a CPU and 16 cost 1.4 times as much (benchmarks/selfsup_speed.py); a GPU has room for 16.
+DEFAULT_WINDOW = {"rt": 8, "large": 16}
+FINE_TUNE_LR = 2e-4  # fine-tuning the shipped generalist: a smaller step than training from scratch
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class AutoConfig:
     method: str = "auto"
     seed: int = 0
     minutes: float = 15.0  # the self-supervised model's training budget
-    window: int | None = None  # the self-supervised model's frames (default 8)
+    window: int | None = None  # the self-supervised model's frames (default: DEFAULT_WINDOW by size)
     steps: int | None = None  # the self-supervised model's steps
     signal: str | None = None
     shipped: bool = True  # score the shipped models too
@@ -78,6 +81,7 @@ class AutoConfig:
     device: str = "auto"  # where the self-supervised network trains: auto | cuda | cpu
     noise2atom: Any = None  # a trainer.run.TrainConfig for the Noise2Atom candidate (auto: made here)
     keep: Path | None = None  # a folder to write every trained candidate's model into, beside the chosen one
+    generalist: bool = True  # also fine-tune the shipped generalist (general.onnx) where its network is this one
 
 
 @dataclass
@@ -162,7 +166,7 @@ def plan_movie(frames: np.ndarray, single_image: bool, window: int | None) -> tu
     else:
         train_idx = np.arange(t)
         held = np.arange(0, max(t - 2, 0)) if not single_image else np.arange(0)
-    k = (window or DEFAULT_WINDOW) if temporal else 1
+    k = (window or DEFAULT_WINDOW["rt"]) if temporal else 1
     return MoviePlan(train_idx, held, starts, k, temporal, notes, fallback), findings
 
 
@@ -252,11 +256,30 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
         f"blind to each frame's own scan line; {len(plan.train)} training frames, at most {sc.steps} steps or "
         f"{cfg.minutes:g} min, scored every {sc.eval_every} steps on {len(plan.held)} held-out frames")
     t0 = time.monotonic()
-    try:
-        result = train_selfsup(frames, plan.train, plan.held, sc, starts=plan.starts, seed=cfg.seed, log=log, device=device)
-    except TrainingDiverged as exc:
+    init = _generalist(sc) if cfg.generalist else None
+    runs = [("scratch", sc, None)]
+    if init is not None:  # a third of the budget: it starts where simulated movies of every kind left it
+        runs = [("scratch", replace(sc, seconds=sc.seconds * 2 / 3), None),
+                ("generalist", replace(sc, steps=max(1, sc.steps // 2), lr=FINE_TUNE_LR, seconds=sc.seconds / 3), init)]
+    results, failures = {}, []
+    for start, run_cfg, weights in runs:
+        if init is not None:
+            log(f"selfsup {'from scratch' if weights is None else 'fine-tuned from the shipped generalist'}: "
+                f"at most {run_cfg.steps} steps")
+        try:
+            results[start] = train_selfsup(frames, plan.train, plan.held, run_cfg, starts=plan.starts, seed=cfg.seed,
+                                           log=log, device=device, init=weights)
+        except TrainingDiverged as exc:
+            failures.append(str(exc))
+    if not results:
         return Candidate("selfsup", "self-supervised causal U-Net", None, time.monotonic() - t0,
-                         note=f"{exc}: not a candidate")
+                         note=f"{'; '.join(failures)}: not a candidate")
+    held_best = {k: max((g for _, g in r.curve), default=-math.inf) for k, r in results.items()}
+    start = max(results, key=lambda k: held_best[k])
+    result = results[start]
+    if len(results) > 1:
+        log("selfsup: kept the run " + ("from scratch" if start == "scratch" else "fine-tuned from the generalist")
+            + " (held-out gain " + ", ".join(f"{k} {g:+.2f} dB" for k, g in held_best.items()) + ")")
     seconds = time.monotonic() - t0
     windows = causal_index(t, sc.frames, plan.starts)
     padded = np.pad(frames, ((0, 0), (0, (-h) % m), (0, (-w) % m)), mode="reflect")  # as the engine pads
@@ -291,9 +314,18 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
     return Candidate(
         "selfsup", f"self-supervised causal U-Net, {sc.frames} frames", _score_output(frames, den, plan.held, raw_terms),
         seconds, onnx=raw,
-        extra={"config": sc.to_dict(), "steps": result.steps, "best_step": result.best_step, "curve": result.curve,
-               "size_multiple": m, "post": post},
+        extra={"config": sc.to_dict(), "start": start, "steps": result.steps, "best_step": result.best_step,
+               "curve": result.curve, "size_multiple": m, "post": post,
+               "held_out_gain_by_start": {k: round(g, 3) for k, g in held_best.items()}},
     )
+
+
+def _generalist(sc):
+    """The shipped generalist's weights where its network is ``sc``'s, else None."""
+    from .selfsup import weights_of
+
+    path = default_model_path().parent / "general.onnx"
+    return weights_of(path, sc) if path.is_file() else None
 
 
 def _noise2atom(cfg: AutoConfig, raw: np.ndarray, x: np.ndarray, plan: MoviePlan, raw_terms, pixel_size_nm, log) -> Candidate:
@@ -361,7 +393,7 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
     pick_device(cfg.device)  # a device that is not there: one line before anything runs
     frames_all, pixel_size_nm, single_image = load_movie(cfg.frames, cfg.signal)
     raw = np.asarray(frames_all, np.float32)
-    plan, findings = plan_movie(raw, single_image, cfg.window)
+    plan, findings = plan_movie(raw, single_image, cfg.window or DEFAULT_WINDOW.get(cfg.size))
     for note in plan.notes:
         log(note)
     content = estimate_content(raw[0] if single_image else raw, pixel_size_nm)

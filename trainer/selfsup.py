@@ -168,20 +168,34 @@ class CausalDenoiser(nn.Module):
         self.register_buffer("span", torch.tensor(float(max(hi - lo, 1e-12))))
 
     def standardise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu = x.mean(dim=(1, 2, 3), keepdim=True)
-        sd = torch.sqrt(((x - mu) ** 2).mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+        mu, sd = self.statistics(x)
         return (x - mu) / sd, mu, sd
 
-    def predict(self, z: torch.Tensor) -> torch.Tensor:
-        """The blind estimate of the current frame of standardised windows ``z``."""
-        a, b = blind_lines(z[:, -1:])
+    @staticmethod
+    def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each window's mean and spread: the network reads any units."""
+        mu = x.mean(dim=(1, 2, 3), keepdim=True)
+        sd = torch.sqrt(((x - mu) ** 2).mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+        return mu, sd
+
+    def predict(self, x: torch.Tensor, mu: torch.Tensor | None = None, sd: torch.Tensor | None = None) -> torch.Tensor:
+        """The blind estimate of the current frame, standardised, of windows ``x`` standardised by
+        ``mu`` and ``sd`` (None: ``x`` is standardised already). The past frames' stem is linear, so
+        it runs on the frames as they come (a strided convolution: no unshuffled copy of the window)
+        and the standardisation is applied to its few output channels: the same function, and at 16
+        frames a third less time on a CPU than standardising and unshuffling the whole window."""
+        current = x[:, -1:] if mu is None else (x[:, -1:] - mu) / sd
+        a, b = blind_lines(current)
         current = torch.cat([a, b], 0)
         if self.shuffle > 1:
             current = F.pixel_unshuffle(current, self.shuffle)
         h = self.stem_current(current)
         if self.stem_past is not None:
-            past = z[:, :-1]
-            past = self.stem_past(F.pixel_unshuffle(past, self.shuffle) if self.shuffle > 1 else past)
+            s, w = self.shuffle, self.stem_past.weight  # (C, (frames - 1) * s * s, 1, 1), unshuffle's channel order
+            past = F.conv2d(x[:, :-1], w.view(w.shape[0], self.frames - 1, s, s), stride=s)
+            if mu is not None:
+                past = (past - mu * w.sum(dim=(1, 2, 3)).view(1, -1, 1, 1)) / sd
+            past = past + self.stem_past.bias.view(1, -1, 1, 1)
             h = h + torch.cat([past, past], 0)
         out = self.unet(F.leaky_relu(h, LEAK))
         if self.shuffle > 1:
@@ -212,8 +226,8 @@ class CausalDenoiser(nn.Module):
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
         """The denoised frames in the input's units (what the score compares), post-processing included."""
-        z, mu, sd = self.standardise(x)
-        out = self.predict(z) * sd + mu
+        mu, sd = self.statistics(x)
+        out = self.predict(x, mu, sd) * sd + mu
         if float(self.post_weight) != 1.0:
             filtered = (x * self.post_frames.view(1, -1, 1, 1)).sum(1, keepdim=True)
             out = self.post_weight * out + (1.0 - self.post_weight) * filtered
@@ -227,11 +241,18 @@ class CausalDenoiser(nn.Module):
 
 def weights_of(onnx_path, cfg: SelfSupConfig) -> dict[str, torch.Tensor] | None:
     """The parameters of an exported :class:`CausalDenoiser` of this configuration, read back from
-    its ONNX file's initializers (the exporter keeps their names), or None where it is another network."""
+    its ONNX file's initializers (the exporter keeps their names), or None where it is another network
+    (its card's frames, widths or phases differ, or a parameter is missing)."""
     import onnx
     from onnx import numpy_helper
 
+    from livedenoise.engine import METADATA_KEY, ModelCard
+
     model = onnx.load(str(onnx_path))
+    meta = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    config = (ModelCard.from_json(meta).training or {}).get("config", {}) if meta else {}
+    if (config.get("frames"), tuple(config.get("widths", ())), config.get("shuffle")) != (cfg.frames, tuple(cfg.widths), cfg.shuffle):
+        return None
     stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     own = dict(CausalDenoiser(cfg).named_parameters())
     if any(name not in stored or tuple(stored[name].shape) != tuple(p.shape) for name, p in own.items()):

@@ -26,6 +26,7 @@ def train(
     method: str = typer.Option(None, "--method", help="auto (default): train the self-supervised model and choose the causal filter's window and Gaussian, add Noise2Atom where the movie holds sparse atoms, score them and the shipped models on held-out frames, keep the best | selfsup | filter | noise2atom (also implied by any of Noise2Atom's own options: --preset, --resume, --domain ...)."),
     minutes: float = typer.Option(15.0, "--minutes", help="Training budget of the self-supervised model (it also stops at its steps)."),
     size: str = typer.Option("rt", "--size", help="The self-supervised network: rt (runs at least as fast as the shipped rt model on a CPU: live at 150 frames/s on 2 cores) | large (for a GPU)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="The self-supervised model from scratch only (default: also fine-tuned from the shipped generalist general.onnx, where its window and size match, and the run with the better held-out score kept)."),
     keep: Path = typer.Option(None, "--keep", metavar="DIR", help="Also write every trained candidate (filter.onnx, selfsup.onnx, noise2atom.onnx) into DIR, each with its card."),
     preset: str = typer.Option(None, "--preset", help="paper | lite | tiny | rt (tiny distilled into a 2x faster CPU net) | temporal (tiny on the mean of the current and 2 previous frames); default tiny; on --resume, the checkpoint's (a tiny checkpoint may be distilled anew as rt)."),
     steps: int = typer.Option(None, "--steps", help="Total training steps (batches); default from the preset."),
@@ -43,7 +44,7 @@ def train(
         help="Variance range (px^2) of domain C's Gaussian peaks, e.g. 0.5 1.5 for atoms of sigma ~0.9 px (default from the preset; paper: 1 10).",
     ),
     domain: str = typer.Option("fitted", "--domain", help="Domain C, Ms2c's picture of a clean image: fitted (estimated from the movie: density, width, brightness, a lattice's cell; the paper's generator where the movie is sparse like the paper's world) | paper (75-150 scattered Gaussian peaks per 256^2 px)."),
-    window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window Ms2c reads: the current one and K-1 before it (default 3 for temporal, 1 otherwise)."),
+    window: int = typer.Option(None, "--window", metavar="K", help="Frames in the causal window the model reads: the current one and K-1 before it (self-supervised: default 8 at --size rt, 16 at large; Noise2Atom's Ms2c: default 3 for temporal, 1 otherwise)."),
     distil: int = typer.Option(None, "--distil", metavar="K", help="Then distil Ms2c (same input: one frame, or the causal window) from the trained one applied to the mean of K frames centred on each frame (default 5 for tiny, 0 = off otherwise)."),
     distil_steps: int = typer.Option(None, "--distil-steps", help="Steps of the distillation (default from the preset: 600 for tiny and rt, else 1200)."),
     teachers: int = typer.Option(None, "--teachers", metavar="N", help="Run stage 1 N times (seeds SEED, SEED+1000, ...) and distil the most upright run (highest polarity): a result that rides less on the seed (default from the preset; needs --distil)."),
@@ -77,7 +78,8 @@ def train(
         raise LivedenoiseError(f"{', '.join(given)}: Noise2Atom's option(s), not for --method {method}")
     if method != "noise2atom":
         train_auto(AutoConfig(frames=frames, out=out, method=method, seed=seed, minutes=minutes, window=window,
-                              steps=steps, signal=signal, keep=keep, size=size, device=device))
+                              steps=steps, signal=signal, keep=keep, size=size, device=device,
+                              generalist=not from_scratch))
         return
     run_training(
         TrainConfig(

@@ -162,3 +162,27 @@ def test_a_diverging_training_falls_back_to_the_causal_filter_in_one_line(lattic
     assert [line for line in lines if "diverged" in line] == [
         "selfsup: self-supervised training diverged at step 1 (loss nan): not a candidate; the causal filter is kept instead"
     ]
+
+
+def test_the_shipped_generalist_is_fine_tuned_where_its_network_matches_and_kept_when_it_scores_better(lattice, tmp_path):
+    from livedenoise.engine import default_model_path
+    from trainer.selfsup import SIZES, weights_of
+
+    general = default_model_path().parent / "general.onnx"
+    rt8 = SelfSupConfig(frames=8, widths=SIZES["rt"])
+    weights = weights_of(general, rt8)
+    assert weights is not None and set(weights) == {name for name, _ in CausalDenoiser(rt8).named_parameters()}
+    assert weights_of(general, replace(rt8, frames=4)) is None and weights_of(general, replace(rt8, widths=SIZES["large"])) is None
+    movie = tmp_path / "lattice.tif"
+    write_imagej(movie, lattice[:32], pixel_size_nm=0.04)
+    lines: list[str] = []
+    quick = replace(rt8, batch=2, eval_every=4)
+    summary = train_auto(AutoConfig(frames=movie, out=tmp_path / "m.onnx", method="selfsup", steps=8, selfsup=quick), log=lines.append)
+    selfsup = summary["candidates"]["selfsup"]
+    # 8 steps from scratch learn next to nothing; 4 from the generalist start from a denoiser
+    assert selfsup["start"] == "generalist"
+    assert selfsup["held_out_gain_by_start"]["generalist"] > selfsup["held_out_gain_by_start"]["scratch"] + 1.0
+    assert any(line.startswith("selfsup: kept the run fine-tuned from the generalist") for line in lines)
+    unmatched = train_auto(AutoConfig(frames=movie, out=tmp_path / "s.onnx", method="selfsup", steps=4, window=4, selfsup=SMALL),
+                           log=lambda m: None)
+    assert unmatched["candidates"]["selfsup"]["start"] == "scratch"
