@@ -23,7 +23,9 @@ log = logging.getLogger("livedenoise")
 
 SHIPPED_MODELS = (
     "default (1 frame; used without --model), rt (1 frame, ~2x faster on a CPU), temporal (3 frames), "
-    "lowdose (5 frames, ~100 e-/px), hops (lowdose behind a motion-aware window: follows hopping atoms)"
+    "lowdose (5 frames, ~100 e-/px), hops (lowdose behind a motion-aware window: follows hopping atoms) - "
+    "Noise2Atom, for sparse atoms; general (self-supervised, 8 frames, any sample: the demo's), "
+    "filter (a causal mean of 5 frames and a 1 px Gaussian)"
 )
 _FROM_CONFIG: Any = object()
 
@@ -49,16 +51,10 @@ def model_option(panel: str | None = None, default_note: str = "") -> Any:
 
 
 def model_path(model: Path | None) -> Path:
-    """``--model``: a file, or the name of a shipped model (``default``, ``rt``, ``temporal``, ``lowdose``, ``hops``), or none."""
-    from ..engine import default_model_path
+    """``--model``: a file, or the name of a shipped model (:data:`SHIPPED_MODELS`), or none."""
+    from ..engine import resolve_model
 
-    if model is None:
-        return default_model_path()
-    if len(model.parts) == 1 and model.suffix == "" and not model.exists():
-        shipped = default_model_path().with_name(f"{model}.onnx")
-        if shipped.is_file():
-            return shipped
-    return model
+    return resolve_model(model)
 
 
 def setup_logging(level: str = "INFO") -> None:

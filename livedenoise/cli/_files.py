@@ -130,11 +130,7 @@ def _denoise_one(
         for start in range(0, len(source), max_batch):
             chunk = to_wire_dtype(source.frames(start, start + max_batch), movie)
             stack[start : start + len(chunk)] = chunk
-            result = engine.infer(list(chunk), [0] * len(chunk))
-            if result.errors:
-                i, kind, message = result.errors[0]
-                raise LivedenoiseError(f"frame {start + i} {kind}: {message}")
-            out[start : start + len(chunk)] = result.outputs
+            out[start : start + len(chunk)] = engine.run_stack(chunk, first=start)
             progress.advance(task, len(chunk))
     try:
         write_imagej(

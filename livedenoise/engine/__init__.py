@@ -5,7 +5,7 @@ Numpy and onnxruntime only (onnxruntime is imported when an engine is built); no
 """
 
 from ._config import EngineConfig
-from ._engine import Engine, InferResult, default_model_path
+from ._engine import Engine, InferResult, default_model_path, resolve_model
 from ._modelcard import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -45,6 +45,7 @@ __all__ = [
     "normalise",
     "pixel_size_differs",
     "provider_list",
+    "resolve_model",
     "resolve_provider",
     "rewrite_transposed_convs",
     "to_display",

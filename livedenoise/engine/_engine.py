@@ -86,6 +86,19 @@ log = logging.getLogger("livedenoise.engine")
 
 
 
+def resolve_model(model: str | Path | None = None) -> Path:
+    """A model file: a path as it is, or the name of a model shipped inside the package (``default``,
+    ``rt``, ``general`` ...: ``livedenoise/models/NAME.onnx``) where no such file is here; none: ``default``."""
+    if model is None:
+        return default_model_path()
+    path = Path(model)
+    if len(path.parts) == 1 and path.suffix == "" and not path.exists():
+        shipped = default_model_path().with_name(f"{path.name}.onnx")
+        if shipped.is_file():
+            return shipped
+    return path
+
+
 def default_model_path() -> Path:
     """The model shipped inside the package (``livedenoise/models/default.onnx``)."""
     res = resources.files("livedenoise") / "models" / "default.onnx"
@@ -160,7 +173,7 @@ class Engine:
         overrides = {"provider": provider, "max_batch": max_batch, "threads": threads, "spin": spin}
         config = dataclasses.replace(config or EngineConfig(), **{k: v for k, v in overrides.items() if v is not None})
         self.config = config
-        self.path = Path(model)
+        self.path = resolve_model(model)
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         self.max_batch = int(config.max_batch)
@@ -431,6 +444,21 @@ class Engine:
         to_display(out, out=out)
         for j, i in enumerate(idx):
             result.outputs[i] = out[j]
+
+    def run_stack(self, frames: np.ndarray, series: int = 0, first: int = 0) -> np.ndarray:
+        """A stack of frames ``(T, H, W)`` of one series, in order, ``max_batch`` at a time (the
+        series' history carries over from earlier calls): ``(T, H, W)`` float32 in [0, 1]. The first
+        frame that fails raises :class:`~livedenoise.errors.LivedenoiseError` naming it (counted from
+        ``first``): a file or an array has no frame to skip, unlike a stream."""
+        out = np.empty(frames.shape, np.float32)
+        for start in range(0, len(frames), self.max_batch):
+            chunk = frames[start : start + self.max_batch]
+            result = self.infer(list(chunk), [series] * len(chunk))
+            if result.errors:
+                i, kind, message = result.errors[0]
+                raise LivedenoiseError(f"frame {first + start + i} {kind}: {message}")
+            out[start : start + len(chunk)] = result.outputs
+        return out
 
     def reset_series(self, series_id: int) -> None:
         """Forget a series' history now (``infer(..., restart=...)`` does it at the right frame of a batch)."""
