@@ -13,6 +13,7 @@ starts after the side that binds::
 Runtime code never imports this package (import-linter contracts in pyproject.toml).
 """
 
+from ._detectors import send_in_thread, virtual_reference
 from ._models import DEFAULT_NORM, build_onnx_model, reference_denoise
 from ._processes import REPLAY_BIND, SERVE_PUBLISH, read_address
 from ._replay import ReplayThread
@@ -33,4 +34,6 @@ __all__ = [
     "output_subscriber",
     "read_address",
     "reference_denoise",
+    "send_in_thread",
+    "virtual_reference",
 ]

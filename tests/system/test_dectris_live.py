@@ -21,22 +21,12 @@ pytest.importorskip("cbor2")
 pytest.importorskip("lz4")
 
 from livedenoise.daemon import DectrisConfig
-from livedenoise.detectors import Annulus, annular_mask, find_centre
+from livedenoise.detectors import Annulus, find_centre
 from livedenoise.sim import dectris_v1_messages, dectris_v2_messages, simulate_4dstem
-from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address
+from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address, send_in_thread
+from livedenoise.testing import virtual_reference as reference
 
 SCAN = (16, 16)
-
-
-def reference(patterns: np.ndarray, centre, inner: float, outer: float, scan) -> np.ndarray:
-    mask = annular_mask(patterns.shape[1:], centre, inner, outer)
-    return (patterns.astype(np.float64) * mask).sum(axis=(1, 2)).reshape(-1, *scan).astype("<f4")
-
-
-def send_in_thread(target) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize("stream", ["auto", "v1"])

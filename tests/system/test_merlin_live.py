@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -16,22 +15,11 @@ import pytest
 pytest.importorskip("libertem_qd_mpx")
 
 from livedenoise.daemon import MerlinConfig
-from livedenoise.detectors import annular_mask
 from livedenoise.sim import merlin_fault, merlin_stream, simulate_4dstem
-from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address
+from livedenoise.testing import LOOPBACK, SERVE_PUBLISH, read_address, send_in_thread
+from livedenoise.testing import virtual_reference as reference
 
 SCAN = (16, 16)
-
-
-def reference(patterns: np.ndarray, centre, inner: float, outer: float, scan) -> np.ndarray:
-    mask = annular_mask(patterns.shape[1:], centre, inner, outer)
-    return (patterns.astype(np.float64) * mask).sum(axis=(1, 2)).reshape(-1, *scan).astype("<f4")
-
-
-def send_in_thread(target) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize(("fmt", "layout", "detector", "scan"), [
