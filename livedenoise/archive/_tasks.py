@@ -171,11 +171,10 @@ def denoise_range(spec: DenoiseSpec, src: str, tmp: str, start: int, stop: int) 
             first = False
         for b in range(start, stop, spec.max_batch):
             chunk = _read(data, src, b, min(b + spec.max_batch, stop))
-            result = engine.infer(list(chunk), [0] * len(chunk), [first] + [False] * (len(chunk) - 1))
+            try:
+                out[b - start : b - start + len(chunk)] = engine.run_stack(chunk, first=b, restart=first)
+            except LivedenoiseError as exc:
+                raise LivedenoiseError(f"{src}: {exc}") from None
             first = False
-            if result.errors:
-                i, kind, message = result.errors[0]
-                raise LivedenoiseError(f"{src}: frame {b + i} {kind}: {message}")
-            out[b - start : b - start + len(chunk)] = result.outputs
     write_frames(spec.format, tmp, start, out)
     return stop - start, time.perf_counter() - t0

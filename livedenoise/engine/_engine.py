@@ -445,15 +445,17 @@ class Engine:
         for j, i in enumerate(idx):
             result.outputs[i] = out[j]
 
-    def run_stack(self, frames: np.ndarray, series: int = 0, first: int = 0) -> np.ndarray:
+    def run_stack(self, frames: np.ndarray, series: int = 0, first: int = 0, restart: bool = False) -> np.ndarray:
         """A stack of frames ``(T, H, W)`` of one series, in order, ``max_batch`` at a time (the
-        series' history carries over from earlier calls): ``(T, H, W)`` float32 in [0, 1]. The first
-        frame that fails raises :class:`~livedenoise.errors.LivedenoiseError` naming it (counted from
-        ``first``): a file or an array has no frame to skip, unlike a stream."""
+        series' history carries over from earlier calls; ``restart``: the first frame starts it
+        anew): ``(T, H, W)`` float32 in [0, 1]. The first frame that fails raises
+        :class:`~livedenoise.errors.LivedenoiseError` naming it (counted from ``first``): a file or
+        an array has no frame to skip, unlike a stream. ``denoise`` (CLI and Python) and the
+        archive's tasks all run through here."""
         out = np.empty(frames.shape, np.float32)
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start : start + self.max_batch]
-            result = self.infer(list(chunk), [series] * len(chunk))
+            result = self.infer(list(chunk), [series] * len(chunk), [restart and start == 0] + [False] * (len(chunk) - 1))
             if result.errors:
                 i, kind, message = result.errors[0]
                 raise LivedenoiseError(f"frame {first + start + i} {kind}: {message}")
