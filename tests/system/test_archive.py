@@ -198,6 +198,7 @@ def test_an_unreachable_scheduler_is_one_line(archive, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_stage1_runs_as_dask_tasks_equal_the_sequential_runs(tmp_path):
     torch = pytest.importorskip("torch")
     import tifffile

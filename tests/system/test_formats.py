@@ -166,7 +166,7 @@ def test_train_two_steps_on_the_tia_series_keeps_its_pixel_size(tmp_path):
 
 @pytest.mark.parametrize(("method", "said"), [
     ("auto", "one image: no time axis, so the self-supervised model reads one frame"),
-    ("noise2atom", "holds one image (trained as its 4 tiles): no distillation"),
+    pytest.param("noise2atom", "holds one image (trained as its 4 tiles): no distillation", marks=pytest.mark.slow),
 ])
 def test_train_cli_on_a_single_velox_image_trains_on_its_tiles(method, said, tmp_path):
     """``livedenoise train --frames some.emd``: one 512² HAADF image. The default trains the

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,9 @@ def test_sample_process_sees_a_pipeline_thread_end():
     thread = PipelineThread("soakcheck", release.wait)
     thread.start()
     try:
-        before = sample_process(os.getpid())
+        deadline = time.monotonic() + 5.0  # the thread names itself in the OS once it runs
+        while "ld-soakcheck" not in (before := sample_process(os.getpid())).threads and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         release.set()
         thread.join(5)

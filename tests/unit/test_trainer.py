@@ -472,6 +472,7 @@ def test_export_round_trip_matches_torch_with_one_norm_op_each(norm):
     assert run_onnx(with_card(raw, card), np.zeros((3, 1, 16, 24), np.float32)).shape == (3, 1, 16, 24)
 
 
+@pytest.mark.slow
 def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path):
     import onnxruntime as ort
     import tifffile
@@ -521,6 +522,7 @@ def test_train_end_to_end_writes_model_card_figures_and_resumes(movie, tmp_path)
         train(TrainConfig(frames=frames, out=out, preset="lite", resume=tmp_path / "m.ckpt", check_every=0), log=logs.append)
 
 
+@pytest.mark.slow
 def test_several_stage1_runs_pick_the_most_upright_and_resume_run_by_run(movie, tmp_path, monkeypatch):
     import tifffile
 
@@ -580,6 +582,7 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exc.value.code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_lattice_movie_trains_on_a_fitted_domain_c_kept_by_the_card_and_on_resume(tmp_path):
     from livedenoise.io import write_imagej
     from livedenoise.sim import DenseConfig, simulate_dense
@@ -602,6 +605,7 @@ def test_a_lattice_movie_trains_on_a_fitted_domain_c_kept_by_the_card_and_on_res
     assert any("the paper's generator (--domain paper)" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_a_sparse_movie_trains_the_same_model_with_either_domain_choice(movie, tmp_path):
     """Nothing is lost on the movies the paper's Domain C fits: ``fitted`` draws the very same
     samples there, so the weights are the paper choice's bit for bit."""
