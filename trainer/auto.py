@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.analysis import (
+    MAX_WINDOW,
     CausalFilter,
     SampleContent,
     Score,
@@ -195,13 +196,14 @@ def _run_onnx(data_or_path: bytes | Path, frames: np.ndarray, starts: list[int])
     return np.stack(out.outputs)
 
 
-def _best_filter(frames: np.ndarray, plan: MoviePlan, raw_terms, log) -> Candidate:
-    """The causal filter the score puts first on the held-out frames (on all frames where none are held out)."""
+def _best_filter(frames: np.ndarray, plan: MoviePlan, raw_terms, log, max_window: int = MAX_WINDOW) -> Candidate:
+    """The causal filter the score puts first on the held-out frames (on all frames where none are
+    held out), of at most ``max_window`` frames."""
     t0 = time.monotonic()
     held = plan.held if plan.held.size >= 3 else np.arange(max(frames.shape[0] - 2, 0))
     best: tuple[float, CausalFilter | None, Score | None] = (-math.inf, None, None)
     segments = _segments(frames.shape[0], plan.starts)
-    for flt in filter_grid():
+    for flt in filter_grid(max_window):
         den = np.concatenate([flt.apply(frames[a:b]) for a, b in segments])
         s = _score_output(frames, den, held, raw_terms)
         if s is not None and s.gain_db > best[0]:
@@ -289,7 +291,7 @@ def _selfsup(frames: np.ndarray, plan: MoviePlan, cfg: AutoConfig, raw_terms, bl
     if not np.isfinite(den).all():
         return Candidate("selfsup", "self-supervised causal U-Net", None, seconds, note="non-finite output: not a candidate")
     post = {"weight": 1.0, "filter": None, "sigma": 0.0}
-    if raw_terms is not None and blend is not None and blend.window <= sc.frames:
+    if raw_terms is not None and blend is not None:
         filtered = np.concatenate([blend.apply(frames[a:b]) for a, b in _segments(t, plan.starts)])
         best = -math.inf
         for weight in (1.0, 0.75, 0.5):
@@ -415,8 +417,9 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
                           else Candidate("filter", fixed.describe(), extra={"filter": fixed.to_dict()}))
     if method in ("auto", "selfsup"):
         flt = next((c for c in candidates if c.name == "filter"), None)
-        if flt is None and raw_terms is not None:
-            flt = _best_filter(frames, plan, raw_terms, lambda m: None)  # for the blend only, not a candidate
+        if raw_terms is not None and (flt is None or flt.extra["filter"]["window"] > plan.window):
+            # for the blend only, not a candidate: the graph blends in a filter of its own window's frames
+            flt = _best_filter(frames, plan, raw_terms, lambda m: None, max_window=plan.window)
         cand = _selfsup(frames, plan, cfg, raw_terms, CausalFilter(**flt.extra["filter"]) if flt else None, log)
         if cand.onnx is None:
             log(f"selfsup: {cand.note}; the causal filter is kept instead")
