@@ -60,8 +60,9 @@ MIN_HELD = 6  # frames held out for the score (at least)
 MIN_TEMPORAL = 16  # frames below which the self-supervised model reads one frame (no held-out split)
 SATURATED = 0.5  # share of pixels at the movie's maximum above which it is not trained on
 MAX_DRIFT = 1.0  # px per frame a causal window can follow
-# Frames the self-supervised model reads, by size: at rt size, 8 frames run as fast as the shipped
-# rt model on a CPU and 16 cost 1.4 times as much (benchmarks/selfsup_speed.py); a GPU has room for 16.
+# Frames the self-supervised model reads, by size. At rt size on a CPU, 8 frames take 0.8 of the
+# shipped rt model's time and 16 about as long as rt (benchmarks/selfsup_speed.py), and 16 were
+# no better on the real cases tried (docs/selfsupervised.md); a GPU has room for 16.
 DEFAULT_WINDOW = {"rt": 8, "large": 16}
 FINE_TUNE_LR = 2e-4  # fine-tuning the shipped generalist: a smaller step than training from scratch
 
