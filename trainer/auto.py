@@ -215,6 +215,15 @@ def _best_filter(frames: np.ndarray, plan: MoviePlan, raw_terms, log, max_window
     return cand
 
 
+def _filter_candidate(frames: np.ndarray, plan: MoviePlan, raw_terms, log, single_image: bool, tuned: bool = True) -> Candidate:
+    """The causal filter as a candidate: chosen by the score, or fixed where it cannot be (one image:
+    a Gaussian alone; a fallback: a mean of 5 frames and a 1 px Gaussian)."""
+    if tuned and not single_image:
+        return _best_filter(frames, plan, raw_terms, log)
+    fixed = CausalFilter(1 if single_image else 5, 1.0)
+    return Candidate("filter", fixed.describe(), extra={"filter": fixed.to_dict()})
+
+
 def _segments(t: int, starts: list[int]) -> list[tuple[int, int]]:
     cuts = [0, *[s for s in sorted(starts) if 0 < s < t], t]
     return list(itertools.pairwise(cuts))
@@ -413,9 +422,7 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
     if single_image and method == "auto":
         method = "selfsup"  # tiles are not a time axis: neither a temporal filter nor a score across them
     if method in ("auto", "filter", "fallback"):
-        fixed = CausalFilter(1 if single_image else 5, 1.0)
-        candidates.append(_best_filter(frames, plan, raw_terms, log) if method != "fallback" and not single_image
-                          else Candidate("filter", fixed.describe(), extra={"filter": fixed.to_dict()}))
+        candidates.append(_filter_candidate(frames, plan, raw_terms, log, single_image, tuned=method != "fallback"))
     if method in ("auto", "selfsup"):
         flt = next((c for c in candidates if c.name == "filter"), None)
         if raw_terms is not None and (flt is None or flt.extra["filter"]["window"] > plan.window):
@@ -425,8 +432,7 @@ def train_auto(cfg: AutoConfig, log=_log) -> dict[str, Any]:
         if cand.onnx is None:
             log(f"selfsup: {cand.note}; the causal filter is kept instead")
             if not any(c.name == "filter" for c in candidates):
-                candidates.append(_best_filter(frames, plan, raw_terms, log) if not single_image else
-                                  Candidate("filter", CausalFilter(1, 1.0).describe(), extra={"filter": CausalFilter(1, 1.0).to_dict()}))
+                candidates.append(_filter_candidate(frames, plan, raw_terms, log, single_image))
         candidates.append(cand)
     sparse = _sparse_atoms(content)
     if method == "noise2atom" or (method == "auto" and sparse and plan.temporal):

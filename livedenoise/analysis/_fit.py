@@ -126,14 +126,20 @@ def measure_fit(raw: np.ndarray, denoised: np.ndarray, rules: FitRules | None = 
     raw = np.asarray(raw, np.float32)
     if raw.shape[0] < 3:
         return FitSummary(UNDECIDED, None, None, None, None, None, 0)
+    filters = [frame_terms(raw, f.apply(raw)) for f in bank]
+    return _compare(UNDECIDED, frame_terms(raw, np.asarray(denoised, np.float32)), frame_terms(raw, raw), filters,
+                    bank, 0.0, rules)
 
-    raw_terms = frame_terms(raw, raw)
-    model = frame_terms(raw, np.asarray(denoised, np.float32))
-    filters = [summarise(frame_terms(raw, f.apply(raw)), raw_terms) for f in bank]
-    best = int(np.argmax([f.gain_db for f in filters]))
-    advantage, se = paired_gain(model, frame_terms(raw, bank[best].apply(raw)), rules.block)
-    state = step(UNDECIDED, advantage, se, len(model) // rules.block, 0.0, rules)
-    return FitSummary(state, summarise(model, raw_terms).gain_db, filters[best].gain_db, bank[best].describe(),
+
+def _compare(state: str, model: FrameTerms, raw: FrameTerms, filters: list[FrameTerms],
+             bank: tuple[CausalFilter, ...], elapsed: float, rules: FitRules) -> FitSummary:
+    """The model against the best of the bank's filters (by their gain over raw) on the same frames:
+    the paired advantage, and the next state from ``state`` by :func:`step`."""
+    scores = [summarise(f, raw, rules.block) for f in filters]
+    best = int(np.argmax([sc.gain_db for sc in scores]))
+    advantage, se = paired_gain(model, filters[best], rules.block)
+    new = step(state, advantage, se, len(model) // rules.block, elapsed, rules)
+    return FitSummary(new, summarise(model, raw, rules.block).gain_db, scores[best].gain_db, bank[best].describe(),
                       advantage, se, len(model))
 
 
@@ -192,19 +198,13 @@ class MeasuredFit:
         return out
 
     def _update(self, now: float) -> FitSummary:
-        rules = self.rules
         idx, res, noise = (np.array(v) for v in zip(*self._model))
         idx = idx.astype(np.intp)
-        model = FrameTerms(idx, res, noise)
-        raw = FrameTerms(idx, np.array(self._raw), noise)
         filters = np.array(self._filters)  # (frames, bank)
-        scores = [summarise(FrameTerms(idx, filters[:, i], noise), raw, rules.block) for i in range(filters.shape[1])]
-        best = int(np.argmax([sc.gain_db for sc in scores]))
-        advantage, se = paired_gain(model, FrameTerms(idx, filters[:, best], noise), rules.block)
-        blocks = len(model) // rules.block
-        self.state = step(self.state, advantage, se, blocks, now - (self._started or now), rules)
-        self._summary = FitSummary(self.state, summarise(model, raw, rules.block).gain_db, scores[best].gain_db,
-                                   self.bank[best].describe(), advantage, se, len(model))
+        self._summary = _compare(self.state, FrameTerms(idx, res, noise), FrameTerms(idx, np.array(self._raw), noise),
+                                 [FrameTerms(idx, filters[:, i], noise) for i in range(filters.shape[1])],
+                                 self.bank, now - (self._started or now), self.rules)
+        self.state = self._summary.state
         return self._summary
 
     def summary(self) -> FitSummary:

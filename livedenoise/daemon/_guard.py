@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -234,10 +235,7 @@ class StreamGuard:
             with self._cv:
                 while (not self._stopping and not self._pairs and time.monotonic() < next_estimate
                        and not self._score_due()):
-                    # the next score's time only where one can be due: a past one (score_rate 0, fewer
-                    # than 3 frames) made this wait(0), a busy loop on a core and the GIL
-                    wake = min(next_estimate, self._next_score) if self.score_rate > 0 and len(self._frames) >= 3 else next_estimate
-                    self._cv.wait(max(0.0, wake - time.monotonic()))
+                    self._cv.wait(max(0.0, min(next_estimate, self._score_time()) - time.monotonic()))
                 if self._stopping:
                     return
                 pair = self._pairs.popleft() if self._pairs else None
@@ -252,8 +250,13 @@ class StreamGuard:
 
     # ------------------------------------------------------------------ measured fit (issue 24)
 
+    def _score_time(self) -> float:
+        """When the next score is due; never (inf) while none can be (``score_rate`` 0, fewer than 3
+        frames): a past time there would make the guard's wait a busy loop on a core and the GIL."""
+        return self._next_score if self.score_rate > 0 and len(self._frames) >= 3 else math.inf
+
     def _score_due(self) -> bool:
-        return self.score_rate > 0 and time.monotonic() >= self._next_score and len(self._frames) >= 3
+        return time.monotonic() >= self._score_time()
 
     def _score_job(self) -> tuple[list[_Pair] | None, bool]:
         """Under the lock: whether a new run began, and the frames to score the newest frame ``t``
