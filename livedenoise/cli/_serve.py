@@ -273,6 +273,7 @@ def serve(
     trt_cache: Path | None = config_option(EngineConfig, "trt_cache", panel=ENGINE),
     pipeline_cpus: str = config_option(ServeConfig, "pipeline_cpus", panel=ENGINE, default=""),
     realtime: int | None = config_option(ServeConfig, "realtime", panel=ENGINE),
+    trim_interval: float = config_option(ServeConfig, "trim_interval", panel=ENGINE),
     record: Path | None = config_option(RecordingConfig, "directory", "--record", panel=RECORDING, default=None),
     record_raw: bool = config_option(RecordingConfig, "raw", panel=RECORDING),
     record_chunk: int = config_option(RecordingConfig, "chunk_frames", "--record-chunk", panel=RECORDING),
@@ -321,6 +322,7 @@ def serve(
     cfg = ServeConfig(
         model=model_path(model), source=source, publish=publish, pull=pull, dectris=dectris, merlin=merlin,
         push_output=push_output, pipeline_cpus=parse_cpus(pipeline_cpus), realtime=realtime,
+        trim_interval=trim_interval,
         queue=QueueConfig(lossless=lossless, capacity=queue, max_wait_ms=max_wait_ms, max_age_ms=max_age_ms),
         engine=EngineConfig(
             provider=provider, max_batch=max_batch, max_batch_pixels=max_batch_pixels, threads=threads, spin=spin,

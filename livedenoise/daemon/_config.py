@@ -258,6 +258,11 @@ class ServeConfig:
         None, "A Quantum Detectors Merlin's data port (source: tcp://HOST:PORT); None: the livedenoise protocol."
     )
     stats_interval: float = option(0.5, "Seconds between stats messages.")
+    trim_interval: float = option(
+        10.0,
+        "Seconds between returns of the heap's free pages to the OS (glibc malloc_trim): the frames of a backlog, "
+        "once freed, would otherwise stay in serve's RSS for good (docs/reliability.md). 0: never.",
+    )
     pipeline_cpus: tuple[int, ...] = option(
         (),
         "Linux: run the receive, infer and publish threads on these CPUs and the rest of serve (libzmq's I/O, "
@@ -290,5 +295,7 @@ class ServeConfig:
             self.pull = True  # lossless needs back-pressure, which only PUSH/PULL gives; DECTRIS binds PUSH
         if self.realtime is not None and not 1 <= self.realtime <= 99:
             raise LivedenoiseError(f"--realtime {self.realtime}: must be a priority from 1 to 99")
+        if not self.trim_interval >= 0:
+            raise LivedenoiseError(f"trim interval {self.trim_interval}: must be 0 (never) or more seconds")
         if any(type(c) is not int or c < 0 for c in self.pipeline_cpus):
             raise LivedenoiseError(f"--pipeline-cpus {self.pipeline_cpus}: expected CPU numbers like 0 or 2,3")

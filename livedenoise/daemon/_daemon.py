@@ -52,6 +52,7 @@ from ..protocol import TOPIC_VIRTUAL, encode_published
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
+from ._memory import HeapTrimmer
 from ._merlin import MerlinSource
 from ._publish import Publisher
 from ._queue import FrameQueue
@@ -111,6 +112,9 @@ class Daemon:
             )
             if config.dectris is not None or config.merlin is not None:
                 self.stats.extras.append(self.source.counters)
+            self.heap = HeapTrimmer(config.trim_interval)
+            if self.heap.active:
+                self.stats.extras.append(self.heap.counters)
             try:
                 self.publisher = Publisher(
                     self.ctx, config.publish, self.stats, interval=config.stats_interval,
@@ -290,6 +294,7 @@ class Daemon:
             while not self._wake.wait(0.2):
                 if not all(t.is_alive() for t in self._threads):
                     break  # a thread ended without an exception: stop() reports it
+                self.heap.maybe_trim()
             code = self.stop()
         if self._failure is not None:
             raise self._failure

@@ -398,3 +398,40 @@ def test_kill_9_while_recording_loses_no_reported_frame(conv_model, detector, su
     assert all(len(e.image_ids) <= 7 for e in index)
     lines = (rec / INDEX).read_text().splitlines()
     assert all(json.loads(line)["file"].endswith(".tif") for line in lines if line.endswith("}"))
+
+
+BACKLOG = """
+import numpy as np
+from livedenoise.daemon._memory import HeapTrimmer, rss_bytes
+
+frames, pins = [], []
+for _ in range(3000):  # a backlog of 3,000 128² float32 frames (64 KiB: in the heap, below the mmap threshold)
+    frames.append(np.ones(16384, np.float32))
+    pins.append(np.ones(64))  # small and long-lived, allocated meanwhile: each pins the heap above a frame
+held = rss_bytes()
+del frames  # the backlog drains
+drained = rss_bytes()
+trimmer = HeapTrimmer(interval=10.0)
+released = trimmer.trim()
+print(held >> 20, drained >> 20, rss_bytes() >> 20, released >> 20, trimmer.counters()["heap_released_mib"])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_a_drained_backlog_goes_back_to_the_os():
+    """Why serve trims: freed frames stay in RSS (the heap is pinned), until malloc_trim gives them back."""
+    out = subprocess.run([sys.executable, "-c", BACKLOG], capture_output=True, text=True, timeout=60, check=True)
+    held, drained, trimmed, released, counted = (float(v) for v in out.stdout.split())
+    backlog = 3000 * 64 / 1024  # MiB
+    assert drained > held - backlog / 4, "without a trim the freed backlog stays resident"
+    assert released > 0.75 * backlog and trimmed < drained - 0.75 * backlog
+    assert counted == pytest.approx(released, abs=1)
+
+
+def test_serve_refuses_a_negative_trim_interval(conv_model):
+    out = subprocess.run(
+        serve_cmd(conv_model, "tcp://127.0.0.1:1", "tcp://127.0.0.1:*", "--trim-interval", "-1"),
+        capture_output=True, text=True, timeout=60,
+    )
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert out.returncode != 0 and len(lines) == 1 and "trim interval" in lines[0], lines
