@@ -49,7 +49,7 @@ from cases import ALL, load_case
 from dense import r2_and_psnr, run_model
 
 from livedenoise.analysis import FILTER_BANK, find_atoms, link_frames, score
-from livedenoise.analysis.evaluate import hop_scores
+from livedenoise.scoring import hop_scores
 from livedenoise.sim import NoiseConfig, SimConfig, acquire, simulate_movie
 
 STATIC_DB = 0.5  # the score's gain within this of the true gain on a static movie
@@ -159,7 +159,7 @@ def hop_methods(movie_dir: Path, den: np.ndarray, positions: np.ndarray) -> dict
     f1 = pooled_f1(candidates(den[TRAIN:]), positions[TRAIN:], thr)["f1"]
     found = [find_atoms(d, threshold=thr).positions.astype(np.float64) for d in den]
     outcome = hop_outcomes(found, positions, range(TRAIN, FRAMES))
-    _, events = link_frames(found[TRAIN:], max_disp=7.0, memory=2)
+    _, events = link_frames(found[TRAIN:])
     placed = hop_scores(events, positions[TRAIN:])
     return outcome | {"f1": f1, "threshold": thr, "linker_placed": placed["recall_placed"], "linker_hops": placed["n_true"]}
 

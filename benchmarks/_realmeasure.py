@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from livedenoise.analysis import DOES_NOT_FIT, FITS, UNDECIDED, FitRules, MeasuredFit, find_atoms
-from livedenoise.analysis._detection import MATCH_RADIUS, _choose_threshold, match_points
-from livedenoise.analysis.evaluate import true_hops
+from livedenoise.scoring import true_hops
+from livedenoise.scoring._detection import MATCH_RADIUS, _choose_threshold, match_points
 
 SCORE_RATE = 10.0  # frames a second serve's guard scores by default (--score-rate)
 GAIN_DB = 1.0  # issue 24: trained >= truth-tuned filter + 1 dB on the moving real and dense cases
@@ -36,24 +36,15 @@ def scored_index(held: slice) -> np.ndarray:
     return np.arange(held.start, held.stop - 2)
 
 
-def _mse_after_fit(den: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per frame: the mean squared error of the least-squares affine fit of ``den`` to ``truth``."""
-    d = np.asarray(den, np.float64).reshape(len(den), -1)
-    t = np.asarray(truth, np.float64).reshape(len(truth), -1)
-    dc, tc = d - d.mean(1, keepdims=True), t - t.mean(1, keepdims=True)
-    sdd, sdt, stt = (dc * dc).sum(1), (dc * tc).sum(1), (tc * tc).sum(1)
-    explained = np.divide(sdt * sdt, sdd, out=np.zeros_like(sdt), where=sdd > 0)
-    return np.maximum(stt - explained, 0.0) / d.shape[1]
-
-
 def true_gain(den: np.ndarray, raw: np.ndarray, truth: np.ndarray, index: np.ndarray) -> float:
     """The mean over blocks of :data:`~livedenoise.analysis._score.BLOCK` frames of ``10 log10(MSE_raw /
     MSE_den)`` over frames ``index``, each MSE after the affine fit to the truth of the same frame:
     the quantity the score's gain over raw estimates."""
     from livedenoise.analysis._score import BLOCK, _block_gains
+    from livedenoise.scoring import fit_errors
 
-    m_raw = _mse_after_fit(raw[index], truth[index])
-    m_den = _mse_after_fit(den[index], truth[index])
+    m_raw = fit_errors(raw[index], truth[index]).mse
+    m_den = fit_errors(den[index], truth[index]).mse
     return float(_block_gains(m_raw, m_den, 1e-300, BLOCK).mean())
 
 

@@ -20,7 +20,7 @@ Parameters are chosen on ``--calib`` frames spread over the movie (default 4) by
 the affine fit (the Gaussian also by atom F1 on the whole movie, like the detection threshold:
 ``gaussian-f1``, shown when its sigma differs), then applied to the whole movie: every method
 gets its best setting, with the truth (an oracle no live user has; the same for all methods).
-Every movie is scored by :func:`livedenoise.analysis.evaluate.evaluate`: PSNR and SSIM after the
+Every movie is scored by :func:`livedenoise.scoring.evaluate`: PSNR and SSIM after the
 per-frame affine fit, atom F1 (3 x 3 peaks, 1.5 px matching radius, per-method threshold
 maximising F1 over the movie), mean localisation error, recall of atoms in the frame where they landed after a hop (their
 number in brackets), CSS. Time per frame: wall time of the method on the whole movie / T,
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from livedenoise.analysis.evaluate import affine_fit, evaluate, load_positions, psnr
 from livedenoise.io import read_movie
+from livedenoise.scoring import evaluate, fit_errors, load_positions
 
 Method = Callable[[np.ndarray], np.ndarray]
 
@@ -112,12 +112,7 @@ def temporal(n: int) -> Method:
 
 
 def mean_psnr(den: np.ndarray, truth: np.ndarray) -> float:
-    rng = float(truth.max() - truth.min())
-    vals = []
-    for d, t in zip(den, truth):
-        a, c = affine_fit(d, t)
-        vals.append(psnr(a * d.astype(np.float64) + c, t, rng))
-    return float(np.mean(vals))
+    return float(fit_errors(den, truth).psnr(float(truth.max() - truth.min())).mean())
 
 
 def mean_f1(den: np.ndarray, truth: np.ndarray, pos: np.ndarray) -> float:
@@ -165,7 +160,7 @@ def methods_for(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, calib: in
 # ---------------------------------------------------------------------------- the table
 
 
-#: The :class:`~livedenoise.analysis.evaluate.EvalReport` scores a benchmark row reports (here and in quality.py).
+#: The :class:`~livedenoise.scoring.EvalReport` scores a benchmark row reports (here and in quality.py).
 REPORT_FIELDS = (
     "psnr", "ssim", "f1", "precision", "recall", "loc_error_px",
     "recall_single", "recall_cluster", "n_hops", "hop_recall", "hop_loc_error_px",

@@ -54,15 +54,15 @@ def build(p: GateParams, out: Path) -> Path:
 
 def score_movie(model: Path, noisy: np.ndarray, positions: np.ndarray) -> dict:
     from livedenoise.analysis import find_atoms, link_frames
-    from livedenoise.analysis.evaluate import detection_scores, hop_scores
     from livedenoise.engine import Engine
+    from livedenoise.scoring import detection_scores, hop_scores
 
     eng = Engine(model, provider="cpu", max_batch=8)
     res = eng.infer(list(noisy), series=[1] * len(noisy))
     den = np.stack(res.outputs)
     ds = detection_scores(den, positions)
     found = [find_atoms(d, threshold=ds["threshold"]).positions for d in den]
-    _, hops = link_frames(found, max_disp=7.0, memory=2)
+    _, hops = link_frames(found)
     return {"f1": ds["f1"], **hop_scores(hops, positions)}
 
 

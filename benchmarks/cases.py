@@ -237,8 +237,8 @@ def load_case(root: Path, name: str) -> Case:
     info = json.loads((root / "cases.json").read_text())[name]
     d = root / name
     if name == "dev-D":  # read from the source, never copied
-        from livedenoise.analysis.evaluate import load_positions
         from livedenoise.io import read_movie
+        from livedenoise.scoring import load_positions
 
         src = Path(info["source"])
         noise = NoiseConfig(**info["noise"])

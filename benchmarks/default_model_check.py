@@ -3,7 +3,7 @@
 The acceptance check of the trainer issue: on a movie it was *not* trained on, the model must give
 a higher PSNR (after the best affine fit to the truth) and a higher atom-detection F1 than a
 Gaussian filter with its best sigma (searched on a grid, separately for each metric). Metrics come
-from :mod:`livedenoise.analysis.evaluate` (the rules are documented there); the model runs through the
+from :mod:`livedenoise.scoring` (the rules are documented there); the model runs through the
 serving :class:`~livedenoise.engine.Engine` (same normalisation, padding and output mapping as
 ``serve``).
 
@@ -25,10 +25,10 @@ SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 def gaussian_reference(noisy: np.ndarray, truth: np.ndarray, positions) -> dict:
-    """The Gaussian filter's scores (:func:`livedenoise.analysis.evaluate.evaluate`) for each sigma of ``SIGMAS``."""
+    """The Gaussian filter's scores (:func:`livedenoise.scoring.evaluate`) for each sigma of ``SIGMAS``."""
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.scoring import evaluate
 
     out = {}
     for s in SIGMAS:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.analysis.evaluate import evaluate
     from livedenoise.engine import Engine, default_model_path
+    from livedenoise.scoring import evaluate
     from livedenoise.sim import SimConfig, simulate_movie
 
     cfg = SimConfig(frames=args.frames, size=args.size, dose=args.dose, gradient=args.gradient, seed=args.seed)

@@ -133,16 +133,10 @@ def make(out: Path) -> None:
 
 def r2_and_psnr(den: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Mean over frames of PSNR (range of the truth) and r2, each after the affine fit to the truth."""
-    from livedenoise.analysis.evaluate import affine_fit, psnr
+    from livedenoise.scoring import fit_errors
 
-    rng = float(truth.max() - truth.min())
-    ps, rs = [], []
-    for d, t in zip(den, truth):
-        a, c = affine_fit(d, t)
-        fit = a * d.astype(np.float64) + c
-        ps.append(psnr(fit, t, rng))
-        rs.append(1.0 - float(((fit - t) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-30)))
-    return float(np.mean(ps)), float(np.mean(rs))
+    errors = fit_errors(den, truth)
+    return float(errors.psnr(float(truth.max() - truth.min())).mean()), float(errors.r2.mean())
 
 
 def baselines(noisy: np.ndarray, truth: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
@@ -227,8 +221,8 @@ def peak_ceiling(truth: np.ndarray) -> dict:
 def score_case(d: Path, name: str, info: dict) -> None:
     """One case's rows, guard verdicts and figure panel, written to ``d`` (score.json, panel.npz)."""
     from livedenoise.analysis import SampleContent, compare_content, estimate_content, unexplained_sum
-    from livedenoise.analysis.evaluate import evaluate
     from livedenoise.engine import default_model_path
+    from livedenoise.scoring import evaluate
 
     rows, guard = [], []
     noisy, truth = np.load(d / "noisy.npy"), np.load(d / "truth.npy")

@@ -28,11 +28,11 @@ What it does:
    atom F1 on the test movie, as ``benchmarks/default_model_check.py``), the same Gaussian after the
    model's flattening (``modelcard.gaussian_lowpass``: the classical filter given the same remedy),
    the plain model and each flatten model (through :class:`livedenoise.engine.Engine`, as
-   ``serve`` runs them). Each method's detection threshold is ``livedenoise.analysis.evaluate``'s own
+   ``serve`` runs them). Each method's detection threshold is ``livedenoise.scoring``'s own
    ``auto`` rule (the one height above the frame median that maximises pooled F1 over the whole
-   movie and frame, :func:`~livedenoise.analysis.evaluate.detection_scores`); peaks are then found with
+   movie and frame, :func:`~livedenoise.scoring.detection_scores`); peaks are then found with
    :func:`livedenoise.analysis.find_atoms` at that threshold and matched to the true atoms with
-   :func:`livedenoise.analysis.evaluate.match_points` (1.5 px), which is exactly the loop of
+   :func:`livedenoise.scoring.match_points` (1.5 px), which is exactly the loop of
    ``detection_scores`` (the totals are checked against it).
 4. **Regions**: each frame is cut into ``--regions`` vertical bands along the gradient (default 3:
    left third = thin, right third = thick). A false positive (a detection matched to no true atom)
@@ -119,7 +119,7 @@ def regional_scores(frames: np.ndarray, positions: np.ndarray, regions: int) -> 
     matches come from ``find_atoms`` and ``match_points`` exactly as in ``detection_scores``.
     """
     from livedenoise.analysis import find_atoms
-    from livedenoise.analysis.evaluate import MATCH_RADIUS, detection_scores, match_points
+    from livedenoise.scoring import MATCH_RADIUS, detection_scores, match_points
 
     t_count, h, w = frames.shape
     det = detection_scores(frames, positions)
@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from scipy.ndimage import gaussian_filter
 
-    from livedenoise.analysis.evaluate import load_positions
     from livedenoise.engine import gaussian_lowpass
     from livedenoise.io import read_movie
+    from livedenoise.scoring import load_positions
 
     t_start = time.monotonic()
     load_start = os.getloadavg()
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     add("raw", noisy)
     gauss = {s: np.stack([gaussian_filter(f.astype(np.float64), s) for f in noisy]).astype(np.float32) for s in SIGMAS}
-    from livedenoise.analysis.evaluate import detection_scores
+    from livedenoise.scoring import detection_scores
 
     f1s = {s: detection_scores(g, pos)["f1"] for s, g in gauss.items()}
     best = max(f1s, key=f1s.get)

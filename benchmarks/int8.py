@@ -6,7 +6,7 @@ frames normalised by the model card, as ``serve`` would feed them) and dynamic q
 interleaved in one process (``--sizes``, batch 8 at 128², the engine's batch cap above), and the
 published output against fp32 (max and mean abs difference on [0, 1]) and against the truth of a
 simulated movie the model was not trained on (PSNR after the affine fit, atom-detection F1;
-``livedenoise.analysis.evaluate``, needs the ``eval`` extra).
+``livedenoise.scoring``, needs the ``eval`` extra).
 
     python benchmarks/int8.py                                 # the shipped model
     python benchmarks/int8.py --model m.onnx --sizes 128 512
@@ -139,7 +139,7 @@ def main() -> None:
             res = e.infer(list(movie.noisy_as("<u2")))
             outs[name] = np.stack(res.outputs)
         try:
-            from livedenoise.analysis.evaluate import evaluate
+            from livedenoise.scoring import evaluate
         except ImportError:
             evaluate = None
         print(f"\nquality on a simulated movie not trained on ({args.eval_frames} frames 128², seed 2):")

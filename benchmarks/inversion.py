@@ -24,7 +24,7 @@ Issue 5's target: in 10 trainings with different seeds, 0 models come out invert
    minutes (running ones finish); ``--no-train``: only score the models already there;
 3. reads each model's card (``training``: final polarity, re-initialisations, the guard's events)
    and runs the model on the test movie through the serving ``Engine``; scored by
-   :func:`livedenoise.analysis.evaluate.evaluate`: the slope of the best affine fit of the output to the
+   :func:`livedenoise.scoring.evaluate`: the slope of the best affine fit of the output to the
    truth (all frames at once; negative = inverted contrast, an independent check of the card's
    polarity), PSNR after the per-frame fit, atom F1. A model is **inverted** when that slope is
    negative: its exported output correlates negatively with the truth;
@@ -117,8 +117,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def score(args, work: Path) -> tuple[list[dict], dict]:
-    from livedenoise.analysis.evaluate import evaluate
     from livedenoise.engine import Engine
+    from livedenoise.scoring import evaluate
     from livedenoise.sim import SimConfig, simulate_movie
 
     cfg = SimConfig(frames=args.test_frames, size=128, dose=args.dose, seed=args.test_seed)
@@ -283,7 +283,7 @@ def write_doc(path: Path, args, rows: list[dict], s: dict, ref: dict, command: s
         f"* test movie (held out): {ref['test']}, through the serving `Engine` (CPU); raw frames score "
         f"{ref['raw_psnr']:.2f} dB / F1 {ref['raw_f1']:.3f}",
         "* fit slope: slope of the least-squares affine fit of the output to the truth over all frames "
-        "(`livedenoise.analysis.evaluate`, `EvalReport.slope`); **negative = inverted**. PSNR after the per-frame affine fit; "
+        "(`livedenoise.scoring`, `EvalReport.slope`); **negative = inverted**. PSNR after the per-frame affine fit; "
         "atom F1 at the model's best threshold (1.5 px matching radius). Detections: the guard's events in the card "
         "(`training.events`), at the step it checked, with the polarity it measured: every 100 steps on the live Ms2c, "
         "and once after the last step on the exported weight average (marked \"exported\"; its value is the card's "

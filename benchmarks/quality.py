@@ -60,7 +60,7 @@ through :class:`livedenoise.engine.Engine` as ``serve`` runs them: the model car
 normalisation, padding, batches of ``--max-batch``, and for multi-frame models the causal history
 of one series, frames fed in order.
 
-**Scoring**: :func:`livedenoise.analysis.evaluate.evaluate`, the same rules for every method: PSNR and SSIM
+**Scoring**: :func:`livedenoise.scoring.evaluate`, the same rules for every method: PSNR and SSIM
 after the per-frame affine fit (the sign of the fit's slope shown: "-" is inverted contrast),
 atom precision / recall / F1 at each method's best threshold, localisation error, recall and
 localisation error of hopping atoms in the frame they landed, CSS (min-max normalised for
@@ -72,7 +72,7 @@ N2V's training time is given beside it).
 **Hops, evidence, tracks** (issue 17; a second table per condition): the atoms each method's
 best-F1 threshold finds, linked frame to frame by the daemon's linker
 (:func:`livedenoise.analysis.link_frames`, max displacement 7 px, gaps of 2 frames), scored by
-:mod:`livedenoise.analysis.evaluate` as ``benchmarks/tracks.py`` does: hop recall, precision,
+:mod:`livedenoise.scoring` as ``benchmarks/tracks.py`` does: hop recall, precision,
 placement error and delay of the detected hop events (a step > 2.5 px confirmed by the track's
 next frame, as ``serve`` publishes them) against the truth's hops (> 2.5 px), and
 "placed", the share of true hops placed within 1 px and 2 frames (``hop_scores``'
@@ -116,8 +116,6 @@ ROOT = HERE.parent
 CSS_TARGET = 0.69
 F1_TEMPORAL_FACTOR = 2.0
 HOP_PX_TARGET = 1.0
-TRACK_MAX_DISP = 7.0  # px, the linker's search range (benchmarks/tracks.py): longer than a hop (3-6 px)
-TRACK_MEMORY = 2  # frames a track may go unseen
 HOP_F1_SLACK = 0.02  # issue 17: the hop-following model keeps lowdose's F1 within this
 HOP_PLACED_TARGET = 0.8  # ... and places >= 80 % of the hops within 1 px and 2 frames
 AUC_TARGETS = {"dose300": 0.9, "dose100": 0.8}  # evidence ROC AUC, true vs invented atoms
@@ -165,8 +163,8 @@ class Data:
 
 
 def load_condition(c: Condition, frames: int, size: int, dev_d: Path) -> Data:
-    from livedenoise.analysis.evaluate import load_positions
     from livedenoise.io import read_movie
+    from livedenoise.scoring import load_positions
     from livedenoise.sim import SimConfig, simulate_movie
 
     if c.dev_d:
@@ -319,7 +317,7 @@ def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data
           served: bool = False, extra: dict | None = None) -> dict:
     import baselines as bl
 
-    from livedenoise.analysis.evaluate import evaluate
+    from livedenoise.scoring import evaluate
 
     rep = evaluate(den, d.truth, d.positions, groups=d.groups)
     row = {
@@ -344,16 +342,16 @@ def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data
 def track_scores(den: np.ndarray, d: Data, threshold: float | None) -> dict:
     """Hops, evidence and identity switches of the atoms found at the method's best-F1 threshold:
     tracks by :func:`livedenoise.analysis.link_frames` (the daemon's linker), evidence on the raw
-    frame, scored by :mod:`livedenoise.analysis.evaluate` (``hop_scores``, ``evidence_scores``,
+    frame, scored by :mod:`livedenoise.scoring` (``hop_scores``, ``evidence_scores``,
     ``identity_switches``), as ``benchmarks/tracks.py`` does."""
     from livedenoise.analysis import accumulate_evidence, atom_evidence, find_atoms, link_frames
-    from livedenoise.analysis.evaluate import evidence_scores, hop_scores, identity_switches
+    from livedenoise.scoring import evidence_scores, hop_scores, identity_switches
 
     if threshold is None or not math.isfinite(threshold):
         return {"tracks": None}
     found = [find_atoms(f, threshold=threshold).positions for f in den]
     ev = [atom_evidence(r, f, read_noise=math.sqrt(d.sigma2)) for r, f in zip(d.noisy, found)]
-    ids, hops = link_frames(found, max_disp=TRACK_MAX_DISP, memory=TRACK_MEMORY)
+    ids, hops = link_frames(found)
     z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
     ef = evidence_scores(found, [e.z for e in ev], d.positions)
     et = evidence_scores(found, z_acc, d.positions)
@@ -635,7 +633,7 @@ def write_report(path: Path, fig: Path | None, meta: dict, conds: list[Condition
           " (times per frame are single-process wall times on this shared CPU: compare them within a run)."]
     L += ["Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
     L += ["How each method and score is defined: the docstring of `benchmarks/quality.py` (and of "
-          "`benchmarks/baselines.py`, `livedenoise/analysis/evaluate.py`). In short: PSNR and SSIM after the per-frame "
+          "`benchmarks/baselines.py`, `livedenoise/scoring/_evaluate.py`). In short: PSNR and SSIM after the per-frame "
           "best affine fit to the truth (\"sign\": the slope's sign; \"-\" is inverted contrast); atom F1 at each "
           "method's best threshold, 1.5 px matching radius; hop recall: atoms found in the frame where they "
           "landed after a > 2.5 px hop (count in brackets); CSS on the min-max normalised stack, \\* on the "

@@ -61,8 +61,8 @@ def train_job(args, work: Path, seed: int) -> list[str]:
 
 
 def score(args, work: Path) -> tuple[list[dict], dict]:
-    from livedenoise.analysis.evaluate import evaluate
     from livedenoise.engine import Engine
+    from livedenoise.scoring import evaluate
     from livedenoise.sim import SimConfig, simulate_movie
 
     rows, refs = [], {}

@@ -60,8 +60,16 @@ sys.path.insert(0, str(HERE))
 
 from _proc import machine
 
-from livedenoise.analysis import Tracker, TrackEvidence, accumulate_evidence, atom_evidence, find_atoms, link_frames
-from livedenoise.analysis.evaluate import detection_scores, evidence_scores, hop_scores, identity_switches
+from livedenoise.analysis import (
+    MAX_LINK,
+    Tracker,
+    TrackEvidence,
+    accumulate_evidence,
+    atom_evidence,
+    find_atoms,
+    link_frames,
+)
+from livedenoise.scoring import detection_scores, evidence_scores, hop_scores, identity_switches
 
 MODELS = ("default", "rt", "temporal", "lowdose", "hops")
 DAEMON_THRESHOLD = 0.4  # serve --atoms' default: absolute height above the median on the [0, 1] output
@@ -340,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--passes", type=int, default=10, help="passes over the movie for the cost percentiles")
     ap.add_argument("--cost-sizes", default="128,512")
-    ap.add_argument("--max-disp", type=float, default=7.0)
+    ap.add_argument("--max-disp", type=float, default=MAX_LINK)
     ap.add_argument("--memory", type=int, default=2)
     ap.add_argument("--hop-confirm", default="1",
                     help="Tracker confirm_frames, comma-separated (0,1: hops before / after confirmation)")

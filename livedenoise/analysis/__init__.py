@@ -4,7 +4,7 @@ accumulated along tracks by :class:`TrackEvidence`), their tracks and hops (:cla
 and CSS, the paper's consecutive structural similarity (:func:`css`).
 
 numpy only: the daemon uses all of them. Scoring against ground truth (PSNR, SSIM, atom F1, hops,
-evidence AUC, identity switches) is :mod:`livedenoise.analysis.evaluate`, which the daemon never
+evidence AUC, identity switches) is :mod:`livedenoise.scoring`, which the daemon never
 imports.
 """
 
@@ -17,7 +17,7 @@ from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSumma
 from ._guard import NO_EXPECTS, GuardVerdict, atom_width, compare_content, expected_content
 from ._noise import NoiseModel, drift_per_frame, noise_model, scene_changes
 from ._score import FrameTerms, Score, frame_terms, paired_gain, score, summarise
-from ._tracks import HopEvent, Tracker, link_frames
+from ._tracks import HOP_DISTANCE, MAX_LINK, HopEvent, Tracker, link_frames
 from ._unexplained import UNEXPLAINED_Z, Unexplained, read_noise_of, unexplained, unexplained_sum
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "DOES_NOT_FIT",
     "FILTER_BANK",
     "FITS",
+    "HOP_DISTANCE",
+    "MAX_LINK",
     "MAX_WINDOW",
     "NO_EXPECTS",
     "UNDECIDED",

@@ -3,7 +3,7 @@
 numpy only (the daemon imports it for ``serve --atoms``), vectorised, about a millisecond for a
 128 x 128 frame. Noise2Atom's Ms2c maps each atom to a Gaussian-like peak on a flat background,
 so a local-maximum search is enough; the same rule is used by ``livedenoise evaluate`` to score
-every method (see ``docs/simulation.md`` and :mod:`livedenoise.analysis.evaluate`).
+every method (see ``docs/simulation.md`` and :mod:`livedenoise.scoring`).
 
 The rule, step by step (``radius`` = r, default 1; ``window`` = w, default 2):
 

@@ -63,9 +63,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HopEvent", "Tracker", "link_frames"]
+__all__ = ["HOP_DISTANCE", "MAX_LINK", "HopEvent", "Tracker", "link_frames"]
 
-HOP_DISTANCE = 2.5  # px: the evaluation's hop (analysis._detection.HOP_PX)
+HOP_DISTANCE = 2.5  # px: a hop, live and in the scoring (single atoms jitter ~0.45 px a frame, hop 3-6 px)
+MAX_LINK = 7.0  # px: the longest link of a track, above the longest hop to follow, below the atoms' spacing
 CONFIRM_FRAMES = 1  # observations after a candidate hop that must confirm it
 CONFIRM_PX = 2.0  # px: "near" the landing site and the site left (an atom found twice moves up to ~1.9 px)
 _DENSE_PAIRS = 4096  # up to this many atom x track pairs the all-pairs matrix is cheaper than the grid
@@ -183,7 +184,7 @@ class Tracker:
 
     def __init__(
         self,
-        max_disp: float = 7.0,
+        max_disp: float = MAX_LINK,
         memory: int = 2,
         hop_distance: float = HOP_DISTANCE,
         max_atoms: int = 4096,
@@ -360,7 +361,7 @@ class Tracker:
 
 def link_frames(
     positions: list[np.ndarray],
-    max_disp: float = 7.0,
+    max_disp: float = MAX_LINK,
     memory: int = 2,
     hop_distance: float = HOP_DISTANCE,
     confirm_frames: int = CONFIRM_FRAMES,

@@ -4,7 +4,7 @@
 simulated movie with its ground truth (see ``docs/simulation.md``), ``simulate dense --kind mos2|particle``
 a dense sample (a lattice) in the same form; ``livedenoise evaluate
 --denoised out.tif [--truth truth.tif] [--positions atoms.json [--raw noisy.tif]] [--json report.json]``
-scores a denoised stack (rules in :mod:`livedenoise.analysis.evaluate`). Heavy imports stay inside the bodies.
+scores a denoised stack (rules in :mod:`livedenoise.scoring`). Heavy imports stay inside the bodies.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from ..analysis import HOP_DISTANCE, MAX_LINK
 from ..errors import LivedenoiseError
 
 app = typer.Typer()
@@ -161,11 +162,11 @@ def evaluate_cmd(
     ] = None,
     hop_px: Annotated[
         float, typer.Option("--hop-px", min=0.1, help="With --positions: a track step longer than this, confirmed by the next frame, is a hop (px).")
-    ] = 2.5,
+    ] = HOP_DISTANCE,
     track_max_disp: Annotated[
         float, typer.Option("--track-max-disp", min=0.1, help="With --positions: longest link of a track between "
                             "two frames (px), as serve --atoms.")
-    ] = 7.0,
+    ] = MAX_LINK,
     read_noise: Annotated[
         float, typer.Option("--read-noise", min=0.0, help="With --raw: Gaussian read noise of the counts (std).")
     ] = 0.0,
@@ -175,8 +176,8 @@ def evaluate_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from ..analysis.evaluate import evaluate, load_positions
     from ..io import read_movie
+    from ..scoring import evaluate, load_positions
 
     if raw is not None and positions is None:
         raise LivedenoiseError("--raw needs --positions (the evidence is scored against the true atoms)")
@@ -211,7 +212,7 @@ def evaluate_cmd(
             table.add_row(
                 "hops: recall / loc. err",
                 f"{_fmt(rep.hop_recall)} / {_fmt(rep.hop_loc_error_px)}",
-                f"{rep.n_hops} atom(s) moved > 2.5 px between frames",
+                f"{rep.n_hops} atom(s) moved > {HOP_DISTANCE:g} px between frames",
             )
         table.add_row("threshold", _fmt(rep.threshold), rep.threshold_rule or "")
         table.add_row(

@@ -1,6 +1,6 @@
 """``train-sweep``: several trainings (seeds x presets) as Dask tasks, each model scored on the
 same held-out simulated movies, one table. The trainings are :func:`trainer.run.train` as
-``livedenoise train`` runs it; the scores are :func:`livedenoise.analysis.evaluate.evaluate`'s
+``livedenoise train`` runs it; the scores are :func:`livedenoise.scoring.evaluate`'s
 (PSNR after the affine fit, atom F1, CSS; docs/simulation.md). A task sends back a few numbers:
 the models and their logs are written next to each other in the output folder, and each worker
 simulates the held-out movies itself from their seeds (no pixels cross the network).
@@ -59,7 +59,7 @@ def train_sweep(
     except ImportError:
         raise LivedenoiseError('training needs torch: pip install -e ".[train]" (after installing torch)') from None
     try:
-        from ..analysis import evaluate as _  # noqa: F401 - the eval extra (scipy, scikit-image)
+        import skimage  # noqa: F401 - only: is the eval extra (scikit-image, for SSIM) installed?
     except ImportError:
         raise LivedenoiseError('train-sweep scores with the eval extra: pip install -e ".[eval]"') from None
     seed_list = _ints(seeds, "--seeds")
@@ -156,8 +156,8 @@ def sweep_run(frames: str, out: str, preset: str, seed: int, steps: int | None, 
 
     from trainer.run import TrainConfig, train
 
-    from ..analysis.evaluate import evaluate
     from ..engine import Engine
+    from ..scoring import evaluate
     from ..sim import SimConfig, simulate_movie
 
     torch.set_num_threads(max(1, threads))

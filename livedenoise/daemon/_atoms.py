@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..analysis import WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
+from ..analysis import HOP_DISTANCE, MAX_LINK, WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
 from ..protocol import MAX_ATOMS_ANNOTATED, MAX_HOPS, encode_atoms, encode_hops
 from ._publish import Delivered, Publisher
 from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
@@ -82,8 +82,8 @@ class AtomFinder:
         evidence: bool = False,
         tracks: bool = False,
         weak_z: float = WEAK_Z,
-        hop_px: float = 2.5,
-        track_max_disp: float = 7.0,
+        hop_px: float = HOP_DISTANCE,
+        track_max_disp: float = MAX_LINK,
         hop_confirm: int = 1,
         backlog: int = 16,
         backlog_bytes: int = 256 << 20,

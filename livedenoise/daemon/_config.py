@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._options import option
-from ..analysis import WEAK_Z
+from ..analysis import HOP_DISTANCE, MAX_LINK, WEAK_Z
 from ..detectors import Annulus, Weights, read_mask
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
@@ -164,9 +164,9 @@ class AtomsConfig:
         WEAK_Z, "An atom whose evidence z-score is below this is weakly supported ('weak' on 'atoms', "
         "'atoms_weak_last' in stats).",
     )
-    hop_px: float = option(2.5, "A tracked atom that moves more than this many pixels between two frames hops.")
+    hop_px: float = option(HOP_DISTANCE, "A tracked atom that moves more than this many pixels between two frames hops.")
     track_max_disp: float = option(
-        7.0, "Longest link of a track between two frames, in pixels: above the longest hop to follow, below the "
+        MAX_LINK, "Longest link of a track between two frames, in pixels: above the longest hop to follow, below the "
         "spacing of atoms.",
     )
     hop_confirm: int = option(

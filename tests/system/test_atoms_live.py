@@ -22,7 +22,6 @@ import pytest
 
 import livedenoise.daemon._atoms
 from livedenoise.analysis import HopEvent, link_frames
-from livedenoise.analysis.evaluate import hop_scores, identity_switches, match_points, true_hops
 from livedenoise.daemon import AtomsConfig, QueueConfig
 from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
 from livedenoise.errors import LivedenoiseError, MalformedMessage
@@ -39,6 +38,7 @@ from livedenoise.protocol import (
     encode_start,
     pack,
 )
+from livedenoise.scoring import hop_scores, identity_switches, match_points, true_hops
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 REPO = Path(__file__).resolve().parents[2]

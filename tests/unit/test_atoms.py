@@ -9,7 +9,7 @@ import pytest
 
 from livedenoise.analysis import find_atoms, local_maxima
 from livedenoise.analysis._atoms import frame_median
-from livedenoise.analysis.evaluate import match_points
+from livedenoise.scoring import match_points
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 

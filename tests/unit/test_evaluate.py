@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livedenoise.analysis.evaluate import affine_fit, evaluate, load_positions, match_points, psnr
 from livedenoise.cli import main
 from livedenoise.errors import LivedenoiseError
 from livedenoise.io import read_movie
+from livedenoise.scoring import affine_fit, evaluate, load_positions, match_points, psnr
 from livedenoise.sim import SimConfig, simulate_movie
 
 

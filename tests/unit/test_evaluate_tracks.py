@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from livedenoise.analysis.evaluate import evaluate, true_hops
 from livedenoise.cli import main
+from livedenoise.scoring import evaluate, true_hops
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 

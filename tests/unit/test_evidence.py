@@ -15,7 +15,7 @@ from livedenoise.analysis import (
     find_atoms,
     link_frames,
 )
-from livedenoise.analysis.evaluate import roc_auc
+from livedenoise.scoring import roc_auc
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 

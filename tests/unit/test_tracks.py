@@ -9,7 +9,7 @@ import pytest
 
 from livedenoise.analysis import HopEvent, Tracker, find_atoms, link_frames
 from livedenoise.analysis._tracks import candidate_pairs, greedy_links
-from livedenoise.analysis.evaluate import (
+from livedenoise.scoring import (
     evidence_scores,
     hop_scores,
     identity_switches,

@@ -43,7 +43,7 @@ once would see. ``calib_frames=n`` chooses on n frames spread evenly over the mo
 were measured to be unstable (on 8 of 48 frames the F1 of a 3-frame temporal mean moved by
 0.13). A float ``threshold`` uses that fixed height above the frame median instead.
 
-**Evidence, hops and tracks** (issue 17; rules in :mod:`livedenoise.analysis._trackscore`). The
+**Evidence, hops and tracks** (issue 17; rules in :mod:`livedenoise.scoring._trackscore`). The
 atoms found at that threshold are linked into tracks as ``serve --atoms`` links them
 (:func:`~livedenoise.analysis.link_frames`: greedy nearest first within ``max_disp`` px, gaps of
 2 frames), and scored against the truth: hop events (a link longer than ``hop_px``, confirmed by
@@ -65,41 +65,27 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import (
+    ATOM_SIGMA,
+    HOP_DISTANCE,
+    MAX_LINK,
+    accumulate_evidence,
+    atom_evidence,
+    css_series,
+    find_atoms,
+    link_frames,
+    scale_to_unit,
+)
 from ..errors import LivedenoiseError
-from ._atoms import find_atoms
-from ._css import css_series, scale_to_unit
-from ._detection import CALIB_FRAMES, HOP_PX, MATCH_RADIUS, detection_scores, match_points
-from ._evidence import ATOM_SIGMA, accumulate_evidence, atom_evidence
-from ._tracks import link_frames
+from ._affine import affine_fit, fit_errors
+from ._detection import CALIB_FRAMES, MATCH_RADIUS, detection_scores
 from ._trackscore import (
-    TrueHop,
     evidence_scores,
     hop_scores,
     identity_switches,
-    label_detections,
-    precision_at_recall,
-    roc_auc,
-    true_hops,
 )
 
-__all__ = [
-    "MATCH_RADIUS",
-    "EvalReport",
-    "TrueHop",
-    "affine_fit",
-    "detection_scores",
-    "evaluate",
-    "evidence_scores",
-    "hop_scores",
-    "identity_switches",
-    "label_detections",
-    "load_positions",
-    "match_points",
-    "precision_at_recall",
-    "psnr",
-    "roc_auc",
-    "true_hops",
-]
+__all__ = ["EvalReport", "evaluate", "load_positions"]
 
 
 
@@ -172,25 +158,6 @@ class EvalReport:
 # ---------------------------------------------------------------------------- fits and metrics
 
 
-def affine_fit(denoised: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``a, c`` minimising ``|a*denoised + c - truth|^2`` (a = 0 for a flat input)."""
-    d = np.asarray(denoised, np.float64).ravel()
-    t = np.asarray(truth, np.float64).ravel()
-    dm, tm = d.mean(), t.mean()
-    dd = d - dm
-    var = float((dd * dd).sum())  # not np.dot: BLAS threads crawl on a busy machine
-    a = float((dd * (t - tm)).sum()) / var if var > 0 else 0.0
-    return a, float(tm - a * dm)
-
-
-def psnr(estimate: np.ndarray, truth: np.ndarray, data_range: float) -> float:
-    """PSNR in dB; inf when the two are equal."""
-    mse = float(np.mean((np.asarray(estimate, np.float64) - np.asarray(truth, np.float64)) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / mse)
-
-
 # ---------------------------------------------------------------------------- the evaluation
 
 
@@ -220,8 +187,8 @@ def evaluate(
     ssim: bool = True,
     groups: np.ndarray | None = None,
     raw: np.ndarray | None = None,
-    max_disp: float = 7.0,
-    hop_px: float = HOP_PX,
+    max_disp: float = MAX_LINK,
+    hop_px: float = HOP_DISTANCE,
     sigma: float = ATOM_SIGMA,
     read_noise: float = 0.0,
 ) -> EvalReport:
@@ -260,16 +227,14 @@ def evaluate(
         a_all, _ = affine_fit(den, tru)
         rep.slope = a_all
         rep.inverted = bool(a_all < 0)
-        ps, ss, slopes = [], [], []
-        structural_similarity = None
+        errors = fit_errors(den, tru)
+        ps, slopes = errors.psnr(data_range).tolist(), errors.slope.tolist()
+        ss = []
         if ssim:
             from skimage.metrics import structural_similarity  # lazy: eval extra only
-        for d, t in zip(den, tru):
-            a, c = affine_fit(d, t)
-            fit = a * d.astype(np.float64) + c
-            slopes.append(a)
-            ps.append(psnr(fit, t, data_range))
-            if structural_similarity is not None:
+
+            for d, t, a, c in zip(den, tru, errors.slope, errors.offset):
+                fit = a * d.astype(np.float64) + c
                 ss.append(float(structural_similarity(t.astype(np.float64), fit, data_range=data_range)))
         rep.inverted_frames = int(sum(s < 0 for s in slopes))
         rep.psnr = float(np.mean(ps))

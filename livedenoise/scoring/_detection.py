@@ -1,6 +1,6 @@
 """Matching found atoms to true ones, and choosing each method's fair detection threshold.
 
-The rules are those of :mod:`livedenoise.analysis.evaluate` (its docstring says why): greedy
+The rules are those of :mod:`livedenoise.scoring` (its docstring says why): greedy
 one-to-one matching within a radius, counts pooled over the movie, and a threshold chosen to
 maximise each method's own F1.
 """
@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import HOP_DISTANCE, find_atoms
 from ..errors import LivedenoiseError
-from ._atoms import find_atoms
 
 MATCH_RADIUS = 1.5
-HOP_PX = 2.5  # a true displacement larger than this between two frames is a hop
 CALIB_FRAMES: int | None = None  # frames the auto threshold is chosen on; None: all
 
 
@@ -132,7 +131,7 @@ def detection_scores(
 
     Besides the pooled scores: recall of single atoms and of cluster atoms (with ``groups``,
     -1 = single), and recall and localisation error of *hopping* atoms in the frame where they
-    landed (displacement > ``HOP_PX`` from the previous frame): what a temporal method smears.
+    landed (displacement > ``HOP_DISTANCE`` from the previous frame): what a temporal method smears.
     """
     cands = _candidates(frames)
     if isinstance(threshold, str):
@@ -171,7 +170,7 @@ def detection_scores(
     if t_count > 1:
         step = np.hypot(*np.diff(positions, axis=0).transpose(2, 0, 1))  # (T-1, K)
         hops = np.zeros((t_count, k_count), bool)
-        hops[1:] = step > HOP_PX
+        hops[1:] = step > HOP_DISTANCE
         extra["n_hops"] = int(hops.sum())
         if hops.any():
             hd = found_d[hops]

@@ -6,7 +6,7 @@ a step longer than ``hop_px`` (2.5 px, the evaluation's rule) between consecutiv
 atoms jitter by about 0.45 px per frame and hop by 3 to 6 px, so the two never mix.
 
 * **Evidence**: each detection is *true* when matched to a true atom (greedy one-to-one within
-  ``radius``, :func:`~livedenoise.analysis.evaluate.match_points`), *invented* when no true atom
+  ``radius``, :func:`~livedenoise.scoring.match_points`), *invented* when no true atom
   is within ``invented_radius`` (default 3 px, twice the matching radius), and *misplaced* in
   between: a real atom placed 1.5 to 3 px off (mostly in clusters), which the raw counts do
   support, so it is left out of the AUC (counted; ``auc_strict`` counts it as invented). ROC AUC
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ._detection import HOP_PX, MATCH_RADIUS, match_points
-from ._tracks import HopEvent
+from ..analysis import HOP_DISTANCE, HopEvent
+from ._detection import MATCH_RADIUS, match_points
 
 __all__ = [
     "TrueHop",
@@ -149,7 +149,7 @@ def evidence_scores(
     }
 
 
-def true_hops(positions: np.ndarray, hop_px: float = HOP_PX) -> list[TrueHop]:
+def true_hops(positions: np.ndarray, hop_px: float = HOP_DISTANCE) -> list[TrueHop]:
     """Every step longer than ``hop_px`` between consecutive frames of the truth, in frame order."""
     pos = np.asarray(positions, np.float64)
     if pos.ndim != 3 or pos.shape[0] < 2:
@@ -167,7 +167,7 @@ def hop_scores(
     events: list[HopEvent],
     positions: np.ndarray,
     *,
-    hop_px: float = HOP_PX,
+    hop_px: float = HOP_DISTANCE,
     radius: float = MATCH_RADIUS,
     before_radius: float = 2 * MATCH_RADIUS,
     max_delay: int = 5,
