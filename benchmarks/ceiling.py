@@ -56,26 +56,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def build_identity_model(path: Path, offset: float, scale: float) -> Path:
-    """One ``Clip(noisy, -1, 1)``: ``[N, 1, H, W]`` in, ``[N, 1, H, W]`` out, with a model card."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """``Clip(noisy, -1, 1)``: ``[N, 1, H, W]`` in, ``[N, 1, H, W]`` out, with a model card."""
+    from livedenoise.engine import ModelCard, Normalisation
+    from livedenoise.testing import build_onnx_model
 
-    from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
-
-    graph = helper.make_graph(
-        [helper.make_node("Clip", [INPUT_NAME, "lo", "hi"], [OUTPUT_NAME])],
-        "identity",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        [numpy_helper.from_array(np.float32(-1.0), "lo"), numpy_helper.from_array(np.float32(1.0), "hi")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
     card = ModelCard(preset="ceiling-identity", normalisation=Normalisation(offset=offset, scale=scale), size_multiple=1)
-    helper.set_model_props(model, {METADATA_KEY: card.to_json()})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return build_onnx_model(path, card=card, depth=0)
 
 
 def write_stack(size: int, directory: Path) -> Path:

@@ -81,35 +81,11 @@ BEGIN, END = "<!-- e2e:begin (written by benchmarks/e2e.py) -->", "<!-- e2e:end 
 
 def build_bench_model(path: Path, width: int = 16, depth: int = 5) -> Path:
     """A small real conv net (3x3 convs + ReLU, tanh out) with a model card, dynamic N/H/W."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from livedenoise.engine import ModelCard, Normalisation
+    from livedenoise.testing import build_onnx_model
 
-    from livedenoise.engine import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard, Normalisation
-
-    rng = np.random.default_rng(0)
-    chans = [1] + [width] * (depth - 1) + [1]
-    nodes, inits, x = [], [], INPUT_NAME
-    for i in range(depth):
-        w = rng.normal(0, 1 / np.sqrt(9 * chans[i]), (chans[i + 1], chans[i], 3, 3)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(chans[i + 1], np.float32), f"b{i}")]
-        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
-        x = f"c{i}"
-        if i < depth - 1:
-            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
-            x = f"r{i}"
-    nodes.append(helper.make_node("Tanh", [x], [OUTPUT_NAME]))
-    graph = helper.make_graph(
-        nodes, "bench",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
     card = ModelCard(preset=f"bench-conv{depth}x{width}", normalisation=Normalisation(offset=70.0, scale=0.02))
-    helper.set_model_props(model, {METADATA_KEY: card.to_json()})
-    onnx.save(model, str(path))
-    return path
+    return build_onnx_model(path, card=card, width=width, depth=depth)
 
 
 # ---------------------------------------------------------------------------------- measurements

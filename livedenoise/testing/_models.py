@@ -27,7 +27,8 @@ def build_onnx_model(
     """Write a small real convolutional model following the livedenoise tensor contract.
 
     Input ``noisy`` float32 ``[N, input_frames, H, W]`` (dynamic N, H, W unless ``fixed_hw``),
-    output ``clean`` float32 ``[N, 1, H, W]`` = tanh of a stack of 3x3 'same' convolutions.
+    output ``clean`` float32 ``[N, 1, H, W]`` = tanh of a stack of 3x3 'same' convolutions; with
+    ``depth=0`` the input itself, clipped to [-1, 1] (no arithmetic: the daemon's ceiling).
 
     Parameters
     ----------
@@ -58,6 +59,10 @@ def build_onnx_model(
             nodes.append(helper.make_node("Relu", [y], [f"relu{i}"]))
             y = f"relu{i}"
         x = y
+    if depth == 0:
+        if cin != 1:
+            raise ValueError("depth=0 (the identity) takes one input frame")
+        inits += [numpy_helper.from_array(np.float32(-1.0), "lo"), numpy_helper.from_array(np.float32(1.0), "hi")]
     if fail_above is not None:
         # index = (max(x) > fail_above) * 1000 into a 1-element table: out of range -> run-time error
         inits += [
@@ -74,7 +79,7 @@ def build_onnx_model(
             helper.make_node("Add", [x, "zero"], ["guarded"]),
         ]
         x = "guarded"
-    nodes.append(helper.make_node("Tanh", [x], [OUTPUT_NAME]))
+    nodes.append(helper.make_node("Tanh", [x], [OUTPUT_NAME]) if depth else helper.make_node("Clip", [x, "lo", "hi"], [OUTPUT_NAME]))
     h, w = fixed_hw if fixed_hw else ("H", "W")
     graph = helper.make_graph(
         nodes,
