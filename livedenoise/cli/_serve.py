@@ -420,32 +420,12 @@ def demo(
             stop_child(viewer)
 
 
-def format_stats(s: dict) -> str:
-    """One status line from a ``stats`` header."""
-
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    return (
-        f"fps in {num(s.get('fps_in'), '6.1f')}  out {num(s.get('fps_out'), '6.1f')} | "
-        f"latency p50 {num(s.get('latency_ms_p50'), '6.1f')} p99 {num(s.get('latency_ms_p99'), '6.1f')} ms | "
-        f"dropped {s.get('dropped', 0)}  malformed {s.get('malformed', 0)}  failed {s.get('failed', 0)} | "
-        f"CSS {num(s.get('css'), '.3f')}"
-        + (f"  score {num(s.get('score_db'), '+.1f')} dB (filter {num(s.get('score_filter_db'), '+.1f')})" if "score_db" in s else "")
-        + f" | {s.get('provider', '')}"
-        + (f" | atoms {num(s.get('atoms_last'), 'd')} ({num(s.get('atoms_ms_p50'), '.1f')} ms)" if "atoms_last" in s else "")
-        + (f", weak {num(s.get('atoms_weak_last'), 'd')}" if "atoms_weak_last" in s else "")
-        + (f", hops {s['hops']}" if "hops" in s else "")
-        + (" | GUARD: does not fit" if s.get("guard") == "does not fit" else "")
-    )
-
-
 def _print_stats(address: str, stop: threading.Event, deadline: float) -> None:
     """Subscribe to ``stats`` and print one line per second until ``stop`` or ``deadline``."""
     import msgpack
     import zmq
 
-    from ..protocol import TOPIC_STATS
+    from ..protocol import TOPIC_STATS, status_line
 
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -460,7 +440,7 @@ def _print_stats(address: str, stop: threading.Event, deadline: float) -> None:
             parts = sub.recv_multipart()
             now = time.monotonic()
             if now - last_print >= 1.0 and len(parts) == 2:
-                typer.echo(format_stats(msgpack.unpackb(parts[1])))
+                typer.echo(status_line(msgpack.unpackb(parts[1])))
                 last_print = now
     finally:
         sub.close()

@@ -3,6 +3,7 @@
 msgpack and numpy only, no sockets (``docs/protocol.md`` is its prose twin).
 """
 
+from ._status import status_line, status_parts
 from ._wire import (
     DEFAULT_LIMITS,
     MAX_ATOMS,
@@ -73,4 +74,6 @@ __all__ = [
     "encode_published",
     "encode_start",
     "pack",
+    "status_line",
+    "status_parts",
 ]

@@ -38,6 +38,7 @@ import pyqtgraph as pg
 import tifffile
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from ..protocol import status_parts
 from ._overlay import NO_EVIDENCE, PALETTE, WEAK_Z, evidence_index, fade, strong_z, trails, weak_mask
 from ._panels import COLORMAPS, FIXED_LEVEL_FRAMES, HopMarkers, ImagePanel, RingsItem, colormap, fit_y, moving_mean
 from ._receiver import FramePair, Receiver, StreamBuffer, weak_count
@@ -576,45 +577,16 @@ class MonitorWindow(QtWidgets.QMainWindow):
         stats = self.buffer.last_stats
         counts = self.buffer.counts
 
-        def stat(key: str, fmt: str = "{}") -> str:
-            value = stats.get(key)
-            try:
-                return "–" if value is None else fmt.format(value)
-            except (TypeError, ValueError):  # a daemon of another version: show it as it came
-                return str(value)
-
+        parts = status_parts(stats)
         lines = [
-            f"daemon  received {stat('received')}  denoised {stat('denoised')}  dropped {stat('dropped')}"
-            f"  malformed {stat('malformed')}  failed {stat('failed')}  queue {stat('queue_depth')}"
-            f"  | in {stat('fps_in', '{:.1f}')} fps  out {stat('fps_out', '{:.1f}')} fps"
-            f"  p50 {stat('latency_ms_p50', '{:.1f}')} ms  p99 {stat('latency_ms_p99', '{:.1f}')} ms",
+            f"daemon  {parts['daemon']}",
             f"viewer  raw {counts['raw']}  denoised {counts['denoised']}  stats {counts['stats']}"
             f"  atoms {counts['atoms']}  hops {self.buffer.hops_heard}  bad {counts['malformed']}  drawn {self.frames_drawn}"
             f"  display {self.display_fps(now):.0f} fps",
         ]
-        if "atoms_frames" in stats:  # a line of its own: the window's width stays that of the images
-            atoms_line = (
-                f"atoms   newest {stat('atoms_last')}  finder p50 {stat('atoms_ms_p50', '{:.2f}')} ms"
-                f"  skipped {stat('atoms_skipped')}  failed {stat('atoms_failed')}"
-            )
-            if "atoms_weak_last" in stats:
-                atoms_line += f"  weak {stat('atoms_weak_last')}"
-            if "tracks_live" in stats:
-                atoms_line += f"  tracks {stat('tracks_live')} (resets {stat('tracks_resets')})  hops {stat('hops')}"
-            lines.insert(1, atoms_line)
-        if "guard" in stats:
-            guard_line = f"guard   {stat('guard')}"
-            if stats.get("score_db") is not None:
-                guard_line += (f"  score {stat('score_db', '{:+.1f}')} dB, best filter {stat('score_filter_db', '{:+.1f}')} dB"
-                               f" ({stat('score_frames')} frames)")
-            if stats.get("guard_density_ratio") is not None:
-                guard_line += f"  density x{stat('guard_density_ratio', '{:.2g}')}"
-            if "unexplained_mean" in stats:
-                guard_line += (
-                    f"  unexplained {stat('unexplained_mean', '{:.1f}')} counts/frame"
-                    f" ({stat('unexplained_fraction', '{:.1%}')} of the atomic counts)"
-                )
-            lines.insert(1, guard_line)
+        for name in ("atoms", "guard"):  # lines of their own: the window's width stays that of the images
+            if name in parts:
+                lines.insert(1, f"{name:<7} {parts[name]}")
         frame = self.frame
         if frame is not None:
             css, latency = frame.denoised_header.get("css"), frame.denoised_header.get("latency_ms")

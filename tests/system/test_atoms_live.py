@@ -482,7 +482,7 @@ def test_viewer_buffer_counts_bad_atoms_and_finds_those_of_the_shown_frame():
 
 
 def test_atoms_threshold_option():
-    from livedenoise.cli._serve import atoms_config, format_stats
+    from livedenoise.cli._serve import atoms_config
     from livedenoise.daemon import AtomsConfig
 
     assert atoms_config(False, None) is None  # atom finding off
@@ -495,10 +495,6 @@ def test_atoms_threshold_option():
     for thr, rel in ((-0.1, False), (1.5, True), (float("nan"), False)):
         with pytest.raises(LivedenoiseError, match="atoms-threshold"):
             AtomsConfig(threshold=thr, relative=rel)
-    line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61})
-    assert line.endswith("| atoms 27 (0.6 ms)")
-    line = format_stats({"fps_in": 150.0, "atoms_last": 27, "atoms_ms_p50": 0.61, "atoms_weak_last": 2, "hops": 5})
-    assert line.endswith("| atoms 27 (0.6 ms), weak 2, hops 5")
     # evidence and tracks: options given without --atoms are refused; bad values are one-line errors
     assert atoms_config(True, "0.3", hop_px=3.0, tracks=False) == AtomsConfig(threshold=0.3, hop_px=3.0, tracks=False)
     with pytest.raises(LivedenoiseError, match="--hop-px, --atoms-weak-z needs --atoms"):
@@ -509,7 +505,6 @@ def test_atoms_threshold_option():
             AtomsConfig(**fields)
     with pytest.raises(LivedenoiseError, match="--hop-confirm needs --atoms"):
         atoms_config(False, None, given=("hop-confirm",), hop_confirm=2)
-    assert "atoms" not in format_stats({"fps_in": 150.0})
 
 
 def test_serve_with_atoms_imports_neither_torch_nor_qt(identity_model):
@@ -607,3 +602,18 @@ def test_viewer_draws_the_atoms_of_a_live_daemon(qtbot, identity_model, detector
     finally:
         push.close()
         win.close()
+
+
+def test_the_status_line_says_what_runs():
+    """serve's console line and the monitor's text are one function of the stats message."""
+    from livedenoise.protocol import status_line, status_parts
+
+    line = status_line({"fps_in": 150.0, "atoms_frames": 9, "atoms_last": 27, "atoms_ms_p50": 0.61})
+    assert line.startswith("daemon received –") and "in 150.0 fps" in line
+    assert line.endswith("| atoms newest 27  finder p50 0.61 ms  skipped –  failed –")
+    full = status_parts({"atoms_last": 27, "atoms_weak_last": 2, "hops": 5, "tracks_live": 3, "tracks_resets": 0,
+                         "guard": "does not fit", "score_db": 2.04, "score_filter_db": 3.1, "score_frames": 40})
+    assert full["atoms"].endswith("weak 2  tracks 3 (resets 0)  hops 5")
+    assert full["guard"] == "does not fit  score +2.0 dB, best filter +3.1 dB (40 frames)"
+    assert list(status_parts({"fps_in": 150.0, "css": "odd"})) == ["daemon"]
+    assert "CSS odd" in status_line({"css": "odd"})  # a daemon of another version: shown as it came
