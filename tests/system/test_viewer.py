@@ -39,7 +39,8 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from livedenoise.engine import EngineConfig
 from livedenoise.testing import LOOPBACK, bind_socket
 from livedenoise.viewer import FIXED_LEVEL_FRAMES, MonitorWindow
-from livedenoise.viewer._window import HOP_COLOR, HOP_FADE_S, NO_ATOMS_AFTER_S, NO_ATOMS_NOTE, TRAIL_FRAMES
+from livedenoise.viewer._overlay_draw import HOP_COLOR, HOP_FADE_S, TRAIL_FRAMES
+from livedenoise.viewer._text import NO_ATOMS_AFTER_S, NO_ATOMS_NOTE
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64

@@ -50,7 +50,7 @@ def open_window(qtbot, address, tmp_path):
 
 def amber_pixels(win) -> int:
     """Pixels of the guard bar's amber in a grab of the whole window."""
-    from livedenoise.viewer._window import GUARD_COLOR
+    from livedenoise.viewer._text import GUARD_COLOR
 
     image = win.grab().toImage()
     want = tuple(int(GUARD_COLOR[i : i + 2], 16) for i in (1, 3, 5))
@@ -64,7 +64,7 @@ def amber_pixels(win) -> int:
 
 
 def test_guard_bar_shows_the_message_and_clears_when_the_stream_fits_again(qtbot, pub, tmp_path):
-    from livedenoise.viewer._window import GUARD_PREFIX
+    from livedenoise.viewer._text import GUARD_PREFIX
 
     sock, address = pub
     win = open_window(qtbot, address, tmp_path)
