@@ -71,7 +71,7 @@ def atoms_config(
     the options set on the command line, refused without ``--atoms``.
 
     >>> atoms_config(True, "30%", hop_px=3.0)
-    AtomsConfig(threshold=0.3, relative=True, evidence=True, tracks=True, weak_z=3.0, hop_px=3.0, track_max_disp=MAX_LINK, hop_confirm=1)
+    AtomsConfig(threshold=0.3, relative=True, evidence=True, tracks=True, weak_z=3.0, hop_px=3.0, track_max_disp=7.0, hop_confirm=1)
     """
     if not atoms:
         if threshold is not None or given:

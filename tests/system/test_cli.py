@@ -130,9 +130,9 @@ def test_demo_prints_status_lines_with_atoms_by_default(conv_model):
     proc = run_cli("demo", "--model", conv_model, "--duration", "3.5", "--no-view", "--fps", "60", "--size", "64")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("demo: synthetic 64x64 frames") and " + atoms -> " in proc.stdout.splitlines()[0]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("fps in")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("daemon received")]
     assert len(lines) >= 2, proc.stdout
-    assert "CSS" in lines[-1] and "latency" in lines[-1] and "dropped" in lines[-1]
+    assert "CSS" in lines[-1] and "p99" in lines[-1] and "dropped" in lines[-1]
     assert "| atoms " in lines[-1], lines[-1]  # the showcase finds atoms unless --no-atoms
 
 
@@ -151,6 +151,7 @@ SERVE_OPTIONS = {
     "max_wait_ms": (QueueConfig, "max_wait_ms", "Queue"),
     "max_age_ms": (QueueConfig, "max_age_ms", "Queue"),
     "realtime": (ServeConfig, "realtime", "Engine"),
+    "trim_interval": (ServeConfig, "trim_interval", "Engine"),
     "provider": (EngineConfig, "provider", "Engine"),
     "threads": (EngineConfig, "threads", "Engine"),
     "spin": (EngineConfig, "spin", "Engine"),
