@@ -34,7 +34,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-from _realmeasure import (
+
+from livedenoise.analysis import FILTER_BANK, find_atoms, link_frames, score
+from livedenoise.scoring import hop_scores
+from livedenoise.sim import NoiseConfig, SimConfig, acquire, simulate_movie
+
+from ._realmeasure import (
     candidates,
     choose_threshold,
     hop_outcomes,
@@ -44,13 +49,9 @@ from _realmeasure import (
     true_gain,
     wilson,
 )
-from _realrun import _done, case_models, cli, methods_on, run_trainings, shipped_models, signature, tuned_baselines
-from cases import ALL, load_case
-from dense import r2_and_psnr, run_model
-
-from livedenoise.analysis import FILTER_BANK, find_atoms, link_frames, score
-from livedenoise.scoring import hop_scores
-from livedenoise.sim import NoiseConfig, SimConfig, acquire, simulate_movie
+from ._realrun import _done, case_models, cli, methods_on, run_trainings, shipped_models, signature, tuned_baselines
+from .cases import ALL, load_case
+from .dense import r2_and_psnr, run_model
 
 STATIC_DB = 0.5  # the score's gain within this of the true gain on a static movie
 ORDER_GAP_DB = 0.5  # pairs further apart than this in true PSNR must be ordered right
