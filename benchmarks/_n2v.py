@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 
 RECIPE = ("\n\nThe venv (careamics pins torchvision <= 0.26, whose wheels need CUDA torch 2.11 and pull GBs of "
-                 "CUDA libraries, so it is installed by hand around the CPU torch):\n\n```bash\n"
-                 "python3 -m venv benchmarks/.venv-n2v && . benchmarks/.venv-n2v/bin/activate\n"
-                 "pip install torch==2.13.0                      # the CPU wheel\n"
-                 "pip install --no-deps careamics==0.3.5\n"
-                 "echo 'torch==2.13.0+cpu' > /tmp/c.txt && pip install -c /tmp/c.txt 'bioimageio-core>=0.9,<=0.11' "
-                 "'lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3' 'matplotlib<=3.11.2' 'microssim<=0.0.5' 'numpy<=2.4.6' "
-                 "'pillow<=13.0.0' 'psutil<=7.2.2' 'pydantic>=2.11,<=2.14.1' 'pyyaml<=6.0.3' 'scikit-image<=0.26.0' "
-                 "'tifffile<=2026.3.3' 'torchmetrics<1.9' 'zarr>=3,<4'\n```\n\n"
-                 "torchvision is left out: careamics imports it only for its BioImage Model Zoo export and its LVAE "
-                 "models, and the worker gives it a stub of those names (none is used by N2V).")
+          "CUDA libraries, so it is installed by hand around the CPU torch):\n\n```bash\n"
+          "python3 -m venv benchmarks/.venv-n2v && . benchmarks/.venv-n2v/bin/activate\n"
+          "pip install torch==2.13.0                      # the CPU wheel\n"
+          "pip install --no-deps careamics==0.3.5\n"
+          "echo 'torch==2.13.0+cpu' > /tmp/c.txt && pip install -c /tmp/c.txt 'bioimageio-core>=0.9,<=0.11' "
+          "'lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3' 'matplotlib<=3.11.2' 'microssim<=0.0.5' 'numpy<=2.4.6' "
+          "'pillow<=13.0.0' 'psutil<=7.2.2' 'pydantic>=2.11,<=2.14.1' 'pyyaml<=6.0.3' 'scikit-image<=0.26.0' "
+          "'tifffile<=2026.3.3' 'torchmetrics<1.9' 'zarr>=3,<4'\n```\n\n"
+          "torchvision is left out: careamics imports it only for its BioImage Model Zoo export and its LVAE "
+          "models, and the worker gives it a stub of those names (none is used by N2V).")
 
 
 def worker(inp: str, outp: str, seconds: float, seed: int) -> None:

@@ -80,11 +80,10 @@ def baseline_methods(d: Data, calib: int, bm3d_sigmas: list[float], skip: set[st
     return out, info
 
 
-
 def score(cond: str, name: str, params: str, kind: str, den: np.ndarray, d: Data, ms: float | None,
           served: bool = False, extra: dict | None = None) -> dict:
+    """One row of the report: ``evaluate``'s figures (CSS also as served for a model), then the tracks'."""
     from livedenoise.scoring import evaluate
-
 
     rep = evaluate(den, d.truth, d.positions, groups=d.groups)
     row = {
@@ -130,8 +129,8 @@ def track_row(den: np.ndarray, d: Data, threshold: float | None) -> dict | None:
 
 
 def not_run(cond: str, name: str, kind: str, reason: str) -> dict:
+    """The row of a method that could not run here, with the reason in its parameters."""
     return {"condition": cond, "method": name, "params": f"not run: {reason}", "kind": kind, "not_run": True}
-
 
 
 def run_model(engine, noisy: np.ndarray, series: int) -> tuple[np.ndarray, float]:

@@ -98,7 +98,6 @@ def hop_targets(ok: list[dict], conds: list[Condition], models: list[dict], refe
     return out
 
 
-
 def table(rows: list[dict]) -> list[str]:
     """The first table of a condition: image quality, atoms, CSS and time per method."""
     lines = [

@@ -52,17 +52,16 @@ def build(p: GateParams, out: Path) -> Path:
 
 
 def score_movie(model: Path, noisy: np.ndarray, positions: np.ndarray) -> dict:
-    from livedenoise.analysis import find_atoms, link_frames
+    from livedenoise.analysis import find_atoms
     from livedenoise.engine import Engine
-    from livedenoise.scoring import detection_scores, hop_scores
+    from livedenoise.scoring import detection_scores, score_tracks
 
     eng = Engine(model, provider="cpu", max_batch=8)
     res = eng.infer(list(noisy), series=[1] * len(noisy))
     den = np.stack(res.outputs)
     ds = detection_scores(den, positions)
     found = [find_atoms(d, threshold=ds["threshold"]).positions for d in den]
-    _, hops = link_frames(found)
-    return {"f1": ds["f1"], **hop_scores(hops, positions)}
+    return {"f1": ds["f1"], **score_tracks(found, positions).hops}
 
 
 def parse_variant(text: str) -> dict:
