@@ -74,7 +74,7 @@ import zmq
 
 from ._e2e_stream import bare_loop, make_engine, make_stack, measure, start, usable_providers
 from ._proc import free_addr, output_subscriber, stop, wait_until_serving
-from ._report import pct
+from ._report import pct, replace_section
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- e2e:begin (written by benchmarks/e2e.py) -->", "<!-- e2e:end -->"
@@ -236,7 +236,6 @@ def table(rows: list[dict]) -> list[str]:
 
 def write_doc(rows: list[dict], info: dict, load: tuple, command: str) -> None:
     section = [
-        BEGIN,
         "",
         f"Run {datetime.date.today().isoformat()}: `{command}`",
         "",
@@ -254,15 +253,10 @@ def write_doc(rows: list[dict], info: dict, load: tuple, command: str) -> None:
                     + " ".join(f"{v:.3g}" for v in r["sats"]) + f", {r['sat']['frames']}/{r['live']['frames']}"
                     for r in rows) + ".",
         "",
-        END,
     ]
-    text = DOC.read_text() if DOC.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(section) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(section) + "\n"
-    DOC.write_text(text)
+    if not DOC.is_file():
+        DOC.write_text("# Benchmarks\n")
+    replace_section(DOC, "\n".join(section), BEGIN, END)
     print(f"wrote {DOC}")
 
 

@@ -221,11 +221,10 @@ def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memor
     rows = []
     for ci, key in enumerate(conds):
         c = allc[key]
-        dev_d = DEV_D
-        if c.dev_d and not (dev_d / "D_noisy.tif").is_file():
-            print(f"== {key}: dev-D not found at {dev_d}, skipped", flush=True)
+        if c.dev_d and not (DEV_D / "D_noisy.tif").is_file():
+            print(f"== {key}: dev-D not found at {DEV_D}, skipped", flush=True)
             continue
-        d = load_condition(c, frames, 128, dev_d)
+        d = load_condition(c, frames, 128)
         print(f"== {key}: {c.label}, {len(d.noisy)} frames", flush=True)
         methods: list[tuple[str, np.ndarray, list[float | None]]] = [
             ("gaussian-1", gaussian(d.noisy), [None]),
