@@ -23,7 +23,7 @@ and ``lowdose``. On the held-out frames 64-111, at each method's best-F1 thresho
 training frames: the share of true hops (> 2.5 px) with a detection within 1 px of the new site
 in the landing frame or the next (target >= 0.8), and the share still showing a detection within
 1 px of the old site in the landing frame (target <= 0.2), pooled over the movies with a 95 %
-Wilson interval; also the daemon linker's ``recall_placed`` (``hop_scores``).
+Wilson interval; also the daemon linker's ``recall_placed`` (``score_tracks``' hops).
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-from _realmeasure import (
+
+from livedenoise.analysis import FILTER_BANK, find_atoms, score
+from livedenoise.scoring import score_tracks
+from livedenoise.sim import NoiseConfig, SimConfig, acquire, simulate_movie
+
+from ._realmeasure import (
     candidates,
     choose_threshold,
     hop_outcomes,
@@ -44,13 +49,9 @@ from _realmeasure import (
     true_gain,
     wilson,
 )
-from _realrun import _done, case_models, cli, methods_on, run_trainings, shipped_models, signature, tuned_baselines
-from cases import ALL, load_case
-from dense import r2_and_psnr, run_model
-
-from livedenoise.analysis import FILTER_BANK, find_atoms, link_frames, score
-from livedenoise.scoring import hop_scores
-from livedenoise.sim import NoiseConfig, SimConfig, acquire, simulate_movie
+from ._realrun import _done, case_models, cli, methods_on, run_trainings, shipped_models, signature, tuned_baselines
+from .cases import ALL, load_case
+from .dense import r2_and_psnr, run_model
 
 STATIC_DB = 0.5  # the score's gain within this of the true gain on a static movie
 ORDER_GAP_DB = 0.5  # pairs further apart than this in true PSNR must be ordered right
@@ -159,8 +160,7 @@ def hop_methods(movie_dir: Path, den: np.ndarray, positions: np.ndarray) -> dict
     f1 = pooled_f1(candidates(den[TRAIN:]), positions[TRAIN:], thr)["f1"]
     found = [find_atoms(d, threshold=thr).positions.astype(np.float64) for d in den]
     outcome = hop_outcomes(found, positions, range(TRAIN, FRAMES))
-    _, events = link_frames(found[TRAIN:])
-    placed = hop_scores(events, positions[TRAIN:])
+    placed = score_tracks(found[TRAIN:], positions[TRAIN:]).hops
     return outcome | {"f1": f1, "threshold": thr, "linker_placed": placed["recall_placed"], "linker_hops": placed["n_true"]}
 
 

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _proc import run_jobs
-from cases import Case, Scorer, _temporal, baselines_of, best_sigma
-from dense import run_model
-
 from livedenoise.analysis import CausalFilter
 from livedenoise.engine import default_model_path
+
+from ._casefilter import Scorer, best_sigma, temporal_mean
+from ._proc import run_jobs
+from .cases import Case, baselines_of
+from .dense import run_model
 
 MODELS = default_model_path().parent
 
@@ -125,7 +124,7 @@ def tuned_baselines(case: Case, work: Path) -> dict[str, Any]:
     tuned = next(r for r in b["rows"] if r["method"] == "truth-tuned")
     out = {"truth_tuned": tuned["filter"], "truth_tuned_psnr": tuned["psnr"],
            "gaussian_sigma": best_sigma(case.movie[held], score)[1],
-           "causal5_sigma": best_sigma(_temporal(case.movie, held, 5, 0.0), score)[1], "rows": b["rows"]}
+           "causal5_sigma": best_sigma(temporal_mean(case.movie, held, 5, 0.0), score)[1], "rows": b["rows"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     return out

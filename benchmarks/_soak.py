@@ -35,6 +35,8 @@ from livedenoise.errors import LivedenoiseError
 from livedenoise.recording import ChunkEntry, chunk_frames, follow_index
 from livedenoise.testing import output_subscriber
 
+from ._procstat import ProcSample, children, dir_bytes, sample_process
+
 TOPICS = (b"raw", b"denoised", b"stats", b"atoms", b"hops")
 
 __all__ = [
@@ -46,71 +48,6 @@ __all__ = [
 def crc(data) -> int:
     """CRC-32 of a frame's bytes (a buffer or a contiguous array): ~20 us for 64 KiB."""
     return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data)
-
-
-# ------------------------------------------------------------------ /proc
-
-
-@dataclass(frozen=True, slots=True)
-class ProcSample:
-    """One look at a process: ``rss_mib`` its own, ``children_rss_mib`` its children's (serve's
-    libertem-dectris receiver process), ``fds`` open descriptors, ``threads`` its ``ld-*`` threads."""
-
-    rss_mib: float
-    children_rss_mib: float
-    fds: int
-    threads: frozenset[str]
-    children: int
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def children(pid: int) -> list[int]:
-    """The process ids of ``pid``'s children."""
-    out: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                out += [int(c) for c in fh.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def sample_process(pid: int, prefix: str = "ld-") -> ProcSample:
-    """RSS, fds and the threads named ``prefix*`` of ``pid`` (Linux /proc; a few hundred us)."""
-    threads = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/comm") as fh:
-                name = fh.read().strip()
-        except OSError:
-            continue  # the thread just ended
-        if name.startswith(prefix):
-            threads.add(name)
-    kids = children(pid)
-    return ProcSample(
-        _rss_mib(pid), sum(_rss_mib(k) for k in kids), len(os.listdir(f"/proc/{pid}/fd")), frozenset(threads), len(kids)
-    )
-
-
-def dir_bytes(path: Path) -> int:
-    """Bytes in the files under ``path`` (what a recording holds on disk right now)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):  # renamed or deleted meanwhile
-                total += os.stat(os.path.join(root, name)).st_size
-    return total
 
 
 # ------------------------------------------------------------------ ids and payloads

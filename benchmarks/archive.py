@@ -22,9 +22,9 @@
    workers on the CPU, one torch thread each; one per GPU with ``--device cuda``), wall time of
    the whole training each.
 
-    python benchmarks/archive.py                  # both (about 10 min on 2 shared cores)
-    python benchmarks/archive.py --no-train --repeats 3
-    python benchmarks/archive.py --provider cuda --device cuda
+    python -m benchmarks.archive                  # both (about 10 min on 2 shared cores)
+    python -m benchmarks.archive --no-train --repeats 3
+    python -m benchmarks.archive --provider cuda --device cuda
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _proc import machine
-
 from livedenoise.archive import ClusterSpec, DenoiseSpec, connect, denoise_files, output_paths, usable_cores
 from livedenoise.engine import default_model_path
+
+from ._proc import machine
 
 
 def simulate(folder: Path, movies: int, frames: int) -> list[Path]:

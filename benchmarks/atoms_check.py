@@ -1,7 +1,7 @@
 """``find_atoms`` against another revision's on the movies of ``benchmarks/quality.py``: the same
 atoms, the same F1, and what each costs per frame.
 
-    python benchmarks/atoms_check.py [--reference main] [--conditions dose300,dose100,dose300-grad,dev-D]
+    python -m benchmarks.atoms_check [--reference main] [--conditions dose300,dose100,dose300-grad,dev-D]
                                      [--frames 48] [--passes 5]
 
 The reference is ``livedenoise/analysis/_atoms.py`` as it is at ``--reference`` (``git show``),
@@ -30,12 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-MODELS = ("default", "rt", "temporal", "lowdose", "hops")
-DAEMON_THRESHOLD = 0.4
+from ._conditions import DAEMON_THRESHOLD, DEFAULT, DEV_D, ROOT, conditions, load_condition
+from ._conditions import SHIPPED as MODELS
+from ._quality_methods import run_model
 
 
 def reference_module(rev: str):
@@ -62,7 +59,7 @@ def same_atoms(a, b) -> bool:
 
 def f1_with(find, frames: np.ndarray, positions: np.ndarray) -> dict:
     """``detection_scores`` (quality.py's atom F1) with ``find`` as the finder."""
-    from livedenoise.analysis import _detection
+    from livedenoise.scoring import _detection
 
     kept = _detection.find_atoms
     _detection.find_atoms = find
@@ -74,7 +71,6 @@ def f1_with(find, frames: np.ndarray, positions: np.ndarray) -> dict:
 
 def methods(d, engines: dict) -> list[tuple[str, np.ndarray, bool]]:
     """(name, frames, the model's [0, 1] output) per method."""
-    from quality import run_model
     from scipy.ndimage import gaussian_filter
 
     out = [("raw", d.noisy.astype(np.float32), False),
@@ -88,20 +84,18 @@ def methods(d, engines: dict) -> list[tuple[str, np.ndarray, bool]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", default="main", help="git revision of the find_atoms to compare with")
-    ap.add_argument("--conditions", default="dose300,dose100,dose300-grad,dev-D")
+    ap.add_argument("--conditions", default=DEFAULT)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--passes", type=int, default=5, help="timing passes over each model's frames")
-    ap.add_argument("--dev-d", type=Path, default=ROOT.parent / "shared/data/dev-D")
+    ap.add_argument("--dev-d", type=Path, default=DEV_D)
     args = ap.parse_args()
-
-    from quality import conditions, load_condition
 
     from livedenoise.analysis import find_atoms
     from livedenoise.engine import Engine
 
     ref = reference_module(args.reference)
     engines = {m: Engine(ROOT / "livedenoise" / "models" / f"{m}.onnx", provider="cpu") for m in MODELS}
-    allc = conditions(4.0)
+    allc = conditions()
     worst, all_same, t_new, t_ref = 0.0, True, [], []
     print(f"find_atoms here against {args.reference}'s; F1 as docs/quality.md scores it", flush=True)
     for key in [k.strip() for k in args.conditions.split(",") if k.strip()]:

@@ -1,6 +1,6 @@
 """Classical baselines against ground truth: what a Noise2Atom preset has to beat.
 
-    python benchmarks/baselines.py [--dose 300] [--gradient 0] [--seed 100] [--frames 48]
+    python -m benchmarks.baselines [--dose 300] [--gradient 0] [--seed 100] [--frames 48]
                                    [--hop-prob 0.02] [--dev-d ../shared/data/dev-D] [--json out.json]
 
 Two movies: (a) one from the project's simulator (``livedenoise.sim``, 128 x 128) and
@@ -42,6 +42,8 @@ import numpy as np
 
 from livedenoise.io import read_movie
 from livedenoise.scoring import evaluate, fit_errors, load_positions
+
+from ._conditions import DEV_D
 
 Method = Callable[[np.ndarray], np.ndarray]
 
@@ -222,7 +224,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--calib", type=int, default=4, help="frames used to choose each method's parameter")
-    ap.add_argument("--dev-d", default=str(Path(__file__).resolve().parents[2] / "shared/data/dev-D"))
+    ap.add_argument("--dev-d", default=str(DEV_D))
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
 

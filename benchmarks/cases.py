@@ -1,7 +1,7 @@
 """The evaluation cases of issue 24 and the bar each sets: the best causal linear filter tuned on the truth.
 
-    python benchmarks/cases.py make --out DIR [--cases NAME ...]
-    python benchmarks/cases.py baselines --dir DIR [--cases NAME ...]
+    python -m benchmarks.cases make --out DIR [--cases NAME ...]
+    python -m benchmarks.cases baselines --dir DIR [--cases NAME ...]
 
 ``make`` writes one folder per case and ``DIR/cases.json`` (pixel size, dose, noise and motion of
 each). A case is one acquisition of 112 frames: ``train.tif`` (ImageJ TIFF with the pixel size) holds
@@ -49,33 +49,28 @@ here from sums (the best row is checked against ``r2_and_psnr`` itself). The tar
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from livedenoise.analysis._filter import CausalFilter, filter_grid, gaussian_blur
+from livedenoise.analysis._filter import CausalFilter, filter_grid
 from livedenoise.sim import (
     DenseConfig,
     MotionConfig,
     NoiseConfig,
     SimConfig,
     acquire_moving,
-    measure_shift,
     simulate_dense,
     simulate_movie,
 )
 
+from ._casefilter import DECAYS, Scorer, best_sigma, measure_drift, temporal_mean
+from ._conditions import DEV_D, PIXEL_NM
+
 FRAMES, TRAIN, FIELD = 112, 64, 128
-PIXEL_NM = 0.04  # the simulators'
-DEV_D = Path(__file__).resolve().parents[2] / "shared/data/dev-D"  # beside the repository, as quality.py has it
 SPARSE = {
     "sparse-dose300": SimConfig(frames=FRAMES, dose=300.0, seed=2),
     "sparse-dose100": SimConfig(frames=FRAMES, dose=100.0, seed=4, hop_prob=0.1),
@@ -184,7 +179,7 @@ def make_case(name: str, out: Path, dev_d: Path = DEV_D) -> dict:
         return _write(d, info, m.noisy, m.truth, positions=m.positions, groups=sim.groups,
                       offsets=m.offsets, dose_scale=m.dose_scale)
     if name in REAL:
-        from dense import vendor_image
+        from .dense import vendor_image
 
         real = REAL[name]
         contrast, px = vendor_image(real.rel, real.bin, real.pixel_nm)
@@ -256,51 +251,6 @@ def load_case(root: Path, name: str) -> Case:
 # ---------------------------------------------------------------------------- the truth-tuned filter
 
 
-class Scorer:
-    """benchmarks/dense.py's PSNR (per frame after the affine fit to the truth, the range of the
-    whole truth stack, mean over frames) from sums: the residual of the best affine fit of ``d`` to
-    ``t`` is ``S_tt - S_dt^2 / S_dd`` (centred sums), no fitted image needed."""
-
-    def __init__(self, truth: np.ndarray):
-        t = np.asarray(truth, np.float64).reshape(len(truth), -1)
-        self.range2 = float(t.max() - t.min()) ** 2
-        self.tc = t - t.mean(axis=1, keepdims=True)
-        self.stt = (self.tc * self.tc).sum(axis=1)
-        self.n = t.shape[1]
-
-    def frames(self, den: np.ndarray) -> np.ndarray:
-        d = np.asarray(den, np.float64).reshape(len(den), -1)
-        dc = d - d.mean(axis=1, keepdims=True)
-        sdd = (dc * dc).sum(axis=1)
-        sdt = (dc * self.tc).sum(axis=1)
-        resid = self.stt - np.where(sdd > 0, sdt * sdt / np.where(sdd > 0, sdd, 1.0), 0.0)
-        return 10.0 * np.log10(self.range2 / np.maximum(resid / self.n, 1e-300))
-
-    def __call__(self, den: np.ndarray) -> float:
-        return float(self.frames(den).mean())
-
-
-SIGMAS = tuple(np.round(np.arange(0.0, 3.01, 0.25), 2))
-DECAYS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-
-
-def _temporal(movie: np.ndarray, held: slice, window: int, decay: float) -> np.ndarray:
-    """The filter's weighted frame mean (no blur) at the held-out frames, with the frames before them as history."""
-    lo = max(0, held.start - (window - 1))
-    return CausalFilter(window, 0.0, decay).apply(movie[lo : held.stop])[held.start - lo :]
-
-
-def best_sigma(mean: np.ndarray, score: Scorer, table: dict | None = None, key: tuple = ()) -> tuple[float, float]:
-    """(PSNR, sigma) of the best Gaussian after ``mean``: the 0.25 px grid of 0-3 px, refined by 0.05 px."""
-    coarse = {s: score(gaussian_blur(mean, s)) for s in SIGMAS}
-    if table is not None:
-        table.update({(*key, s): p for s, p in coarse.items()})
-    s0 = max(coarse, key=coarse.get)
-    fine = {s: score(gaussian_blur(mean, s)) for s in np.round(np.arange(s0 - 0.2, s0 + 0.21, 0.05), 2) if 0 <= s <= 3}
-    best = max({**coarse, **fine}.items(), key=lambda kv: kv[1])
-    return best[1], float(best[0])
-
-
 def baselines_of(case: Case) -> dict:
     """raw, best Gaussian, causal 5-mean + best Gaussian, the truth-tuned filter (and the best of
     filter_grid) on the held-out frames of ``case``."""
@@ -310,9 +260,9 @@ def baselines_of(case: Case) -> dict:
     rows = []
     results = {}
     for w in range(1, 17):
-        results[(w, 0.0)] = best_sigma(_temporal(case.movie, held, w, 0.0), score, table, (w, 0.0))
+        results[(w, 0.0)] = best_sigma(temporal_mean(case.movie, held, w, 0.0), score, table, (w, 0.0))
     for dcy in DECAYS:
-        results[(16, dcy)] = best_sigma(_temporal(case.movie, held, 16, dcy), score, table, (16, dcy))
+        results[(16, dcy)] = best_sigma(temporal_mean(case.movie, held, 16, dcy), score, table, (16, dcy))
     (w, dcy), (p, s) = max(results.items(), key=lambda kv: kv[1][0])
     tuned = CausalFilter(w, s, dcy)
     grid = max(filter_grid(), key=lambda f: table[(f.window, f.decay, round(f.sigma, 2))])
@@ -325,7 +275,7 @@ def baselines_of(case: Case) -> dict:
     rows.append({"method": "truth-tuned (filter_grid)", "params": grid.describe(),
                  "psnr": table[(grid.window, grid.decay, round(grid.sigma, 2))], "filter": grid.to_dict()})
     # the check: the best row by benchmarks/dense.py's own definition
-    from dense import r2_and_psnr
+    from .dense import r2_and_psnr
 
     lo = max(0, held.start - 15)
     den = tuned.apply(case.movie[lo : held.stop])[held.start - lo :]
@@ -335,25 +285,6 @@ def baselines_of(case: Case) -> dict:
     return {"rows": rows, "per_frame_tuned": [float(v) for v in score.frames(den)],
             "drift_truth": measure_drift(case.truth, case.info.get("scene_change")),
             "drift_noisy": measure_drift(case.movie, case.info.get("scene_change"), block=8)}
-
-
-def measure_drift(frames: np.ndarray, change: int | None = None, block: int = 1) -> dict:
-    """The content's motion measured back by phase correlation (``measure_shift``): means of ``block``
-    frames, each against the next, within the segments a scene change leaves. Steps more than 1 px
-    from the median step are dropped (on a lattice: the peak of a neighbouring period, counted as
-    ``aliased``); the mean of the rest per frame (the jitter cancels along a segment) as speed and
-    direction of the content's drift."""
-    cuts = [0, *([change] if change else []), len(frames)]
-    steps = []
-    for a, b in itertools.pairwise(cuts):
-        n = (b - a) // block
-        means = frames[a : a + n * block].reshape(n, block, *frames.shape[1:]).mean(axis=1)
-        steps += [measure_shift(means[i], means[i + 1]) for i in range(n - 1)]
-    v = np.asarray(steps, np.float64).reshape(-1, 2)
-    ok = np.hypot(*(v - np.median(v, axis=0)).T) < 1.0 if len(v) else np.zeros(0, bool)
-    mean = v[ok].mean(axis=0) / block if ok.any() else np.zeros(2)
-    return {"speed": float(math.hypot(*mean)), "direction_deg": float(math.degrees(math.atan2(mean[1], mean[0]))),
-            "pairs": len(v), "aliased": int((~ok).sum())}
 
 
 def baselines(root: Path, names: list[str]) -> None:

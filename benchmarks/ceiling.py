@@ -26,9 +26,9 @@ CPU and every other thread of serve (main, libzmq's I/O, onnxruntime) on the oth
 wake-up across CPUs (in this VM, 27 % of serve's CPU went to the kernel's wake-up and
 context-switch paths under ``perf``)::
 
-    python benchmarks/ceiling.py                        # 128² and 512², ~1 min
-    python benchmarks/ceiling.py --sizes 128 --seconds 10 --json
-    python benchmarks/ceiling.py --pin-pipeline 0 --pin-replay 1
+    python -m benchmarks.ceiling                        # 128² and 512², ~1 min
+    python -m benchmarks.ceiling --sizes 128 --seconds 10 --json
+    python -m benchmarks.ceiling --pin-pipeline 0 --pin-replay 1
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from _proc import free_addr, machine, stop, wait_until_serving  # benchmarks/ is on sys.path when run as a script
+
+from ._proc import free_addr, machine, stop, wait_until_serving
 
 #: Frames in the replayed stack per side (16 MiB of <u2 either way; the stack loops, one series per pass).
 STACK_FRAMES = {128: 512, 512: 32}

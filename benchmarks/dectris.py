@@ -34,8 +34,8 @@ from the sender's go to the last virtual image at a subscriber of ``raw``.
 bitshuffle runs on one thread everywhere (``single_thread_bitshuffle``, what the decoder sets in
 its thread): its OpenMP helpers only cost time on patterns of 3-9 blocks.
 
-    python benchmarks/dectris.py                 # 96² and 192², ~8 min
-    python benchmarks/dectris.py --sizes 96 --passes 5 --no-loopback --no-serve
+    python -m benchmarks.dectris                 # 96² and 192², ~8 min
+    python -m benchmarks.dectris --sizes 96 --passes 5 --no-loopback --no-serve
 """
 
 from __future__ import annotations
@@ -46,12 +46,9 @@ import logging
 import multiprocessing as mp
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import zmq

@@ -7,7 +7,7 @@ from :mod:`livedenoise.scoring` (the rules are documented there); the model runs
 serving :class:`~livedenoise.engine.Engine` (same normalisation, padding and output mapping as
 ``serve``).
 
-    python benchmarks/default_model_check.py --model livedenoise/models/default.onnx --seed 2
+    python -m benchmarks.default_model_check --model livedenoise/models/default.onnx --seed 2
 
 It simulates the test movie itself (``livedenoise.sim``; default 48 frames of 128 x 128 at
 dose 300, seed 2: the default model was trained on seed 1).

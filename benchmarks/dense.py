@@ -2,13 +2,13 @@
 
 Two steps, so the trainings in between run on their own (``livedenoise train``, minutes each):
 
-    python benchmarks/dense.py make --out /tmp/dense
+    python -m benchmarks.dense make --out /tmp/dense
     # for each case C of /tmp/dense/cases.json, both Domain C generators, the same recipe:
     livedenoise train --frames /tmp/dense/C/train.tif --out /tmp/dense/C/fitted.onnx \
         --preset temporal --window 5 --domain fitted --seed 0
     livedenoise train --frames /tmp/dense/C/train.tif --out /tmp/dense/C/paper.onnx \
         --preset temporal --window 5 --domain paper --seed 0
-    python benchmarks/dense.py score --dir /tmp/dense --json /tmp/dense/report.json \
+    python -m benchmarks.dense score --dir /tmp/dense --json /tmp/dense/report.json \
         [--figure docs/quality_dense.png] [--write docs/quality.md]
 
 Cases (each a training movie and a held-out movie of the same sample with other noise):
@@ -35,22 +35,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ._conditions import PIXEL_NM, SHIPPED
+from ._report import figure, replace_section
 
 VENDOR = Path(os.environ.get("LIVEDENOISE_VENDOR_FILES", Path.home() / ".cache/livedenoise/vendor-files"))
 REAL = {
     "real-mos2": ("temul-toolkit/example_Se_implanted_MoS2.dm3", 3),
     "real-au": ("temul-toolkit/example_Au_nanoparticle.emd", 5),
 }
-SHIPPED = ("default", "rt", "temporal", "lowdose", "hops")
 TRAIN_FRAMES, EVAL_FRAMES, CALIB = 120, 48, 8
-PIXEL_NM = 0.04  # the simulators'
 
 
 def acquire(clean: np.ndarray, frames: int, seed: int) -> np.ndarray:
@@ -141,7 +139,7 @@ def r2_and_psnr(den: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def baselines(noisy: np.ndarray, truth: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
     """The classical baselines of quality.py, each with its best-PSNR parameter on CALIB frames."""
-    import baselines as bl
+    from . import baselines as bl
 
     sig = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5]
     out = []
@@ -194,13 +192,11 @@ def score(args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     if args.figure and panels:
-        from quality import figure
-
         figure(args.figure, panels)
     text = markdown(report, args.figure)
     print(text)
     if args.write:
-        replace_section(args.write, text)
+        replace_section(args.write, text, BEGIN, END)
 
 
 def peak_ceiling(truth: np.ndarray) -> dict:
@@ -268,22 +264,10 @@ def score_case(d: Path, name: str, info: dict) -> None:
 BEGIN, END = "<!-- dense:begin (benchmarks/dense.py) -->", "<!-- dense:end -->"
 
 
-def replace_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
-    """Put ``text`` between the markers ``begin`` and ``end`` of ``path`` (by default the dense-sample
-    section's; appended where there are none)."""
-    doc = path.read_text() if path.is_file() else ""
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def markdown(report: dict, fig: Path | None) -> str:
     rows, guard = report["rows"], report["guard"]
     out = ["## Dense samples: lattices and particles (issue 19)", "",
-           "`python benchmarks/dense.py make --out DIR`, the trainings it lists, then `python benchmarks/dense.py score "
+           "`python -m benchmarks.dense make --out DIR`, the trainings it lists, then `python -m benchmarks.dense score "
            "--dir DIR --figure docs/quality_dense.png --write docs/quality.md`. PSNR and r2 after the affine fit to the "
            "truth, mean over the 48 held-out frames; column F1 where the positions are known; *unexplained*: the "
            "fraction of the atomic counts the output leaves unexplained in sums of 16 frames (`livedenoise.analysis."

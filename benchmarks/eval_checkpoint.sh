@@ -9,4 +9,4 @@ snap=$(mktemp -d)/snapshot
 cp "$ckpt" "$snap.ckpt"
 step=$(python -c "import torch,sys; print(torch.load(sys.argv[1], weights_only=False)['state']['step'])" "$snap.ckpt")
 livedenoise train --frames "$frames" --out "$snap.onnx" --resume "$snap.ckpt" --steps "$step" 2>&1 | grep -E "done:|export: max"
-python "$(dirname "$0")/default_model_check.py" --model "$snap.onnx" --seed "$seed" | tail -n 2
+(cd "$(dirname "$0")/.." && python -m benchmarks.default_model_check --model "$snap.onnx" --seed "$seed") | tail -n 2

@@ -8,8 +8,8 @@ so synthetic frames land in the same input range.
 
 The files go to a cache folder outside the repository (never commit them: ``paper`` is 45 MB)::
 
-    python benchmarks/export_presets.py                  # paper, lite, tiny, rt -> $TMPDIR/livedenoise-bench-models
-    python benchmarks/export_presets.py --presets paper --out /tmp/models
+    python -m benchmarks.export_presets                  # paper, lite, tiny, rt -> $TMPDIR/livedenoise-bench-models
+    python -m benchmarks.export_presets --presets paper --out /tmp/models
 
 Needs torch (the ``train`` extra). :func:`preset_model` is what ``e2e.py`` and ``memory.py`` call:
 it exports on first use and reuses the file afterwards.

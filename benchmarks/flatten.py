@@ -3,11 +3,11 @@
 The target (issue 5, the paper's failure case 2): with a background thickness gradient, the false
 atoms of a ``--flatten`` model in the thick region stay at the level of the thin region.
 
-    python benchmarks/flatten.py                                    # simulate, train both models, score
-    python benchmarks/flatten.py --flatten 12 24                    # ... one flatten model per sigma
-    python benchmarks/flatten.py --model-plain plain.onnx --model-flatten flat12.onnx   # score existing models
-    python benchmarks/flatten.py --workdir /tmp/flatten_work --json /tmp/flatten_work/result.json
-    python benchmarks/flatten.py --train-frames 8 --train-extra "--steps 2 --distil-steps 2"   # smoke test
+    python -m benchmarks.flatten                                    # simulate, train both models, score
+    python -m benchmarks.flatten --flatten 12 24                    # ... one flatten model per sigma
+    python -m benchmarks.flatten --model-plain plain.onnx --model-flatten flat12.onnx   # score existing models
+    python -m benchmarks.flatten --workdir /tmp/flatten_work --json /tmp/flatten_work/result.json
+    python -m benchmarks.flatten --train-frames 8 --train-extra "--steps 2 --distil-steps 2"   # smoke test
 
 What it does:
 
@@ -59,7 +59,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _proc import machine, run_jobs
+
+from ._proc import machine, run_jobs
 
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # the Gaussian filter's grid (default_model_check.py)
 AREA_UNIT = 100.0 * 100.0  # px^2
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"TARGET {name}: thick {thick:.2f} vs thin {thin:.2f} + tolerance {args.tolerance:g} -> "
               + ("MET" if met else "NOT MET") + f" (difference {thick - thin:+.2f} ± {err:.2f})")
     out = {
-        "command": shlex.join(["python", "benchmarks/flatten.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "-m", "benchmarks.flatten", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "load_start": [round(v, 2) for v in load_start],
         "load_end": [round(v, 2) for v in os.getloadavg()],

@@ -5,7 +5,7 @@ read from /proc), pushes a seeded mix of every kind in :data:`livedenoise.sim.KI
 valid frame every ``--every`` messages, and checks: every valid frame is denoised (in order, with
 the right ids), every malformed message is counted, the daemon is still alive, and its RSS.
 
-    python benchmarks/fuzz.py --messages 10000
+    python -m benchmarks.fuzz --messages 10000
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from _proc import free_addr, output_subscriber, rss_mib
+
+from ._proc import free_addr, output_subscriber, rss_mib
 
 
 def main() -> int:
-    from e2e import build_bench_model
-
     from livedenoise.protocol import encode_image
     from livedenoise.sim import KINDS, malformed_message
+
+    from ._e2e_stream import build_bench_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=10_000, help="malformed messages to send")

@@ -8,8 +8,8 @@ published output against fp32 (max and mean abs difference on [0, 1]) and agains
 simulated movie the model was not trained on (PSNR after the affine fit, atom-detection F1;
 ``livedenoise.scoring``, needs the ``eval`` extra).
 
-    python benchmarks/int8.py                                 # the shipped model
-    python benchmarks/int8.py --model m.onnx --sizes 128 512
+    python -m benchmarks.int8                                 # the shipped model
+    python -m benchmarks.int8 --model m.onnx --sizes 128 512
 
 Quantised models are written to a temporary folder and deleted; nothing is shipped from here.
 """

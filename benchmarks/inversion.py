@@ -7,7 +7,7 @@ re-initialised, with the whole step budget again (at most 3 times; still inverte
 exported and the training fails with one line).
 Issue 5's target: in 10 trainings with different seeds, 0 models come out inverted.
 
-    python benchmarks/inversion.py [--seeds 0 1 2 3 4 5 6 7 8 9] [--jobs 2] [--workdir /tmp/livedenoise-inversion]
+    python -m benchmarks.inversion [--seeds 0 1 2 3 4 5 6 7 8 9] [--jobs 2] [--workdir /tmp/livedenoise-inversion]
                                    [--preset tiny] [--steps N] [--distil 0] [--max-minutes M] [--no-train]
                                    [--out docs/inversion.md] [--json results.json]
 
@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _proc import machine, run_jobs
+
+from ._proc import machine, run_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "in 10 trainings with different seeds, 0 models come out inverted (the paper saw about 1 in 10)"
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "--note" in given:  # the note goes into the report on its own line, not into the command
         i = given.index("--note")
         del given[i : i + 2]
-    command = "python benchmarks/inversion.py " + shlex.join(given)
+    command = "python -m benchmarks.inversion " + shlex.join(given)
     load0 = os.getloadavg()
     time.monotonic()
     frames = simulate_training_movie(args, work)

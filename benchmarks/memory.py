@@ -20,9 +20,9 @@ Engine settings (``--settings``, several allowed, each a separate daemon):
 (``--child``), which builds the same :class:`livedenoise.daemon.Daemon` with the chosen
 :class:`~livedenoise.engine.EngineConfig` and runs it as ``serve`` does::
 
-    python benchmarks/memory.py                                   # paper preset, 1024², 4 frames, default
-    python benchmarks/memory.py --settings as-exported default --max-batch 1
-    python benchmarks/memory.py --duration 3600 --rate 0.01       # an hour at one frame per 100 s
+    python -m benchmarks.memory                                   # paper preset, 1024², 4 frames, default
+    python -m benchmarks.memory --settings as-exported default --max-batch 1
+    python -m benchmarks.memory --duration 3600 --rate 0.01       # an hour at one frame per 100 s
 
 Without ``--model`` it uses the untrained ``paper`` export (:mod:`export_presets`, needs torch once).
 """
@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 import zmq
-from _proc import free_addr, output_subscriber, rss_mib
+
+from ._proc import free_addr, output_subscriber, rss_mib
 
 SETTINGS = {
     "default": {},
@@ -85,9 +86,9 @@ def child(argv: list[str]) -> None:
 def measure(model: Path, setting: str, opts) -> dict:
     source, publish = free_addr(), free_addr()
     serve = subprocess.Popen(
-        [sys.executable, __file__, "--child", json.dumps(SETTINGS[setting]), str(model), source, publish,
+        [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps(SETTINGS[setting]), str(model), source, publish,
          str(opts.warmup_size or opts.size), str(opts.max_batch), str(opts.threads)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     ctx = zmq.Context.instance()
     sub = output_subscriber(ctx, publish)
@@ -161,7 +162,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
         return
-    from export_presets import preset_model
+    from .export_presets import preset_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="ONNX model (default: the untrained paper preset)")

@@ -17,8 +17,8 @@ one acquisition of ``--patterns`` patterns on one of them, alternating:
 Both from the sender's go. Also, for reference, the virtual detector alone on the same patterns
 in memory (what the reduction costs without any receiving).
 
-    flock /tmp/livedenoise-cpu.lock python benchmarks/merlin.py                 # u8, u16, r12; ~1-2 min
-    flock /tmp/livedenoise-cpu.lock python benchmarks/merlin.py --formats u8 --passes 5
+    flock /tmp/livedenoise-cpu.lock python -m benchmarks.merlin                 # u8, u16, r12; ~1-2 min
+    flock /tmp/livedenoise-cpu.lock python -m benchmarks.merlin --formats u8 --passes 5
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

@@ -2,11 +2,11 @@
 score, against the truth-tuned causal filter, the shipped models and Noise2Atom, on the cases of
 benchmarks/cases.py; the score checked against the truth; the guard's measured verdict; hops.
 
-    python benchmarks/cases.py make --out CASES                       # the 9 cases (once)
-    python benchmarks/realsamples.py train --dir CASES [--work W] [--cases C ...] [--noise2atom]
-    python benchmarks/realsamples.py score --dir CASES [--work W] [--write docs/quality.md]
-    python benchmarks/realsamples.py scorecheck --dir CASES [--work W] [--write docs/quality.md]
-    python benchmarks/realsamples.py hops --work W [--write docs/quality.md]
+    python -m benchmarks.cases make --out CASES                       # the 9 cases (once)
+    python -m benchmarks.realsamples train --dir CASES [--work W] [--cases C ...] [--noise2atom]
+    python -m benchmarks.realsamples score --dir CASES [--work W] [--write docs/quality.md]
+    python -m benchmarks.realsamples scorecheck --dir CASES [--work W] [--write docs/quality.md]
+    python -m benchmarks.realsamples hops --work W [--write docs/quality.md]
 
 Every step is resumable and caches per case in ``W/C`` (``W`` defaults to ``CASES``; the cases
 folder is only read): ``train`` runs ``livedenoise train --frames CASES/C/train.tif --out
@@ -43,15 +43,14 @@ import argparse
 import json
 import math
 import shlex
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from livedenoise.analysis import score
 
-from _proc import machine
-from _realmeasure import detection, evaluate_targets, misordered, replay_guard, scored_index, true_gain
-from _realrun import (
+from ._proc import machine
+from ._realmeasure import detection, evaluate_targets, misordered, replay_guard, scored_index, true_gain
+from ._realrun import (
     case_models,
     chosen_candidate,
     methods_on,
@@ -61,10 +60,9 @@ from _realrun import (
     train_record,
     tuned_baselines,
 )
-from cases import ALL, load_case
-from dense import r2_and_psnr, replace_section
-
-from livedenoise.analysis import score
+from ._report import replace_section
+from .cases import ALL, load_case
+from .dense import r2_and_psnr
 
 BEGIN, END = "<!-- realsamples:begin (benchmarks/realsamples.py) -->", "<!-- realsamples:end -->"
 FPS = 150.0
@@ -147,7 +145,7 @@ def _met(m: bool | None) -> str:
 
 
 def markdown(rep: dict) -> str:
-    from _realchecks import markdown_checks
+    from ._realchecks import markdown_checks
 
     cases = rep["cases"]
     out = ["## Trained on the movie, chosen by the score (issue 24)", "",
@@ -274,7 +272,7 @@ def write_report(root: Path, work: Path, json_path: Path | None, write: Path | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    from _realchecks import add_check_parsers, run_check
+    from ._realchecks import add_check_parsers, run_check
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -320,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{_met(tg['met']).strip('*'):12s} {tg['target']}, {tg['case']}: {tg['detail']}")
     else:
         run_check(args, work)
-        from _realchecks import markdown_checks
+        from ._realchecks import markdown_checks
 
         print("\n".join(markdown_checks(write_report(args.dir, work, args.json, args.write, echo=False))))
     print(f"({time.perf_counter() - t0:.0f} s)")

@@ -7,8 +7,8 @@ ratio of the medians (below 1: the self-supervised model is faster). The self-su
 exported as ``train`` exports it, with the heaviest post-processing the score can choose (a causal
 filter blended in and a Gaussian of 3 px), and untrained weights (speed does not depend on them)::
 
-    python benchmarks/selfsup_speed.py                       # 8 frames, rt size, 256 x 256, 2 threads
-    python benchmarks/selfsup_speed.py --frames 16 --size 128 --threads 1
+    python -m benchmarks.selfsup_speed                       # 8 frames, rt size, 256 x 256, 2 threads
+    python -m benchmarks.selfsup_speed --frames 16 --size 128 --threads 1
 """
 
 from __future__ import annotations

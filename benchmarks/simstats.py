@@ -1,6 +1,6 @@
 """Statistics of the project's simulator next to the physics-simulated dev-D movie.
 
-    python benchmarks/simstats.py [--dev-d ../shared/data/dev-D] [--seed 0]
+    python -m benchmarks.simstats [--dev-d ../shared/data/dev-D] [--seed 0]
 
 Prints, for both movies at 300 e-/px: mean counts, background (median truth and counts far from
 atoms), carbon texture (relative std, autocorrelation at 1 and 2 px), atom peak above background
@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from ._conditions import DEV_D
 
 
 def stats(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, groups: np.ndarray, dose: float) -> dict:
@@ -68,7 +70,7 @@ def stats(noisy: np.ndarray, truth: np.ndarray, pos: np.ndarray, groups: np.ndar
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dev-d", default=str(Path(__file__).resolve().parents[2] / "shared/data/dev-D"))
+    ap.add_argument("--dev-d", default=str(DEV_D))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

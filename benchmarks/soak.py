@@ -5,9 +5,9 @@ and serve (``--lossless``) run as their own processes; the subscriber here check
 frame arrives, each series' ids contiguous from 0. The daemon's resident memory (VmRSS) and open
 file descriptors are sampled from /proc: after warm-up (``--warmup`` frames) and at the end.
 
-    python benchmarks/soak.py                  # 1,000,000 frames
-    python benchmarks/soak.py --frames 20000   # a shortened run
-    python benchmarks/soak.py --frames 5000 --record   # also record (and check) every denoised frame
+    python -m benchmarks.soak                  # 1,000,000 frames
+    python -m benchmarks.soak --frames 20000   # a shortened run
+    python -m benchmarks.soak --frames 5000 --record   # also record (and check) every denoised frame
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import msgpack
 import zmq
-from _proc import free_addr, output_subscriber, rss_mib
+
+from ._proc import free_addr, output_subscriber, rss_mib
 
 
 def fds(pid: int) -> int:
@@ -34,9 +35,10 @@ def fds(pid: int) -> int:
 
 def main() -> int:
     import tifffile
-    from e2e import build_bench_model
 
     from livedenoise.sim import SimConfig, simulate_movie
+
+    from ._e2e_stream import build_bench_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1_000_000)

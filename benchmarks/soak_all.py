@@ -24,10 +24,10 @@ failure, RSS drift (end against the sample after ``--warmup`` of the phase) over
 fds at the end, an ``ld-*`` thread gone, an unclean exit. Prints one Markdown table per run (for
 docs/reliability.md) and OK/FAILED. Durations on the 2-core CPU of docs/reliability.md:
 
-    python benchmarks/soak_all.py native                                   # 2e5 frames at 150 fps, then 1e6 fast: ~1.6 h
-    python benchmarks/soak_all.py native --paced 20000 --fast 100000       # short: ~10 min
-    python benchmarks/soak_all.py dectris --patterns 10000000              # Stream v2, 32² patterns, 64x64 scan: ~4 min
-    python benchmarks/soak_all.py dectris --stream v1 --patterns 10000000  # Stream v1 (a 4.4 GiB dump in --tmp): ~2 min
+    python -m benchmarks.soak_all native                                   # 2e5 frames at 150 fps, then 1e6 fast: ~1.6 h
+    python -m benchmarks.soak_all native --paced 20000 --fast 100000       # short: ~10 min
+    python -m benchmarks.soak_all dectris --patterns 10000000              # Stream v2, 32² patterns, 64x64 scan: ~4 min
+    python -m benchmarks.soak_all dectris --stream v1 --patterns 10000000  # Stream v1 (a 4.4 GiB dump in --tmp): ~2 min
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _proc import free_addr, machine, stop
-from _soak import Phase, ProcSample, Watch, dir_bytes, lost
+
+from ._proc import free_addr, machine, stop
+from ._soak import Phase, ProcSample, Watch, dir_bytes, lost
 
 # ------------------------------------------------------------------ the report
 
@@ -304,7 +305,7 @@ def dectris(args) -> int:
     mask = annular_mask(sim.patterns.shape[1:], sim.centre, sim.inner, sim.outer)
     reference = (sim.patterns.astype(np.float64) * mask).sum(axis=(1, 2)).reshape(scan).astype("<f4")
     if args.stream == "v1":
-        from dectris import Sim, serve_dump
+        from .dectris import Sim, serve_dump
 
         single_thread_bitshuffle()  # its OpenMP threads spin: 1.7 ms a 32² pattern on 2 busy cores, 15 us on one
         t = time.monotonic()
@@ -374,7 +375,7 @@ def main() -> int:
     ap.add_argument("--tmp", type=Path, default=None, help="where the recording (and the v1 dump) go")
     args = ap.parse_args()
     args.tmp = Path(tempfile.mkdtemp(prefix="ld-soak-", dir=args.tmp))
-    print(f"$ python benchmarks/soak_all.py {shlex.join(sys.argv[1:])}   # files in {args.tmp}", flush=True)
+    print(f"$ python -m benchmarks.soak_all {shlex.join(sys.argv[1:])}   # files in {args.tmp}", flush=True)
     try:
         return native(args) if args.mode == "native" else dectris(args)
     finally:

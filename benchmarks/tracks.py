@@ -1,10 +1,10 @@
 """Evidence per atom, tracks and hops: what they cost per frame, how the numpy linker compares with
 trackpy, and how well they do against the simulator's truth.
 
-    python benchmarks/tracks.py [--conditions dose300,dose100,dose300-grad,dev-D] [--frames 48]
+    python -m benchmarks.tracks [--conditions dose300,dose100,dose300-grad,dev-D] [--frames 48]
                                 [--hop-confirm 1] [--skip-quality] [--skip-cost] [--skip-trackpy]
                                 [--json out.json]
-    python benchmarks/tracks.py --live [--live-sizes 128:150,512:15] [--live-seconds 30]
+    python -m benchmarks.tracks --live [--live-sizes 128:150,512:15] [--live-seconds 30]
 
 Prints three parts (issue 17), or with ``--live`` a fourth alone:
 
@@ -48,31 +48,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+from livedenoise.analysis import MAX_LINK, Tracker, TrackEvidence, atom_evidence, find_atoms, link_frames
+from livedenoise.scoring import detection_scores, score_tracks
 
-from _proc import machine
+from ._conditions import DAEMON_THRESHOLD, DEFAULT, DEV_D, ROOT, conditions, load_condition
+from ._conditions import SHIPPED as MODELS
+from ._proc import machine
+from ._report import fmt, pct
+from ._tracks_live import LIVE_VARIANTS, live
 
-from livedenoise.analysis import (
-    MAX_LINK,
-    Tracker,
-    TrackEvidence,
-    accumulate_evidence,
-    atom_evidence,
-    find_atoms,
-    link_frames,
-)
-from livedenoise.scoring import detection_scores, evidence_scores, hop_scores, identity_switches
-
-MODELS = ("default", "rt", "temporal", "lowdose", "hops")
-DAEMON_THRESHOLD = 0.4  # serve --atoms' default: absolute height above the median on the [0, 1] output
 READ_NOISE = float(np.hypot(0.25, 0.15))  # the simulator's read noise and row offset, counts
 
 
@@ -87,10 +76,6 @@ def denoise(engine, noisy: np.ndarray, series: int) -> np.ndarray:
     if res.errors:
         raise RuntimeError(f"model failed: {res.errors[0]}")
     return np.stack(res.outputs)
-
-
-def pct(v: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(v), q))
 
 
 # ---------------------------------------------------------------------------- 1. cost
@@ -216,36 +201,30 @@ def temporal_gauss(frames: np.ndarray, n: int = 3, sigma: float = 1.0) -> np.nda
 
 def score_method(den: np.ndarray, noisy: np.ndarray, pos: np.ndarray, threshold: float | None,
                  max_disp: float, memory: int, confirms: tuple[int, ...] = (1,)) -> list[dict]:
+    """One row per hop confirmation of the atoms found at ``threshold`` (None: the best-F1 one)."""
     if threshold is None:
         threshold = detection_scores(den, pos)["threshold"]
     found = [find_atoms(d, threshold=threshold).positions for d in den]
-    ev = [atom_evidence(r, f, read_noise=READ_NOISE) for r, f in zip(noisy, found)]
     rows = []
     for confirm in confirms:  # confirmation drops hop events, never changes the links
-        ids, hops = link_frames(found, max_disp=max_disp, memory=memory, confirm_frames=confirm)
-        z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
-        e1 = evidence_scores(found, [e.z for e in ev], pos)
-        e2 = evidence_scores(found, z_acc, pos)
-        hs = hop_scores(hops, pos)
-        sw = identity_switches(found, ids, pos)
-        rows.append({"threshold": float(threshold), "n_found": int(sum(len(f) for f in found)), "hop_confirm": confirm,
-                     "evidence_frame": e1, "evidence_track": e2, "hops": hs, "switches": sw})
+        ts = score_tracks(found, pos, noisy, max_disp=max_disp, memory=memory, confirm_frames=confirm,
+                          read_noise=READ_NOISE)
+        rows.append({"threshold": float(threshold), "n_found": ts.n_found, "hop_confirm": confirm,
+                     "evidence_frame": ts.evidence_frame, "evidence_track": ts.evidence_track, "hops": ts.hops,
+                     "switches": ts.switches})
     return rows
 
 
 def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memory: int,
             confirms: tuple[int, ...] = (1,)) -> list[dict]:
-    from quality import conditions, load_condition
-
-    allc = conditions(4.0)
+    allc = conditions()
     rows = []
     for ci, key in enumerate(conds):
         c = allc[key]
-        dev_d = ROOT.parent / "shared/data/dev-D"
-        if c.dev_d and not (dev_d / "D_noisy.tif").is_file():
-            print(f"== {key}: dev-D not found at {dev_d}, skipped", flush=True)
+        if c.dev_d and not (DEV_D / "D_noisy.tif").is_file():
+            print(f"== {key}: dev-D not found at {DEV_D}, skipped", flush=True)
             continue
-        d = load_condition(c, frames, 128, dev_d)
+        d = load_condition(c, frames, 128)
         print(f"== {key}: {c.label}, {len(d.noisy)} frames", flush=True)
         methods: list[tuple[str, np.ndarray, list[float | None]]] = [
             ("gaussian-1", gaussian(d.noisy), [None]),
@@ -262,89 +241,17 @@ def quality(conds: list[str], frames: int, engines: dict, max_disp: float, memor
                 ef, et, h, s = r["evidence_frame"], r["evidence_track"], r["hops"], r["switches"]
                 print(f"   {name:22s} {r['rule']:10s} confirm {r['hop_confirm']} atoms {r['n_found']:5d}"
                       f" invented {ef['n_invented']:4d}"
-                      f" | AUC frame {fmt(ef['auc'])} track {fmt(et['auc'])}"
-                      f" | P@90 {fmt(ef['precision_at_recall'])}/{fmt(et['precision_at_recall'])} (all {fmt(ef['precision_all'])})"
-                      f" | hops {h['n_matched']}/{h['n_true']} det {h['n_detected']} R {fmt(h['recall'], 2)}"
-                      f" P {fmt(h['precision'], 2)} err {fmt(h['placement_error_px'], 2)} delay {fmt(h['delay_frames'], 2)}"
-                      f" placed<=1px,2fr {fmt(h['recall_placed'], 2)} | IDsw/100 {fmt(s['per_100'], 2)}", flush=True)
+                      f" | AUC frame {fmt(ef['auc'], '.3f')} track {fmt(et['auc'], '.3f')}"
+                      f" | P@90 {fmt(ef['precision_at_recall'], '.3f')}/{fmt(et['precision_at_recall'], '.3f')} (all {fmt(ef['precision_all'], '.3f')})"
+                      f" | hops {h['n_matched']}/{h['n_true']} det {h['n_detected']} R {fmt(h['recall'], '.2f')}"
+                      f" P {fmt(h['precision'], '.2f')} err {fmt(h['placement_error_px'], '.2f')} delay {fmt(h['delay_frames'], '.2f')}"
+                      f" placed<=1px,2fr {fmt(h['recall_placed'], '.2f')} | IDsw/100 {fmt(s['per_100'], '.2f')}", flush=True)
     return rows
-
-
-# ---------------------------------------------------------------------------- 4. live
-
-
-#: ``--live-variants``: what serve runs beside denoising
-LIVE_VARIANTS = {
-    "none": [],
-    "atoms": ["--atoms", "--no-atoms-evidence", "--no-atoms-tracks"],
-    "full": ["--atoms"],  # evidence and tracks are on by default
-}
-
-
-def live(size: int, fps: float, seconds: float, model: str = "rt", variant: str = "full") -> dict:
-    """serve (children: serve and replay --synthetic) at ``fps``; stats and the atom thread's per-frame times."""
-    import subprocess
-
-    import msgpack
-    import zmq
-    from _proc import free_addr, output_subscriber, stop, wait_until_serving
-
-    source, publish = free_addr(), free_addr()
-    py = [sys.executable, "-m", "livedenoise"]
-    serve_cmd = [*py, "serve", "--model", model, *LIVE_VARIANTS[variant], "--source", source, "--publish", publish,
-                 "--warmup-size", f"{size}x{size}", "--log-level", "WARNING"]
-    replay_cmd = [*py, "replay", "--synthetic", "--fps", f"{fps:g}", "--size", str(size), "--bind", source,
-                  "--count", str(int(fps * seconds)), "--wait-subscriber", "10"]
-    print(f"$ {' '.join(serve_cmd[1:])}\n$ {' '.join(replay_cmd[1:])}", flush=True)
-    serve = subprocess.Popen(serve_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sub = output_subscriber(zmq.Context.instance(), publish, (b"stats", b"atoms", b"hops"))
-    replay = None
-    ms, cpu, hops_msgs, last = [], [], 0, {}
-    try:
-        wait_until_serving(sub, serve, 120)
-        replay = subprocess.Popen(replay_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        quiet_since = None
-        deadline = time.monotonic() + seconds + 60
-        while time.monotonic() < deadline:
-            if not sub.poll(200):
-                continue
-            topic, head = sub.recv_multipart()[:2]
-            h = msgpack.unpackb(head)
-            if topic == b"atoms":
-                ms.append(h["analysis_ms"])
-                cpu.append(h["analysis_cpu_ms"])
-            elif topic == b"hops":
-                hops_msgs += 1
-            else:
-                last = h
-                done = replay.poll() is not None and h["queue_depth"] == 0 and h["fps_out"] == 0
-                quiet_since = (quiet_since or time.monotonic()) if done else None
-                if quiet_since is not None and time.monotonic() - quiet_since > 1.0:
-                    break
-    finally:
-        if replay is not None:
-            stop(replay)
-        err = stop(serve)
-        sub.close(linger=0)
-    if not ms and variant != "none":
-        raise SystemExit(f"no atoms messages from serve: {err[-2000:]}")
-    ms, cpu = ms or [float("nan")], cpu or [float("nan")]
-    keys = ("received", "denoised", "dropped", "failed", "atoms_frames", "atoms_skipped", "atoms_failed",
-            "atoms_capped", "hops", "tracks_resets", "tracks_live", "atoms_last", "atoms_weak_last")
-    return {"size": size, "fps": fps, "variant": variant, "sent": int(fps * seconds),
-            "stats": {k: last.get(k) for k in keys},
-            "analysis_ms_p50": pct(ms, 50), "analysis_ms_p99": pct(ms, 99), "analysis_ms_max": max(ms),
-            "analysis_cpu_ms_p50": pct(cpu, 50), "analysis_cpu_ms_p99": pct(cpu, 99),
-            "atoms_messages": len(ms), "hops_messages": hops_msgs, "zmq": zmq.zmq_version()}
-
-
-def fmt(v, n: int = 3) -> str:
-    return "-" if v is None else f"{v:.{n}f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--conditions", default="dose300,dose100,dose300-grad,dev-D")
+    ap.add_argument("--conditions", default=DEFAULT)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--passes", type=int, default=10, help="passes over the movie for the cost percentiles")
     ap.add_argument("--cost-sizes", default="128,512")

@@ -6,8 +6,8 @@ crops), exactly :meth:`trainer.loop.Trainer.train_step`. The frames are a simula
 (:mod:`livedenoise.sim`), so the figures need no data; the losses are printed only to show the
 steps did train. A few warm-up steps (cuDNN's algorithm search, the allocator) are left out::
 
-    python benchmarks/train_speed.py --device cuda                 # paper, lite, tiny
-    python benchmarks/train_speed.py --device cpu --presets tiny --seconds 60
+    python -m benchmarks.train_speed --device cuda                 # paper, lite, tiny
+    python -m benchmarks.train_speed --device cpu --presets tiny --seconds 60
 
 ``--seconds`` bounds each preset's timed run (at least ``--min-steps`` steps are timed).
 """

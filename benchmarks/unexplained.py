@@ -1,7 +1,7 @@
 """The guard's figures (issue 19): what they cost, and what they say about the shipped models on
 sparse and dense simulated movies.
 
-    python benchmarks/unexplained.py [--frames 32] [--size 128] [--passes 200] [--skip-models]
+    python -m benchmarks.unexplained [--frames 32] [--size 128] [--passes 200] [--skip-models]
 
 Prints:
 
@@ -23,13 +23,9 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livedenoise.analysis import (
     atom_width,
@@ -43,8 +39,8 @@ from livedenoise.analysis import (
 from livedenoise.engine import Engine, default_model_path
 from livedenoise.sim import DenseConfig, SimConfig, simulate_dense, simulate_movie
 
-PIXEL_NM = 0.04
-MODELS = ("default", "rt", "temporal", "lowdose", "hops")
+from ._conditions import PIXEL_NM
+from ._conditions import SHIPPED as MODELS
 
 
 def timed(fn, passes: int) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Display rate of the live monitor, and what a viewer costs the daemon, measured in one run.
 
-    python benchmarks/viewer_rate.py [--fps 150] [--size 128] [--seconds 10] [--model m.onnx] [--atoms]
+    python -m benchmarks.viewer_rate [--fps 150] [--size 128] [--seconds 10] [--model m.onnx] [--atoms]
 
 ``livedenoise replay --synthetic`` and ``livedenoise serve`` run as child processes, as in the lab.
 Phase 1 measures the daemon's fps_out with no viewer attached (a stats-only subscriber, which the
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from _proc import free_addr
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from livedenoise.protocol import TOPIC_STATS, decode_published
+
+from ._proc import free_addr
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def default_model(workdir: Path) -> Path:

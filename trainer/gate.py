@@ -30,7 +30,7 @@ the mean of the frames since the hop (the atom, noisier than a 5-frame mean, but
 of the graph is the trained network, unchanged: it reads the gated mean where it read the mean.
 
 Parameters were chosen on simulated movies with seeds neither the model nor ``docs/quality.md``
-uses (``benchmarks/build_hops_model.py``). Needs ``onnx`` (a core dependency), not torch.
+uses (``tools/build_hops_model.py``). Needs ``onnx`` (a core dependency), not torch.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def evaluate_cmd(
         )
         if noisy is not None:
             table.add_row(
-                "evidence AUC track / frame", f"{_fmt(rep.evidence_auc)} / {_fmt(rep.evidence_auc_frame)}",
+                "evidence AUC track / frame", f"{_fmt(rep.evidence_auc_track)} / {_fmt(rep.evidence_auc_frame)}",
                 f"true against {rep.n_invented} invented atom(s) (none within 3 px)",
             )
             table.add_row(

@@ -11,6 +11,7 @@ from ._affine import FitErrors, affine_fit, fit_errors, psnr
 from ._detection import MATCH_RADIUS, detection_scores, match_points
 from ._evaluate import EvalReport, evaluate, load_positions
 from ._trackscore import (
+    TrackScores,
     TrueHop,
     evidence_scores,
     hop_scores,
@@ -18,6 +19,7 @@ from ._trackscore import (
     label_detections,
     precision_at_recall,
     roc_auc,
+    score_tracks,
     true_hops,
 )
 
@@ -25,6 +27,7 @@ __all__ = [
     "MATCH_RADIUS",
     "EvalReport",
     "FitErrors",
+    "TrackScores",
     "TrueHop",
     "affine_fit",
     "detection_scores",
@@ -39,5 +42,6 @@ __all__ = [
     "precision_at_recall",
     "psnr",
     "roc_auc",
+    "score_tracks",
     "true_hops",
 ]

@@ -69,21 +69,14 @@ from ..analysis import (
     ATOM_SIGMA,
     HOP_DISTANCE,
     MAX_LINK,
-    accumulate_evidence,
-    atom_evidence,
     css_series,
     find_atoms,
-    link_frames,
     scale_to_unit,
 )
 from ..errors import LivedenoiseError
 from ._affine import affine_fit, fit_errors
 from ._detection import CALIB_FRAMES, MATCH_RADIUS, detection_scores
-from ._trackscore import (
-    evidence_scores,
-    hop_scores,
-    identity_switches,
-)
+from ._trackscore import score_tracks
 
 __all__ = ["EvalReport", "evaluate", "load_positions"]
 
@@ -125,7 +118,7 @@ class EvalReport:
     id_switches: int | None = None
     id_switches_per_100: float | None = None  # per 100 true atom-frames
     # evidence (with positions and raw frames): true against invented atoms
-    evidence_auc: float | None = None  # accumulated along tracks, as serve --atoms publishes it
+    evidence_auc_track: float | None = None  # accumulated along tracks, as serve --atoms publishes it
     evidence_auc_frame: float | None = None  # each frame's own
     evidence_precision_at_90: float | None = None  # precision keeping 90 % of the true atoms (tracks)
     evidence_threshold_at_90: float | None = None  # the evidence z of that cut
@@ -270,29 +263,23 @@ def _track_scores(
     rep: EvalReport, den: np.ndarray, pos: np.ndarray, raw: np.ndarray | None, match_radius: float,
     max_disp: float, hop_px: float, sigma: float, read_noise: float,
 ) -> None:
-    """Tracks, hops, identity switches and (with ``raw``) evidence of the atoms found at
-    ``rep.threshold``, into ``rep``."""
-    if not 0 < hop_px < max_disp:
-        raise LivedenoiseError(f"need 0 < hop_px < max_disp, got {hop_px:g} and {max_disp:g}")
+    """:func:`score_tracks` of the atoms found at ``rep.threshold``, into ``rep``."""
     found = [find_atoms(d, threshold=rep.threshold).positions.astype(np.float64) for d in den]
-    ids, events = link_frames(found, max_disp=max_disp, hop_distance=hop_px)
-    hs = hop_scores(events, pos, hop_px=hop_px, radius=match_radius)
+    ts = score_tracks(found, pos, raw, radius=match_radius, max_disp=max_disp, hop_px=hop_px, sigma=sigma,
+                      read_noise=read_noise)
+    hs = ts.hops
     rep.n_hop_events = hs["n_detected"]
     rep.hop_events_recall = hs["recall"]
     rep.hop_events_precision = hs["precision"]
     rep.hop_events_placement_px = hs["placement_error_px"]
     rep.hop_events_delay_frames = hs["delay_frames"]
     rep.hop_events_placed = hs["recall_placed"]
-    sw = identity_switches(found, ids, pos, match_radius)
-    rep.id_switches, rep.id_switches_per_100 = sw["switches"], sw["per_100"]
-    if raw is None:
+    rep.id_switches, rep.id_switches_per_100 = ts.switches["switches"], ts.switches["per_100"]
+    if ts.evidence_frame is None or ts.evidence_track is None:
         return
-    ev = [atom_evidence(r, f, sigma, read_noise=read_noise) for r, f in zip(raw, found)]
-    z_acc, _ = accumulate_evidence(ids, [e.z for e in ev], [e.llr for e in ev])
-    frame = evidence_scores(found, [e.z for e in ev], pos, match_radius)
-    track = evidence_scores(found, z_acc, pos, match_radius)
-    rep.evidence_auc_frame = frame["auc"]
-    rep.evidence_auc = track["auc"]
+    track = ts.evidence_track
+    rep.evidence_auc_frame = ts.evidence_frame["auc"]
+    rep.evidence_auc_track = track["auc"]
     rep.evidence_precision_at_90 = track["precision_at_recall"]
     rep.evidence_threshold_at_90 = track["threshold_at_recall"]
     rep.evidence_precision_all = track["precision_all"]

@@ -20,6 +20,8 @@ atoms jitter by about 0.45 px per frame and hop by 3 to 6 px, so the two never m
   delay, then distance, each once. Recall, precision, placement error (the landing distance),
   delay in frames, and the issue's figure: the share of true hops placed within ``place_px``
   (1 px) and ``place_frames`` (2 frames).
+* :func:`score_tracks` runs the three on the atoms a method found, linked as ``serve --atoms``
+  links them: the one track scorer of :func:`~livedenoise.scoring.evaluate` and the benchmarks.
 * **Identity switches**: in every frame the true atoms are matched to the detections; for each
   atom, every change of the track id it is matched to (frames where it is not found are skipped;
   an untracked detection, id -1, counts as a change) is a switch. Per 100 true atom-frames.
@@ -32,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis import HOP_DISTANCE, HopEvent
+from ..analysis import ATOM_SIGMA, HOP_DISTANCE, MAX_LINK, HopEvent, accumulate_evidence, atom_evidence, link_frames
+from ..errors import LivedenoiseError
 from ._detection import MATCH_RADIUS, match_points
 
 __all__ = [
+    "TrackScores",
     "TrueHop",
     "evidence_scores",
     "hop_scores",
@@ -43,6 +47,7 @@ __all__ = [
     "label_detections",
     "precision_at_recall",
     "roc_auc",
+    "score_tracks",
     "true_hops",
 ]
 
@@ -247,3 +252,53 @@ def identity_switches(
         "matched_atom_frames": matched,
         "per_100": 100.0 * switches / atom_frames if atom_frames else None,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class TrackScores:
+    """:func:`score_tracks`' result. Evidence is scored twice, and the field says which: each
+    frame's own z (``evidence_frame``) or z accumulated along its track, as ``serve --atoms``
+    publishes it (``evidence_track``); the two AUCs differ, so no name stands for both."""
+
+    n_found: int  # detections over the movie
+    hops: dict[str, Any]  # hop_scores: recall, precision, placement_error_px, delay_frames, recall_placed, n_*
+    switches: dict[str, Any]  # identity_switches: switches, per_100, atom_frames
+    evidence_frame: dict[str, Any] | None = None  # evidence_scores of each frame's z; None without raw frames
+    evidence_track: dict[str, Any] | None = None  # evidence_scores of the z accumulated along the tracks
+
+
+def score_tracks(
+    found: list[np.ndarray],
+    true_positions: np.ndarray,
+    raw: np.ndarray | None = None,
+    *,
+    radius: float = MATCH_RADIUS,
+    max_disp: float = MAX_LINK,
+    memory: int = 2,
+    hop_px: float = HOP_DISTANCE,
+    confirm_frames: int | None = None,
+    sigma: float = ATOM_SIGMA,
+    read_noise: float = 0.0,
+) -> TrackScores:
+    """Link ``found`` (per frame, (N, 2) [x, y]) as ``serve --atoms`` does (``max_disp``, ``memory``,
+    ``hop_px``, ``confirm_frames``: :func:`~livedenoise.analysis.link_frames`' parameters, its
+    default confirmation where None) and score its hops and identity switches against the truth;
+    with the ``raw`` frames (detector counts), also each atom's evidence
+    (:func:`~livedenoise.analysis.atom_evidence` with ``sigma`` and ``read_noise``), per frame and
+    accumulated along the tracks."""
+    if not 0 < hop_px < max_disp:
+        raise LivedenoiseError(f"need 0 < hop_px < max_disp, got {hop_px:g} and {max_disp:g}")
+    link: dict[str, Any] = {"max_disp": max_disp, "memory": memory, "hop_distance": hop_px}
+    if confirm_frames is not None:
+        link["confirm_frames"] = confirm_frames
+    ids, events = link_frames(found, **link)
+    hops = hop_scores(events, true_positions, hop_px=hop_px, radius=radius)
+    switches = identity_switches(found, ids, true_positions, radius)
+    n_found = int(sum(len(f) for f in found))
+    if raw is None:
+        return TrackScores(n_found, hops, switches)
+    ev = [atom_evidence(r, f, sigma, read_noise=read_noise) for r, f in zip(raw, found)]
+    z = [e.z for e in ev]
+    z_acc, _ = accumulate_evidence(ids, z, [e.llr for e in ev])
+    return TrackScores(n_found, hops, switches, evidence_scores(found, z, true_positions, radius),
+                       evidence_scores(found, z_acc, true_positions, radius))

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from livedenoise.analysis import find_atoms
 from livedenoise.cli import main
-from livedenoise.scoring import evaluate, true_hops
+from livedenoise.errors import LivedenoiseError
+from livedenoise.scoring import TrackScores, evaluate, score_tracks, true_hops
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 
@@ -68,15 +70,30 @@ def test_hops_tracks_and_evidence_of_a_known_movie(hopping):
     assert rep.id_switches == 0 and rep.id_switches_per_100 == 0.0
     # evidence: the raw counts support the true atoms, not the invented ones
     assert rep.n_invented == len(invented)
-    assert rep.evidence_auc > 0.95 and rep.evidence_auc_frame > 0.9
+    assert rep.evidence_auc_track > 0.95 and rep.evidence_auc_frame > 0.9
     assert rep.evidence_precision_at_90 > rep.evidence_precision_all
     d = json.loads(rep.to_json(per_frame=False))
-    assert d["evidence_auc"] == rep.evidence_auc and d["hop_events_recall"] == rep.hop_events_recall
+    assert d["evidence_auc_track"] == rep.evidence_auc_track and d["hop_events_recall"] == rep.hop_events_recall
     # without the raw frames, no evidence; tracks that cannot follow a hop (3-6 px): none seen,
     # and each hopped atom starts a new track (an identity switch)
     plain = evaluate(den, positions=m.positions, threshold=0.4, ssim=False, max_disp=2.6)
-    assert plain.evidence_auc is None and plain.n_invented is None
+    assert plain.evidence_auc_track is None and plain.n_invented is None
     assert plain.hop_events_recall == 0.0 and plain.id_switches == n_hops
+
+
+def test_score_tracks_is_what_evaluate_reports(hopping):
+    """One track scorer: evaluate's fields are score_tracks' figures, per frame and per track apart."""
+    m, den, _ = hopping
+    rep = evaluate(den, positions=m.positions, threshold=0.4, raw=m.noisy, ssim=False)
+    found = [find_atoms(d, threshold=0.4).positions for d in den]
+    ts = score_tracks(found, m.positions, m.noisy)
+    assert isinstance(ts, TrackScores) and ts.n_found == rep.n_found
+    assert ts.evidence_frame["auc"] == rep.evidence_auc_frame and ts.evidence_track["auc"] == rep.evidence_auc_track
+    assert ts.hops["recall"] == rep.hop_events_recall and ts.switches["per_100"] == rep.id_switches_per_100
+    plain = score_tracks(found, m.positions)  # no raw frames: no evidence
+    assert plain.evidence_frame is None and plain.evidence_track is None and plain.hops == ts.hops
+    with pytest.raises(LivedenoiseError):
+        score_tracks(found, m.positions, hop_px=8.0, max_disp=7.0)
 
 
 def test_identity_switches_count_a_track_that_swaps_atoms(hopping):
@@ -101,7 +118,7 @@ def test_cli_reports_evidence_hops_and_switches(hopping, tmp_path: Path, monkeyp
     assert "evidence AUC" in out and "hop events" in out and "identity switches" in out
     rep = json.loads((tmp_path / "rep.json").read_text())
     n_hops = len(true_hops(m.positions))
-    assert rep["evidence_auc"] > 0.95 and rep["id_switches"] == 0
+    assert rep["evidence_auc_track"] > 0.95 and rep["id_switches"] == 0
     assert rep["hop_events_recall"] == len(reported_hops(m.positions)) / n_hops and rep["hop_events_precision"] == 1.0
     code, _, err = run_cli(["--denoised", "den.tif", "--raw", "noisy.tif"], monkeypatch, capsys)
     assert code == 2 and err.strip().startswith("error:") and "--raw needs --positions" in err

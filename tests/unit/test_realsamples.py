@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from _realmeasure import (
+from benchmarks._realmeasure import (
     candidates,
     choose_threshold,
     evaluate_targets,
@@ -23,7 +19,6 @@ from _realmeasure import (
     true_gain,
     wilson,
 )
-
 from livedenoise.analysis import CausalFilter
 from livedenoise.sim import render_atoms
 
@@ -143,8 +138,8 @@ def test_targets_meet_and_miss_with_their_numbers():
 def test_train_jobs_skip_what_is_done_and_keep_the_recorded_options(tmp_path):
     import json
 
-    from _realrun import train_jobs
-    from realsamples import train_options
+    from benchmarks._realrun import train_jobs
+    from benchmarks.realsamples import train_options
 
     work = tmp_path / "work"
     jobs = train_jobs(tmp_path / "cases", work, ["real-au", "sim-mos2"], steps=200, minutes=3.0, noise2atom=True)

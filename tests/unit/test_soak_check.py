@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from _soak import IdOrder, PayloadMatch, RecordingCheck, crc, lost, sample_process
-
+from benchmarks._soak import IdOrder, PayloadMatch, RecordingCheck, crc, lost, sample_process
 from livedenoise.daemon import Delivered, PipelineThread
 from livedenoise.recording import INDEX, Recorder, follow_index
 

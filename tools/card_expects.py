@@ -5,17 +5,20 @@ project's simulated ones (``training.frames_file`` in each card, all 120 frames 
 seed 1), which ``livedenoise.sim`` makes again bit for bit; :func:`estimate_content` of that
 movie is what ``train`` now stores. Only the card changes: the graph and weights stay as they are.
 
-    python benchmarks/card_expects.py            # rewrites livedenoise/models/*.onnx in place
-    python benchmarks/card_expects.py --check    # prints each card's expects, writes nothing
+    python tools/card_expects.py # rewrites livedenoise/models/*.onnx in place
+    python tools/card_expects.py --check    # prints each card's expects, writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parents[1] / "livedenoise" / "models"
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "livedenoise" / "models"
+sys.path.insert(0, str(ROOT))  # a release tool run as a script, as tools/ship_models.py
 # training.frames_file -> the simulate-movie dose that made it (docs/training.md)
 DOSES = {"sim_dose300_seed1.tif": 300.0, "sim1.tif": 300.0, "sim_dose100_seed1.tif": 100.0}
 

@@ -1,8 +1,8 @@
 """Build ``livedenoise/models/hops.onnx``: ``lowdose`` with a motion-aware causal window (trainer/gate.py).
 
-    python benchmarks/build_hops_model.py                       # write the model with the chosen gate
-    python benchmarks/build_hops_model.py --tune                # print the grid the choice was made on
-    python benchmarks/build_hops_model.py --time                # its cost against lowdose's (CPU, 128^2)
+    python tools/build_hops_model.py                       # write the model with the chosen gate
+    python tools/build_hops_model.py --tune                # print the grid the choice was made on
+    python tools/build_hops_model.py --time                # its cost against lowdose's (CPU, 128^2)
 
 No training: the gate (Gaussian smoothing, a Poisson z-test of the newest frames against the older
 ones, for every split of the window, the older frames left out where it fires) replaces the
@@ -29,18 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a release tool run as a script, as tools/ship_models.py
 
-from trainer.gate import GateParams, build_gated_model
+from trainer.gate import GateParams, build_gated_model  # noqa: E402 - after the repository is on sys.path
 
 BASE = ROOT / "livedenoise/models/lowdose.onnx"
 OUT = ROOT / "livedenoise/models/hops.onnx"
 CHOSEN = GateParams(sigma=1.0, threshold=2.75)
 TUNE_MOVIES = ((300.0, 12, 0.1), (300.0, 13, 0.1), (300.0, 15, 0.02), (100.0, 14, 0.1))  # dose, seed, hop probability
 NOTE = ("lowdose's network behind a motion-aware window (trainer/gate.py), built by "
-        "benchmarks/build_hops_model.py; parameters chosen on simulated seeds 12, 13 (dose 300) and 14 (dose 100)")
+        "tools/build_hops_model.py; parameters chosen on simulated seeds 12, 13 (dose 300) and 14 (dose 100)")
 
 
 def build(p: GateParams, out: Path) -> Path:
@@ -53,17 +52,16 @@ def build(p: GateParams, out: Path) -> Path:
 
 
 def score_movie(model: Path, noisy: np.ndarray, positions: np.ndarray) -> dict:
-    from livedenoise.analysis import find_atoms, link_frames
+    from livedenoise.analysis import find_atoms
     from livedenoise.engine import Engine
-    from livedenoise.scoring import detection_scores, hop_scores
+    from livedenoise.scoring import detection_scores, score_tracks
 
     eng = Engine(model, provider="cpu", max_batch=8)
     res = eng.infer(list(noisy), series=[1] * len(noisy))
     den = np.stack(res.outputs)
     ds = detection_scores(den, positions)
     found = [find_atoms(d, threshold=ds["threshold"]).positions for d in den]
-    _, hops = link_frames(found)
-    return {"f1": ds["f1"], **hop_scores(hops, positions)}
+    return {"f1": ds["f1"], **score_tracks(found, positions).hops}
 
 
 def parse_variant(text: str) -> dict:
