@@ -37,6 +37,7 @@ import logging
 import math
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,13 +47,12 @@ from ..analysis import (
     ATOM_SIGMA,
     DOES_NOT_FIT,
     FITS,
-    GuardVerdict,
+    FitSummary,
+    GuardReport,
     MeasuredFit,
-    SampleContent,
     atom_width,
-    compare_content,
-    estimate_content,
     expected_content,
+    guard_report,
     read_noise_of,
     unexplained,
     unexplained_sum,
@@ -114,7 +114,10 @@ class StreamGuard(SideStage[_Pair]):
         logger: logging.Logger | None = None,
     ):
         super().__init__(capacity=2, when_full="skip", logger=logger or log)
+        self.expects = expects
         self.expected, self.off_reason = expected_content(expects)
+        # the last report with a content verdict (before one: the card's figures alone); read with the fit of now
+        self.report = GuardReport(None, None, None, self.expected, self.off_reason)
         self.trained_shape, self.trained_pixel_nm = trained_shape, trained_pixel_nm
         self.fit = MeasuredFit()
         self.window = max(int(config.window), self.fit.depth + 3)  # the measured fit needs its filters' history
@@ -134,8 +137,6 @@ class StreamGuard(SideStage[_Pair]):
         self._next_pair = 0.0
         self._next_warn = 0.0
         self._new_run = False
-        self.verdict: GuardVerdict | None = None
-        self.seen: SampleContent | None = None
         self.estimates = 0
         self.estimate_ms: float | None = None
         self.unexplained_frames = 0
@@ -180,9 +181,8 @@ class StreamGuard(SideStage[_Pair]):
 
     def counters(self) -> dict[str, Any]:
         """``stats`` fields: the verdict and its figures, the score, the unexplained signal (see docs/protocol.md)."""
-        verdict, fit = self.verdict, self.fit.summary()
-        out: dict[str, Any] = verdict.to_dict() if verdict is not None else {}
-        out |= fit.to_dict() | {"guard": fit.state, "guard_message": self._message(fit, verdict)}
+        report = replace(self.report, fit=self.fit.summary())
+        out = report.to_dict() | {"guard_message": self._message(report)}
         out |= {"guard_estimates": self.estimates, "guard_failed": self.failed, "guard_ms": self.estimate_ms,
                 "score_ms": self.score_ms, "scored": self.scored}
         recent = np.array(self._unexplained, np.float64).reshape(-1, 2)
@@ -199,14 +199,10 @@ class StreamGuard(SideStage[_Pair]):
 
     # ------------------------------------------------------------------ guard thread
 
-    def _message(self, fit, verdict: GuardVerdict | None) -> str:
-        """The measured verdict's sentence, the content estimate's where it says what is off, and
-        a frame or pixel size the model was not trained on."""
-        text = fit.message
-        if fit.state != FITS and verdict is not None and verdict.fits is False:
-            text += f"; {verdict.message}"
-        elif verdict is None and self.expected is None and fit.state != FITS:
-            text += f" ({self.off_reason})"
+    def _message(self, report: GuardReport) -> str:
+        """The verdict's sentence (:attr:`GuardReport.message`), and a frame or pixel size the model
+        was not trained on."""
+        text = report.message
         shape = self._run[2] if self._run is not None else None
         if self.trained_shape and shape and tuple(shape) != tuple(self.trained_shape):
             text += f"; frames {shape[0]}x{shape[1]}, the model was trained on {self.trained_shape[0]}x{self.trained_shape[1]}"
@@ -283,7 +279,7 @@ class StreamGuard(SideStage[_Pair]):
     def _unexplained_of(self, pair: _Pair) -> None:
         try:
             u = unexplained(
-                pair.raw, pair.denoised, atom_width(self.expected, self.seen, default=ATOM_SIGMA),
+                pair.raw, pair.denoised, atom_width(self.expected, self.report.seen, default=ATOM_SIGMA),
                 read_noise=self.read_noise,
             )
         except Exception as exc:  # noqa: BLE001 - a frame the figure cannot take: count, go on
@@ -295,7 +291,8 @@ class StreamGuard(SideStage[_Pair]):
 
     def _estimate(self) -> float:
         """The window's figures: read noise, unexplained signal of its sum, and (with the card's
-        figures) a content estimate and verdict. Returns the seconds it took."""
+        figures) the guard's report on it (:func:`~livedenoise.analysis.guard_report`, with the fit
+        measured so far). Returns the seconds it took."""
         with self._cv:
             pairs = list(self._frames)
             pixel_size = self._pixel_size
@@ -305,11 +302,10 @@ class StreamGuard(SideStage[_Pair]):
         try:
             raws = np.stack([p.raw for p in pairs])
             self.read_noise = read_noise_of(raws)
-            seen = verdict = None
-            if self.expected is not None:
-                seen = estimate_content(raws, pixel_size, window=len(pairs))
-                verdict = compare_content(self.expected, seen, pixel_size_nm=pixel_size)
-            sigma = atom_width(self.expected, seen, self.seen, default=ATOM_SIGMA)
+            report = guard_report(
+                self.expects, raws, pixel_size_nm=pixel_size, fit=self.fit.summary(), window=len(pairs)
+            )
+            sigma = atom_width(report.expected, report.seen, self.report.seen, default=ATOM_SIGMA)
             self.window_figure = unexplained_sum(
                 raws, np.stack([p.denoised for p in pairs]), sigma, read_noise=self.read_noise
             )
@@ -319,15 +315,14 @@ class StreamGuard(SideStage[_Pair]):
         took = time.perf_counter() - t0
         self.estimate_ms = round(took * 1e3, 2)
         self.estimates += 1
-        if verdict is not None:
-            self.seen = seen
-            self.verdict = verdict
+        if report.content is not None:
+            self.report = report
         return took
 
-    def _report_fit(self, before: str, summary) -> None:
+    def _report_fit(self, before: str, summary: FitSummary) -> None:
         """Log a model that does not fit (at once when it turns, then once a minute), and the return to fitting."""
         now = time.monotonic()
-        message = self._message(summary, self.verdict)
+        message = self._message(replace(self.report, fit=summary))
         if summary.state == DOES_NOT_FIT:
             if before != DOES_NOT_FIT or now >= self._next_warn:
                 self.log.warning("guard: %s", message)
