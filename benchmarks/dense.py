@@ -216,7 +216,7 @@ def peak_ceiling(truth: np.ndarray) -> dict:
 
 def score_case(d: Path, name: str, info: dict) -> None:
     """One case's rows, guard verdicts and figure panel, written to ``d`` (score.json, panel.npz)."""
-    from livedenoise.analysis import SampleContent, compare_content, estimate_content, unexplained_sum
+    from livedenoise.analysis import guard_report, unexplained_sum
     from livedenoise.engine import default_model_path
     from livedenoise.scoring import evaluate
 
@@ -225,15 +225,13 @@ def score_case(d: Path, name: str, info: dict) -> None:
     pos = np.load(d / "positions.npy") if info.get("positions") else None
     groups = np.load(d / "groups.npy") if (d / "groups.npy").is_file() else None
     px = info["pixel_size_nm"]
-    seen = estimate_content(noisy, px)
     models = [(m, default_model_path().with_name(f"{m}.onnx"), "shipped") for m in SHIPPED]
     models += [(f"trained-{g}", d / f"{g}.onnx", "trained") for g in ("paper", "fitted") if (d / f"{g}.onnx").is_file()]
     outputs: dict[str, np.ndarray] = {}
     for mname, path, kind in models:
         den, card = run_model(path, noisy)
         outputs[mname] = den
-        exp = SampleContent.from_dict(card.expects) if card.expects else None
-        v = compare_content(exp, seen, pixel_size_nm=px) if exp is not None else None
+        v = guard_report(card.expects, noisy, pixel_size_nm=px).content  # the card's figures against the movie's
         un = float(np.mean([unexplained_sum(noisy[i : i + 16], den[i : i + 16]).fraction for i in range(0, len(noisy) - 15, 16)]))
         guard.append({"case": name, "model": mname, "kind": kind, "state": v.state if v else "off",
                       "message": v.message if v else "no expects on the card", "unexplained": un})

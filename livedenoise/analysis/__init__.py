@@ -1,7 +1,8 @@
 """What is measured on frames without ground truth, live and offline: the atoms of a denoised frame
 (:func:`find_atoms`), how strongly the raw counts support each of them (:func:`atom_evidence`,
 accumulated along tracks by :class:`TrackEvidence`), their tracks and hops (:class:`Tracker`),
-and CSS, the paper's consecutive structural similarity (:func:`css`).
+CSS, the paper's consecutive structural similarity (:func:`css`), and the guard: does the model
+fit the stream, and why not (:func:`guard_report`).
 
 numpy only: the daemon uses all of them. Scoring against ground truth (PSNR, SSIM, atom F1, hops,
 evidence AUC, identity switches) is :mod:`livedenoise.scoring`, which the daemon never
@@ -14,7 +15,7 @@ from ._css import C1, C2, css, css_chain, css_series, scale_to_unit
 from ._evidence import ATOM_SIGMA, WEAK_Z, Evidence, TrackEvidence, accumulate_evidence, atom_evidence, estimate_sigma
 from ._filter import MAX_WINDOW, CausalFilter, filter_grid, gaussian_blur, gaussian_kernel
 from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSummary, MeasuredFit, measure_fit
-from ._guard import NO_EXPECTS, GuardVerdict, atom_width, compare_content, expected_content
+from ._guard import NO_EXPECTS, GuardReport, GuardVerdict, atom_width, compare_content, expected_content, guard_report
 from ._noise import NoiseModel, drift_per_frame, noise_model, scene_changes
 from ._score import FrameTerms, Score, frame_terms, paired_gain, score, summarise
 from ._tracks import HOP_DISTANCE, MAX_LINK, HopEvent, Tracker, link_frames
@@ -40,6 +41,7 @@ __all__ = [
     "FitRules",
     "FitSummary",
     "FrameTerms",
+    "GuardReport",
     "GuardVerdict",
     "HopEvent",
     "MeasuredFit",
@@ -65,6 +67,7 @@ __all__ = [
     "frame_terms",
     "gaussian_blur",
     "gaussian_kernel",
+    "guard_report",
     "link_frames",
     "local_maxima",
     "measure_fit",

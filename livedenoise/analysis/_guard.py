@@ -1,4 +1,5 @@
-"""The guard: does a stream look like what the model was trained on? (issue 19)
+"""The guard: does the model fit the stream, and does the stream look like what it was trained on?
+(issues 19 and 24)
 
 A Noise2Atom model turns whatever it sees into the picture of its Domain C: pointed at a lattice
 when it learnt sparse atoms, it shows clean, convincing, wrong images. The model card keeps what
@@ -6,6 +7,10 @@ its training movie contained (``ModelCard.expects``: a :class:`~._content.Sample
 dict); ``serve`` and ``denoise`` estimate the same figures on the frames they get and
 :func:`compare_content` says whether they fit. numpy only, and cheap (a few comparisons): the
 cost is in :func:`~._content.estimate_content`.
+
+:func:`guard_report` composes the guard's steps, for ``serve``'s guard thread, ``denoise`` and
+the benchmarks alike: the card's figures, the stream's content estimate and their comparison, the
+measured fit (:mod:`._fit`: what decides), and the one verdict they give (:class:`GuardReport`).
 
 The rules (each broken one is a reason; any reason: does not fit):
 
@@ -34,15 +39,18 @@ a beam blank must not cry wolf.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ._content import SampleContent
+import numpy as np
+
+from ._content import SampleContent, estimate_content
+from ._fit import FitSummary, measure_fit
 
 __all__ = [
-    "COUNTS_FACTOR", "DENSITY_FACTOR", "NO_EXPECTS", "WIDTH_FACTOR", "GuardVerdict", "atom_width", "compare_content",
-    "expected_content",
+    "COUNTS_FACTOR", "DENSITY_FACTOR", "NO_EXPECTS", "WIDTH_FACTOR", "GuardReport", "GuardVerdict", "atom_width",
+    "compare_content", "expected_content", "guard_report",
 ]
 
 DENSITY_FACTOR = 2.0  # atoms per area, either way
@@ -167,14 +175,12 @@ def compare_content(
     return GuardVerdict(False, tuple(reasons), message, density, width, counts, lattice_mismatch)
 
 
-def expected_content(expects: dict[str, Any] | None) -> tuple[SampleContent | None, str]:
+def expected_content(expects: Mapping[str, Any] | None) -> tuple[SampleContent | None, str]:
     """The model card's ``expects`` as a :class:`~._content.SampleContent`, or None and why there is no guard.
 
     >>> expected_content(None)
     (None, 'model card has no training-content figures (older model): no guard')
     """
-    from ._content import SampleContent
-
     if expects is None:
         return None, NO_EXPECTS
     try:
@@ -190,3 +196,72 @@ def atom_width(*contents: SampleContent | None, default: float = 0.875) -> float
         if content is not None and content.reliable and content.width_px > 0:
             return float(content.width_px)
     return default
+
+
+@dataclass(frozen=True, slots=True)
+class GuardReport:
+    """What the guard finds (:func:`guard_report`): the measured fit, which decides, and the content
+    verdict, which says why; :attr:`state` and :attr:`message` are the one verdict they give."""
+
+    fit: FitSummary | None  # the model against the causal filters; None: not measured
+    content: GuardVerdict | None  # the stream against the card's figures; None: the card has none
+    seen: SampleContent | None = None  # the stream's content estimate (where the card has figures)
+    expected: SampleContent | None = None  # the card's figures
+    off_reason: str = ""  # why there is no content verdict (no or unreadable figures)
+
+    @property
+    def state(self) -> str:
+        """The measured fit's state (``fits``, ``does not fit``, ``undecided``); unmeasured, the
+        content verdict's (``unknown`` without one)."""
+        if self.fit is not None:
+            return self.fit.state
+        return self.content.state if self.content is not None else UNKNOWN
+
+    @property
+    def message(self) -> str:
+        """The measured fit's sentence; where the model does not fit for sure, what the content
+        estimate finds off (or why there is no estimate) after it."""
+        if self.fit is None:
+            return self.content.message if self.content is not None else self.off_reason
+        text = self.fit.message
+        if self.fit.state != FITS and self.content is not None and self.content.fits is False:
+            text += f"; {self.content.message}"
+        elif self.fit.state != FITS and self.content is None and self.expected is None:
+            text += f" ({self.off_reason})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """``stats`` fields: the content figures, the score, and the verdict (``guard``, ``guard_message``)."""
+        out = self.content.to_dict() if self.content is not None else {}
+        if self.fit is not None:
+            out |= self.fit.to_dict()
+        return out | {"guard": self.state, "guard_message": self.message}
+
+
+def guard_report(
+    expects: Mapping[str, Any] | None,
+    raw: np.ndarray,
+    denoised: np.ndarray | None = None,
+    *,
+    pixel_size_nm: float | None = None,
+    fit: FitSummary | None = None,
+    window: int = 32,
+) -> GuardReport:
+    """The guard on raw ``(T, H, W)`` frames, the same live and offline: the model card's
+    ``expects`` (:func:`expected_content`) against the frames' content estimate
+    (:func:`~._content.estimate_content`, windows of ``window`` frames) by :func:`compare_content`,
+    and the measured fit: ``fit`` where it is measured already (``serve``: frame by frame, at its
+    own rate), else the model's ``denoised`` frames against the causal filters
+    (:func:`~._fit.measure_fit`), else none (the content verdict alone).
+
+    >>> guard_report(None, np.zeros((4, 32, 32), np.float32)).message
+    'model card has no training-content figures (older model): no guard'
+    """
+    expected, off_reason = expected_content(expects)
+    seen = content = None
+    if expected is not None:
+        seen = estimate_content(raw, pixel_size_nm, window=window)
+        content = compare_content(expected, seen, pixel_size_nm=pixel_size_nm)
+    if fit is None and denoised is not None:
+        fit = measure_fit(raw, denoised)
+    return GuardReport(fit, content, seen, expected, off_reason)

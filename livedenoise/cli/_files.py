@@ -256,41 +256,27 @@ UNEXPLAINED_WINDOW = 16
 
 
 def _guard(expects: dict | None, raw, denoised, pixel_size_nm: float | None) -> None:
-    """``serve``'s guard, offline: the ground-truth-free score of the model and of the best causal
-    filter, and the verdict it gives (issue 24; one ``warning:`` line where the model does not fit,
-    with what the content estimate finds off: issue 19); the unexplained signal per frame, in
-    single frames and in sums of UNEXPLAINED_WINDOW frames."""
+    """``serve``'s guard, offline (:func:`~livedenoise.analysis.guard_report`, as serve's): the
+    ground-truth-free score of the model and of the best causal filter, and the verdict it gives
+    (issue 24; one ``warning:`` line where the model does not fit, with what the content estimate
+    finds off: issue 19); the unexplained signal per frame, in single frames and in sums of
+    UNEXPLAINED_WINDOW frames."""
     import numpy as np
 
-    from ..analysis import (
-        DOES_NOT_FIT,
-        atom_width,
-        compare_content,
-        estimate_content,
-        expected_content,
-        measure_fit,
-        read_noise_of,
-        unexplained,
-        unexplained_sum,
-    )
+    from ..analysis import DOES_NOT_FIT, atom_width, guard_report, read_noise_of, unexplained, unexplained_sum
 
-    expected, why_not = expected_content(expects)
-    seen = verdict = None
-    if expected is None:
-        typer.echo(f"guard: {why_not}", err=True)
-    else:
-        seen = estimate_content(raw, pixel_size_nm)
-        verdict = compare_content(expected, seen, pixel_size_nm=pixel_size_nm)
-    fit = measure_fit(raw, denoised)
-    if fit.model_db is not None:
+    report = guard_report(expects, raw, denoised, pixel_size_nm=pixel_size_nm)
+    if report.expected is None:
+        typer.echo(f"guard: {report.off_reason}", err=True)
+    fit = report.fit
+    if fit is not None and fit.model_db is not None:
         typer.echo(f"score: {fit.model_db:+.2f} dB over raw (ground-truth-free, {fit.frames} frames); "
                    f"best causal filter {fit.filter_db:+.2f} dB ({fit.filter})")
-    if fit.state == DOES_NOT_FIT:
-        typer.echo(f"warning: {fit.message}" + (f"; {verdict.message}" if verdict is not None and verdict.fits is False else ""),
-                   err=True)
+    if report.state == DOES_NOT_FIT:
+        typer.echo(f"warning: {report.message}", err=True)
     else:
-        typer.echo(f"guard: {fit.message}" + (f" ({verdict.message})" if verdict is not None else ""))
-    sigma = atom_width(expected, seen)
+        typer.echo(f"guard: {report.message}")
+    sigma = atom_width(report.expected, report.seen)
     noise = read_noise_of(raw)
     picked = np.unique(np.linspace(0, len(raw) - 1, min(len(raw), UNEXPLAINED_FRAMES)).round().astype(int))
     single = [unexplained(raw[i], denoised[i], sigma, read_noise=noise) for i in picked]

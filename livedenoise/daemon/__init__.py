@@ -10,6 +10,7 @@ The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports to
 :mod:`livedenoise.sim` or :mod:`livedenoise.testing` (checked by import-linter).
 """
 
+from .._stage import LogThrottle, PipelineThread
 from ._atoms import AtomFinder
 from ._config import (
     DEFAULT_PUBLISH,
@@ -31,7 +32,6 @@ from ._publish import Delivered, Publisher
 from ._queue import FrameQueue, QueueClosed
 from ._receive import Received, Receiver, Source, max_part_bytes, restarts
 from ._stats import Stats
-from ._threads import LogThrottle, PipelineThread
 
 __all__ = [
     "DEFAULT_PUBLISH",

@@ -4,17 +4,17 @@ thread of their own."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..analysis import HOP_DISTANCE, MAX_LINK, WEAK_Z, Tracker, TrackEvidence, atom_evidence, find_atoms
+from .._stage import LogThrottle, SideStage
+from ..analysis import Tracker, TrackEvidence, atom_evidence, find_atoms
 from ..protocol import MAX_ATOMS_ANNOTATED, MAX_HOPS, encode_atoms, encode_hops
+from ._config import AtomsConfig
 from ._publish import Delivered, Publisher
-from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
 
 log = logging.getLogger("livedenoise.analysis")
 
@@ -36,9 +36,9 @@ class _AtomsJob(NamedTuple):
         return self.denoised.nbytes + (0 if self.raw is None else self.raw.nbytes)
 
 
-class AtomFinder:
+class AtomFinder(SideStage[_AtomsJob]):
     """``serve --atoms``: the atoms of every published denoised frame, their evidence in the raw
-    counts and their tracks, in a thread of their own.
+    counts and their tracks, in a side stage of their own (:class:`~livedenoise._stage.SideStage`).
 
     :meth:`submit` is a publisher hook (O(1)): it queues the frame (the denoised one, and the raw
     one when evidence is on), keeping at most ``backlog`` frames and ``backlog_bytes``; when the
@@ -63,50 +63,34 @@ class AtomFinder:
     :meth:`Publisher.post`. Evidence and tracks are computed for the :data:`MAX_ATOMS_ANNOTATED`
     tallest atoms of a frame at most (a noise frame can give thousands): such a frame is counted
     (``atoms_capped``) and logged. A failure is counted (``atoms_failed``) and logged, never raised.
+    :meth:`close` finds the atoms of the frames still queued, then stops the thread.
 
-    Parameters
-    ----------
-    threshold:
-        Minimum peak height above the frame's median (background), in denoised units; with
-        ``relative``, a fraction of the frame's highest peak instead.
+    ``config``: the threshold (with ``relative``, a fraction of the frame's highest peak instead of
+    a height above the frame's median, in denoised units), evidence, tracks and hops
+    (:class:`~livedenoise.daemon.AtomsConfig`).
     """
 
     RECENT = 256  # per-frame times kept for the stats percentiles
+    stage = "atoms"
+    # not niced: a niced thread is starved by other jobs on a shared machine (frames skipped,
+    # p99 20-60 ms at a load of 5 on 2 cores, against 4-7 ms un-niced), and holding the GIL
+    # when preempted it stalls the pipeline threads behind it; what it costs inference is its
+    # CPU time, ~0.5 ms a frame at 128² (docs/benchmarks.md). Under --realtime: just below.
+    nice = 0
 
-    def __init__(
-        self,
-        publisher: Publisher,
-        *,
-        threshold: float = 0.4,
-        relative: bool = False,
-        evidence: bool = False,
-        tracks: bool = False,
-        weak_z: float = WEAK_Z,
-        hop_px: float = HOP_DISTANCE,
-        track_max_disp: float = MAX_LINK,
-        hop_confirm: int = 1,
-        backlog: int = 16,
-        backlog_bytes: int = 256 << 20,
-    ):
+    def __init__(self, publisher: Publisher, config: AtomsConfig, *, backlog: int = 16, backlog_bytes: int = 256 << 20):
+        super().__init__(capacity=backlog, capacity_bytes=backlog_bytes, when_full="skip", logger=log)
         self.publisher = publisher
-        self.threshold, self.relative = threshold, relative
-        self.evidence, self.weak_z = evidence, float(weak_z)
+        self.threshold, self.relative = config.threshold, config.relative
+        self.evidence, self.weak_z = config.evidence, float(config.weak_z)
         self.tracker = Tracker(
-            max_disp=track_max_disp, hop_distance=hop_px, max_atoms=MAX_ATOMS_ANNOTATED, confirm_frames=hop_confirm
-        ) if tracks else None
-        self.track_evidence = TrackEvidence() if tracks and evidence else None
-        self.backlog, self.backlog_bytes = max(1, backlog), backlog_bytes
-        self._items: deque[_AtomsJob] = deque()
-        self._bytes = 0
-        self._cv = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._failures = LogThrottle(log)
+            max_disp=config.track_max_disp, hop_distance=config.hop_px, max_atoms=MAX_ATOMS_ANNOTATED,
+            confirm_frames=config.hop_confirm,
+        ) if config.tracks else None
+        self.track_evidence = TrackEvidence() if config.tracks and config.evidence else None
         self._capped_log = LogThrottle(log)
         self._run_key: tuple[int, int] | None = None  # (series, epoch) of the last frame
         self.frames = 0  # frames whose atoms were posted (atom thread)
-        self.failed = 0  # frames whose atom finding failed (atom thread)
-        self.skipped = 0  # frames left out because the thread was behind (publisher thread)
         self.capped = 0  # frames with more atoms than evidence and tracks are computed for (atom thread)
         self.hops = 0  # hop events published (atom thread)
         self.last_count: int | None = None
@@ -119,32 +103,13 @@ class AtomFinder:
         """Evidence or tracks on: the atoms handled are capped at :data:`MAX_ATOMS_ANNOTATED`."""
         return self.evidence or self.tracker is not None
 
-    def start(self, spawn: Spawn = spawn_thread) -> None:
-        """Start the atom thread through ``spawn`` (the daemon's reports a failure of the thread)."""
-        self._thread = spawn("atoms", self.run)
-
     def submit(self, delivered: Delivered) -> None:
         """Publisher hook: queue one frame; skip the oldest waiting ones beyond the backlog."""
         item = _AtomsJob(
             delivered.series_id, delivered.image_id, delivered.start_time, delivered.epoch, delivered.denoised,
             delivered.raw if self.evidence else None,
         )
-        size = item.nbytes
-        with self._cv:
-            while self._items and (len(self._items) >= self.backlog or self._bytes + size > self.backlog_bytes):
-                self._bytes -= self._items.popleft().nbytes
-                self.skipped += 1
-            self._items.append(item)
-            self._bytes += size
-            self._cv.notify()
-
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Find the atoms of the frames still queued, then stop the thread (idempotent)."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self._put(item, item.nbytes)
 
     def counters(self) -> dict[str, Any]:
         """Stats fields: frames done, skipped, failed and capped, the newest count, wall and CPU time
@@ -169,33 +134,16 @@ class AtomFinder:
             out |= {"hops": self.hops, "tracks_live": self.tracker.live, "tracks_resets": self.tracker.resets}
         return out
 
-    def run(self) -> None:
-        # not niced: a niced thread is starved by other jobs on a shared machine (frames skipped,
-        # p99 20-60 ms at a load of 5 on 2 cores, against 4-7 ms un-niced), and holding the GIL
-        # when preempted it stalls the pipeline threads behind it; what it costs inference is its
-        # CPU time, ~0.5 ms a frame at 128² (docs/benchmarks.md). Under --realtime: just below.
-        demote_thread()
-        self._warm_up()
-        while True:
-            with self._cv:
-                while not self._items and not self._stopping:
-                    self._cv.wait()
-                if not self._items:
-                    return  # stopping, and everything queued is done
-                item = self._items.popleft()
-                self._bytes -= item.nbytes
-            try:
-                messages = self._find(item)
-            except Exception as exc:  # noqa: BLE001 - a bug, or a frame the finder cannot take: count, go on
-                self.failed += 1
-                self._failures.warning(
-                    "atom finding failed on series %s image %s: %r", item.series_id, item.image_id, exc
-                )
-                continue
-            for parts in messages:
-                self.publisher.post(parts)
+    def _handle(self, item: _AtomsJob) -> None:
+        try:
+            messages = self._find(item)
+        except Exception as exc:  # noqa: BLE001 - a bug, or a frame the finder cannot take: count, go on
+            self._failed("atom finding failed on series %s image %s: %r", item.series_id, item.image_id, exc)
+            return
+        for parts in messages:  # a failure to post is the stage's: the daemon's failure path
+            self.publisher.post(parts)
 
-    def _warm_up(self) -> None:
+    def _begin(self) -> None:
         """Each stage once on a small frame, uncounted, before the first real one: a first call costs
         ~10 ms (caches, the interpreter's first passes), which the per-frame figures would carry."""
         yy, xx = np.mgrid[:32, :32]

@@ -3,9 +3,10 @@
 :class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the input's
 format (:class:`DectrisConfig` for a DECTRIS detector, :class:`MerlinConfig` for a Merlin, else the
 livedenoise protocol), the queue between receiving and inference (:class:`QueueConfig`), the engine
-(:class:`~livedenoise.engine.EngineConfig`), recording, atoms and security; ``None`` for an
-optional stage means it is off. Each field's help text is declared once here
-(:func:`~livedenoise._options.option`) and shown by ``serve --help``.
+(:class:`~livedenoise.engine.EngineConfig`), recording (:class:`~livedenoise.recording.RecordingConfig`,
+beside the recorder, a layer below), atoms, the guard and security; ``None`` for an optional stage
+means it is off; each side stage is built from its group. Each field's help text is declared once,
+with the field (:func:`~livedenoise._options.option`), and shown by ``serve --help``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..detectors import Annulus, Weights, read_mask
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..protocol import DEFAULT_LIMITS, Limits
+from ..recording import RecordingConfig
 
 DEFAULT_SOURCE = "tcp://127.0.0.1:5555"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
@@ -129,16 +131,6 @@ class QueueConfig:
             raise LivedenoiseError("--queue must be at least 1 and --max-wait-ms at least 0")
         if not self.max_age_ms:
             self.max_age_ms = None
-
-
-@dataclass(slots=True)
-class RecordingConfig:
-    """``--record DIR``: every published frame to crash-safe chunks (:mod:`livedenoise.recording`)."""
-
-    directory: Path = option(help="Record every denoised frame into this directory (crash-safe chunks).")
-    raw: bool = option(False, "Also record the raw frames.")
-    chunk_frames: int = option(100, "Frames per recording chunk (a chunk also closes after --record-chunk-seconds).")
-    chunk_seconds: float = option(1.0, "Seconds after which a recording chunk closes, however few its frames.")
 
 
 @dataclass(slots=True)

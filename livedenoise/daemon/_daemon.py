@@ -45,10 +45,12 @@ import threading
 import zmq
 
 from .._signals import stop_on_signals
+from .._stage import LogThrottle, PipelineThread, SideStage
 from ..detectors import VirtualImage
 from ..engine import Engine
 from ..errors import PipelineError
 from ..protocol import TOPIC_VIRTUAL, encode_published
+from ..recording import Recorder
 from ._atoms import AtomFinder
 from ._config import ServeConfig
 from ._guard import StreamGuard
@@ -58,7 +60,7 @@ from ._publish import Publisher
 from ._queue import FrameQueue
 from ._receive import Received, Receiver, Source, make_decoder, restarts
 from ._stats import CalibrationCheck, Stats
-from ._threads import LogThrottle, PipelineThread, make_realtime, place_pipeline
+from ._threads import make_realtime, place_pipeline
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -80,9 +82,10 @@ class Daemon:
         self.queue: FrameQueue[Received] = FrameQueue(q.capacity, lossless=q.lossless, max_age=max_age)
         self.ctx = zmq.Context()
         self.curve = None
-        self.recorder = None
+        self.recorder: Recorder | None = None
         self.atoms: AtomFinder | None = None
         self.guard: StreamGuard | None = None
+        self._side: list[SideStage] = []  # the side stages, hooked to the publisher: recorder, atoms, guard
         try:
             from .. import security
 
@@ -131,40 +134,22 @@ class Daemon:
                 self.publisher.calibration_check = check
                 self.stats.extras.append(check.counters)
             if config.recording is not None:
-                from ..recording import Recorder
-
                 try:
-                    self.recorder = Recorder(
-                        config.recording.directory, raw=config.recording.raw, lossless=q.lossless,
-                        chunk_frames=config.recording.chunk_frames, chunk_seconds=config.recording.chunk_seconds,
-                    )
+                    self.recorder = Recorder(config.recording, lossless=q.lossless)
                 except Exception:
                     self.source.close()
                     self.publisher.close()
                     raise
-                self.publisher.hooks.append(self.recorder.submit)
-                self.publisher.finishers.append(self.recorder.close)  # the last stats count it all
-                self.stats.extras.append(self.recorder.counters)
-            if config.atoms is not None:
-                a = config.atoms
-                self.atoms = AtomFinder(  # two batches may wait: a batch is handed over at once
-                    self.publisher, threshold=a.threshold, relative=a.relative, evidence=a.evidence, tracks=a.tracks,
-                    weak_z=a.weak_z, hop_px=a.hop_px, track_max_disp=a.track_max_disp, hop_confirm=a.hop_confirm,
-                    backlog=2 * config.engine.max_batch,
-                )
-                self.publisher.hooks.append(self.atoms.submit)
-                self.publisher.finishers.append(self.atoms.close)  # its last atoms before the last stats
-                self.stats.extras.append(self.atoms.counters)
+                self._attach(self.recorder)  # closed before the last stats: they count it all
+            if config.atoms is not None:  # two batches may wait: a batch is handed over at once
+                self.atoms = AtomFinder(self.publisher, config.atoms, backlog=2 * config.engine.max_batch)
+                self._attach(self.atoms)  # its last atoms before the last stats
             if config.guard is not None:
-                g = config.guard
+                card = self.engine.card
                 self.guard = StreamGuard(
-                    self.engine.card.expects, window=g.window, interval=g.interval, unexplained_rate=g.unexplained_rate,
-                    score_rate=g.score_rate, trained_shape=self.engine.card.frame_shape,
-                    trained_pixel_nm=self.engine.card.pixel_size_nm,
+                    card.expects, config.guard, trained_shape=card.frame_shape, trained_pixel_nm=card.pixel_size_nm
                 )
-                self.publisher.hooks.append(self.guard.submit)
-                self.publisher.finishers.append(self.guard.close)
-                self.stats.extras.append(self.guard.counters)
+                self._attach(self.guard)
             else:
                 self.stats.extras.append(lambda: {"guard": "off", "guard_message": "serve --no-guard"})
         except Exception:
@@ -179,6 +164,13 @@ class Daemon:
         self._stopped = threading.Event()
         self._code = 0
         self._failures = LogThrottle(log)
+
+    def _attach(self, stage: SideStage) -> None:
+        """A side stage takes every published frame, closes as the publisher finishes, and reports in stats."""
+        self._side.append(stage)
+        self.publisher.hooks.append(stage.submit)
+        self.publisher.finishers.append(stage.close)
+        self.stats.extras.append(stage.counters)
 
     def _publish_virtual(self, image: VirtualImage) -> None:
         """In the receiver thread: a virtual image beside the denoised one, published as it is on
@@ -256,12 +248,8 @@ class Daemon:
         for thread in self._threads:
             if thread.stage in PIPELINE_STAGES:
                 thread.join(timeout)
-        if self.recorder is not None:
-            self.recorder.close(timeout)  # after the publisher: every published frame is written
-        if self.atoms is not None:
-            self.atoms.close(timeout)  # normally done already, by the publisher
-        if self.guard is not None:
-            self.guard.close(timeout)  # likewise
+        for stage in self._side:  # after the publisher (which closed them already, normally): every
+            stage.close(timeout)  # published frame is written, its atoms found
         alive = [t.name for t in self._threads if t.is_alive()]
         if not alive:
             if self.curve is not None:

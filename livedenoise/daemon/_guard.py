@@ -35,31 +35,31 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._stage import SideStage, Spawn, spawn_thread
 from ..analysis import (
     ATOM_SIGMA,
     DOES_NOT_FIT,
     FITS,
-    GuardVerdict,
+    FitSummary,
+    GuardReport,
     MeasuredFit,
-    SampleContent,
     atom_width,
-    compare_content,
-    estimate_content,
     expected_content,
+    guard_report,
     read_noise_of,
     unexplained,
     unexplained_sum,
 )
 from ..engine import pixel_size_differs
+from ._config import GuardConfig
 from ._publish import Delivered
-from ._threads import LogThrottle, Spawn, demote_thread, spawn_thread
 
 log = logging.getLogger("livedenoise.guard")
 
@@ -78,17 +78,19 @@ class _Pair(NamedTuple):
     image_id: int = 0
 
 
-class StreamGuard:
-    """The guard's thread: content verdicts and the unexplained figure, off the hot path.
+class StreamGuard(SideStage[_Pair]):
+    """The guard's thread: the measured verdict, content estimates and the unexplained figure, off
+    the hot path (a side stage: :class:`~livedenoise._stage.SideStage`).
 
     :meth:`submit` is a publisher hook (O(1), a lock and two appends): it keeps references to
     the last ``window`` raw and denoised frames of the current run (series, epoch and frame size;
     a new run starts a new window) and, at most ``unexplained_rate`` times a second, a (raw, denoised)
     pair for the unexplained figure; pairs the thread has not taken when new ones come are
     skipped and counted (``unexplained_skipped``). The thread runs at a lower OS priority on
-    Linux and spaces its estimates by ``interval`` seconds, or twice the last estimate's time if
-    longer (large frames), so it takes a third of a core at most. A failure is counted and logged,
-    never raised.
+    Linux, scores a frame at most ``score_rate`` times a second, and spaces its estimates by
+    ``interval`` seconds, or twice the last estimate's time if longer (large frames), so it takes a
+    third of a core at most (``config``: :class:`~livedenoise.daemon.GuardConfig`). A failure is
+    counted and logged, never raised. :meth:`close` leaves out the pairs still waiting.
 
     Parameters
     ----------
@@ -97,51 +99,47 @@ class StreamGuard:
         and the unexplained figures are still computed).
     """
 
+    stage = "guard"
+    nice = 10  # inference goes first
+    drain = False
+
     def __init__(
         self,
         expects: dict[str, Any] | None,
+        config: GuardConfig,
         *,
-        window: int = 32,
-        interval: float = 1.0,
-        unexplained_rate: float = 10.0,
-        score_rate: float = 10.0,
         trained_shape: tuple[int, int] | None = None,
         trained_pixel_nm: float | None = None,
         window_bytes: int = 256 << 20,
         logger: logging.Logger | None = None,
     ):
-        self.log = logger or log
+        super().__init__(capacity=2, when_full="skip", logger=logger or log)
+        self.expects = expects
         self.expected, self.off_reason = expected_content(expects)
+        # the last report with a content verdict (before one: the card's figures alone); read with the fit of now
+        self.report = GuardReport(None, None, None, self.expected, self.off_reason)
         self.trained_shape, self.trained_pixel_nm = trained_shape, trained_pixel_nm
         self.fit = MeasuredFit()
-        self.window = max(int(window), self.fit.depth + 3)  # the measured fit needs its filters' history
-        self.interval = float(interval)
-        self.score_rate = float(score_rate)
+        self.window = max(int(config.window), self.fit.depth + 3)  # the measured fit needs its filters' history
+        self.interval = float(config.interval)
+        self.score_rate = float(config.score_rate)
         self._next_score = 0.0
+        self._next_estimate = math.inf  # set as the thread starts
         self._last_scored: int | None = None  # image id of the last frame scored
         self.scored = 0
         self.score_ms: float | None = None
-        self.unexplained_rate = float(unexplained_rate)
+        self.unexplained_rate = float(config.unexplained_rate)
         self.window_bytes = window_bytes
         self._frames: deque[_Pair] = deque()  # the window: the current run's last frames
         self._frame_bytes = 0
         self._run: tuple[int, int, tuple[int, ...]] | None = None
         self._pixel_size: float | None = None
-        self._pairs: deque[_Pair] = deque(maxlen=2)
         self._next_pair = 0.0
-        self._cv = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._failures = LogThrottle(self.log)
         self._next_warn = 0.0
         self._new_run = False
-        self.verdict: GuardVerdict | None = None
-        self.seen: SampleContent | None = None
         self.estimates = 0
-        self.failed = 0
         self.estimate_ms: float | None = None
         self.unexplained_frames = 0
-        self.unexplained_skipped = 0
         self._unexplained: deque[tuple[float, float]] = deque(maxlen=RECENT)  # (counts, fraction)
         self.last_unexplained: float | None = None
         self.read_noise: float | None = None  # of the stream (consecutive raw frames), for the figures
@@ -170,10 +168,7 @@ class StreamGuard:
                 self._pixel_size = delivered.calibration.pixel_size_nm
             if self.unexplained_rate > 0 and now >= self._next_pair and raw.shape == delivered.denoised.shape:
                 self._next_pair = now + 1.0 / self.unexplained_rate
-                if len(self._pairs) == self._pairs.maxlen:
-                    self.unexplained_skipped += 1
-                self._pairs.append(pair)
-                self._cv.notify()
+                self._put(pair)  # the oldest waiting pair is skipped
 
     # ------------------------------------------------------------------ lifetime
 
@@ -182,21 +177,12 @@ class StreamGuard:
             self.log.info("guard: %s; the measured fit is on", self.off_reason)
         else:
             self.log.info("guard: the model expects %s", self.expected.describe())
-        self._thread = spawn("guard", self.run)
-
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Stop the thread (idempotent); frames still waiting are left out."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        super().start(spawn)
 
     def counters(self) -> dict[str, Any]:
         """``stats`` fields: the verdict and its figures, the score, the unexplained signal (see docs/protocol.md)."""
-        verdict, fit = self.verdict, self.fit.summary()
-        out: dict[str, Any] = verdict.to_dict() if verdict is not None else {}
-        out |= fit.to_dict() | {"guard": fit.state, "guard_message": self._message(fit, verdict)}
+        report = replace(self.report, fit=self.fit.summary())
+        out = report.to_dict() | {"guard_message": self._message(report)}
         out |= {"guard_estimates": self.estimates, "guard_failed": self.failed, "guard_ms": self.estimate_ms,
                 "score_ms": self.score_ms, "scored": self.scored}
         recent = np.array(self._unexplained, np.float64).reshape(-1, 2)
@@ -208,19 +194,15 @@ class StreamGuard:
             "unexplained_mean": round(float(recent[:, 0].mean()), 3) if recent.size else None,
             "unexplained_fraction": round(float(recent[:, 1].mean()), 4) if recent.size else None,
             "unexplained_frames": self.unexplained_frames,
-            "unexplained_skipped": self.unexplained_skipped,
+            "unexplained_skipped": self.skipped,
         }
 
     # ------------------------------------------------------------------ guard thread
 
-    def _message(self, fit, verdict: GuardVerdict | None) -> str:
-        """The measured verdict's sentence, the content estimate's where it says what is off, and
-        a frame or pixel size the model was not trained on."""
-        text = fit.message
-        if fit.state != FITS and verdict is not None and verdict.fits is False:
-            text += f"; {verdict.message}"
-        elif verdict is None and self.expected is None and fit.state != FITS:
-            text += f" ({self.off_reason})"
+    def _message(self, report: GuardReport) -> str:
+        """The verdict's sentence (:attr:`GuardReport.message`), and a frame or pixel size the model
+        was not trained on."""
+        text = report.message
         shape = self._run[2] if self._run is not None else None
         if self.trained_shape and shape and tuple(shape) != tuple(self.trained_shape):
             text += f"; frames {shape[0]}x{shape[1]}, the model was trained on {self.trained_shape[0]}x{self.trained_shape[1]}"
@@ -228,25 +210,24 @@ class StreamGuard:
             text += f"; pixels of {self._pixel_size:.4g} nm, the model was trained on {self.trained_pixel_nm:.4g} nm"
         return text
 
-    def run(self) -> None:
-        demote_thread(10)  # inference goes first
-        next_estimate = time.monotonic() + self.interval
-        while True:
-            with self._cv:
-                while (not self._stopping and not self._pairs and time.monotonic() < next_estimate
-                       and not self._score_due()):
-                    self._cv.wait(max(0.0, min(next_estimate, self._score_time()) - time.monotonic()))
-                if self._stopping:
-                    return
-                pair = self._pairs.popleft() if self._pairs else None
-                job = self._score_job() if self._score_due() else None
-            if pair is not None:
-                self._unexplained_of(pair)
-            if job is not None:
-                self._score(*job)
-            if time.monotonic() >= next_estimate:
-                took = self._estimate()
-                next_estimate = time.monotonic() + max(self.interval, 2.0 * took)
+    def _begin(self) -> None:
+        self._next_estimate = time.monotonic() + self.interval
+
+    def _wait_s(self) -> float:
+        """Until the next score or estimate is due."""
+        return min(self._next_estimate, self._score_time()) - time.monotonic()
+
+    def _handle(self, pair: _Pair) -> None:
+        self._unexplained_of(pair)
+
+    def _tick(self) -> None:
+        with self._cv:
+            job = self._score_job() if self._score_due() else None
+        if job is not None:
+            self._score(*job)
+        if time.monotonic() >= self._next_estimate:
+            took = self._estimate()
+            self._next_estimate = time.monotonic() + max(self.interval, 2.0 * took)
 
     # ------------------------------------------------------------------ measured fit (issue 24)
 
@@ -285,8 +266,7 @@ class StreamGuard:
         try:
             summary = self.fit.add(np.stack([p.raw for p in frames]), frames[-3].denoised, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - frames the score cannot take: count, go on
-            self.failed += 1
-            self._failures.warning("measured fit failed on a %s frame: %r", frames[-1].raw.shape, exc)
+            self._failed("measured fit failed on a %s frame: %r", frames[-1].raw.shape, exc)
             summary = None
         took = time.perf_counter() - t0
         self._last_scored = frames[-3].image_id
@@ -299,12 +279,11 @@ class StreamGuard:
     def _unexplained_of(self, pair: _Pair) -> None:
         try:
             u = unexplained(
-                pair.raw, pair.denoised, atom_width(self.expected, self.seen, default=ATOM_SIGMA),
+                pair.raw, pair.denoised, atom_width(self.expected, self.report.seen, default=ATOM_SIGMA),
                 read_noise=self.read_noise,
             )
         except Exception as exc:  # noqa: BLE001 - a frame the figure cannot take: count, go on
-            self.failed += 1
-            self._failures.warning("unexplained signal failed on a %s frame: %r", pair.raw.shape, exc)
+            self._failed("unexplained signal failed on a %s frame: %r", pair.raw.shape, exc)
             return
         self.last_unexplained = round(u.counts, 3)
         self._unexplained.append((u.counts, u.fraction))
@@ -312,7 +291,8 @@ class StreamGuard:
 
     def _estimate(self) -> float:
         """The window's figures: read noise, unexplained signal of its sum, and (with the card's
-        figures) a content estimate and verdict. Returns the seconds it took."""
+        figures) the guard's report on it (:func:`~livedenoise.analysis.guard_report`, with the fit
+        measured so far). Returns the seconds it took."""
         with self._cv:
             pairs = list(self._frames)
             pixel_size = self._pixel_size
@@ -322,30 +302,27 @@ class StreamGuard:
         try:
             raws = np.stack([p.raw for p in pairs])
             self.read_noise = read_noise_of(raws)
-            seen = verdict = None
-            if self.expected is not None:
-                seen = estimate_content(raws, pixel_size, window=len(pairs))
-                verdict = compare_content(self.expected, seen, pixel_size_nm=pixel_size)
-            sigma = atom_width(self.expected, seen, self.seen, default=ATOM_SIGMA)
+            report = guard_report(
+                self.expects, raws, pixel_size_nm=pixel_size, fit=self.fit.summary(), window=len(pairs)
+            )
+            sigma = atom_width(report.expected, report.seen, self.report.seen, default=ATOM_SIGMA)
             self.window_figure = unexplained_sum(
                 raws, np.stack([p.denoised for p in pairs]), sigma, read_noise=self.read_noise
             )
         except Exception as exc:  # noqa: BLE001 - frames the estimate cannot take: count, go on
-            self.failed += 1
-            self._failures.warning("guard estimate failed on %d frames of %s: %r", len(pairs), pairs[0].raw.shape, exc)
+            self._failed("guard estimate failed on %d frames of %s: %r", len(pairs), pairs[0].raw.shape, exc)
             return time.perf_counter() - t0
         took = time.perf_counter() - t0
         self.estimate_ms = round(took * 1e3, 2)
         self.estimates += 1
-        if verdict is not None:
-            self.seen = seen
-            self.verdict = verdict
+        if report.content is not None:
+            self.report = report
         return took
 
-    def _report_fit(self, before: str, summary) -> None:
+    def _report_fit(self, before: str, summary: FitSummary) -> None:
         """Log a model that does not fit (at once when it turns, then once a minute), and the return to fitting."""
         now = time.monotonic()
-        message = self._message(summary, self.verdict)
+        message = self._message(replace(self.report, fit=summary))
         if summary.state == DOES_NOT_FIT:
             if before != DOES_NOT_FIT or now >= self._next_warn:
                 self.log.warning("guard: %s", message)

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+from .._stage import LogThrottle
 from ..analysis import css_chain
 from ..errors import LivedenoiseError
 from ..protocol import TOPIC_DENOISED, TOPIC_RAW, TOPIC_STATS, Calibration, encode_published, pack
 from ._stats import Stats
-from ._threads import LogThrottle
 
 log = logging.getLogger("livedenoise.publish")
 

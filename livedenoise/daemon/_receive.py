@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import zmq
 
+from .._stage import LogThrottle
 from ..detectors import Skip, VirtualImage
 from ..errors import LivedenoiseError, MalformedMessage
 from ..protocol import (
@@ -65,7 +66,6 @@ from ..protocol import (
 )
 from ._config import DectrisConfig, ScanConfig
 from ._queue import FrameQueue, QueueClosed
-from ._threads import LogThrottle
 
 if TYPE_CHECKING:
     from ..detectors import VirtualDetector

@@ -1,11 +1,12 @@
 """Recording: every published frame to disk in chunks that survive ``kill -9`` (:class:`Recorder`,
-fed by a publisher hook), and reading a recording back (:func:`read_index`, :func:`iter_frames`,
-:func:`summarize`; chunk by chunk while it is written: :func:`follow_index`, :func:`chunk_frames`),
-and writing it as one standard file (:func:`export_recording`)."""
+built from a :class:`RecordingConfig`, fed by a publisher hook), and reading a recording back
+(:func:`read_index`, :func:`iter_frames`, :func:`summarize`; chunk by chunk while it is written:
+:func:`follow_index`, :func:`chunk_frames`), and writing it as one standard file
+(:func:`export_recording`)."""
 
 from ._export import EXPORT_SUFFIXES, Exported, export_recording
 from ._read import ChunkEntry, SeriesSummary, chunk_frames, follow_index, iter_frames, read_index, summarize
-from ._recorder import INDEX, KINDS, MARKER, Recorder
+from ._recorder import INDEX, KINDS, MARKER, Recorder, RecordingConfig
 
 __all__ = [
     "EXPORT_SUFFIXES",
@@ -15,6 +16,7 @@ __all__ = [
     "ChunkEntry",
     "Exported",
     "Recorder",
+    "RecordingConfig",
     "SeriesSummary",
     "chunk_frames",
     "export_recording",

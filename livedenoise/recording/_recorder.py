@@ -23,15 +23,16 @@ A chunk closes after ``chunk_frames`` frames, ``chunk_bytes`` bytes, ``chunk_sec
 (so the last frames become durable at low frame rates too), when its series changes, and at
 shutdown.
 
-The recorder runs in its own thread behind a bounded queue, fed by a publisher hook
-(:meth:`Recorder.submit`): writing never slows inference. Live mode: a full queue drops the frame
+The recorder runs in its own thread behind a bounded queue (a side stage,
+:class:`~livedenoise._stage.SideStage`), fed by a publisher hook (:meth:`Recorder.submit`):
+writing never slows inference. Live mode: a full queue drops the frame
 for the recording only (counted as ``record_overflow``; it was still published). Lossless mode:
 ``submit`` blocks, which holds the publisher, then inference, then the receiver and finally the
 detector back (PULL high-water mark): no frame is lost from the recording either.
 
 Examples
 --------
->>> rec = Recorder(tmp / "run", raw=True)        # doctest: +SKIP
+>>> rec = Recorder(RecordingConfig(tmp / "run", raw=True))  # doctest: +SKIP
 >>> rec.start(); publisher.hooks.append(rec.submit)  # doctest: +SKIP
 >>> for series_id, image_id, frame in iter_frames(tmp / "run"): ...  # doctest: +SKIP
 """
@@ -42,14 +43,14 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._options import option
+from .._stage import SideStage
 from ..errors import LivedenoiseError
 
 log = logging.getLogger("livedenoise.recording")
@@ -59,6 +60,16 @@ INDEX = "index.jsonl"
 FORMAT = "livedenoise-recording"
 VERSION = 1
 KINDS = ("denoised", "raw")
+
+
+@dataclass(slots=True)
+class RecordingConfig:
+    """``--record DIR``: every published frame to crash-safe chunks (:class:`Recorder`)."""
+
+    directory: Path = option(help="Record every denoised frame into this directory (crash-safe chunks).")
+    raw: bool = option(False, "Also record the raw frames.")
+    chunk_frames: int = option(100, "Frames per recording chunk (a chunk also closes after --record-chunk-seconds).")
+    chunk_seconds: float = option(1.0, "Seconds after which a recording chunk closes, however few its frames.")
 
 
 # Windows: a directory cannot be opened (os.open raises PermissionError), and NTFS journals
@@ -76,12 +87,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _writer_thread(stage: str, target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=target, name=f"ld-{stage}", daemon=True)
-    thread.start()
-    return thread
 
 
 class _Chunk:
@@ -123,15 +128,19 @@ class _Chunk:
             self.part.unlink(missing_ok=True)
 
 
-class Recorder:
-    """Writes delivered frames to ``directory`` in its own thread (see the module docstring).
+_Item = tuple[int, int, np.ndarray, np.ndarray, int | None, dict[str, float] | None]
+"""(series_id, image_id, raw, denoised, start_time, calibration) of a frame waiting to be written."""
+
+
+class Recorder(SideStage[_Item]):
+    """Writes delivered frames to ``config.directory`` in its own thread (see the module docstring).
 
     Parameters
     ----------
-    directory : created if missing; an existing recording is appended to (a new run token).
-    raw : also record the raw input frames.
+    config : the directory (created if missing; an existing recording is appended to, under a new
+        run token), whether raw frames are recorded too, and when a chunk closes (after
+        ``chunk_frames`` frames or ``chunk_seconds``; also after ``chunk_bytes``).
     lossless : :meth:`submit` blocks when the queue is full instead of dropping.
-    chunk_frames, chunk_seconds, chunk_bytes : when a chunk closes.
     queue_size, queue_bytes : frames (and their bytes, raw + denoised) waiting to be written, at
         most; a single frame larger than ``queue_bytes`` is still taken, alone.
 
@@ -146,41 +155,32 @@ class Recorder:
     propagates to whoever started the thread (the daemon stops and reports it).
     """
 
-    _STOP = object()
+    stage = "record"
+    failure_level = logging.ERROR
 
     def __init__(
         self,
-        directory: str | Path,
+        config: RecordingConfig,
         *,
-        raw: bool = False,
         lossless: bool = False,
-        chunk_frames: int = 100,
-        chunk_seconds: float = 1.0,
         chunk_bytes: int = 256 << 20,
         queue_size: int = 256,
         queue_bytes: int = 128 << 20,
     ):
-        self.directory = Path(directory)
-        self.raw = raw
+        super().__init__(
+            capacity=queue_size, capacity_bytes=int(queue_bytes), when_full="block" if lossless else "drop", logger=log
+        )
+        self.directory = Path(config.directory)
+        self.raw = config.raw
         self.lossless = lossless
-        self.chunk_frames = max(1, int(chunk_frames))
-        self.chunk_seconds = float(chunk_seconds)
+        self.chunk_frames = max(1, int(config.chunk_frames))
+        self.chunk_seconds = float(config.chunk_seconds)
         self.chunk_bytes = int(chunk_bytes)
         self.recorded = 0
         self.recorded_raw = 0
-        self.overflow = 0
-        self.errors = 0
-        self.queue_size = max(1, int(queue_size))
-        self.queue_bytes = int(queue_bytes)
-        self._items: deque = deque()  # (series_id, image_id, raw, denoised, start_time, calibration, nbytes)
-        self._bytes = 0
-        self._stopping = False
-        self._cv = threading.Condition()
         self._open: dict[tuple[int, str], _Chunk] = {}
         self._seq = 0
-        self._thread: threading.Thread | None = None
         self._closed = False
-        self._failed = False  # the writer thread died: submit() no longer queues anything
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             marker = self.directory / MARKER
@@ -196,12 +196,17 @@ class Recorder:
             raise LivedenoiseError(f"cannot record into {self.directory}: {exc.strerror or exc}") from None
         self.run_token = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
 
-    # ------------------------------------------------------------------ producer side
+    @property
+    def overflow(self) -> int:
+        """Frames not recorded: the queue was full (live mode), or the writer thread had failed."""
+        return self.skipped
 
-    def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread] | None = None) -> None:
-        """Start the writer thread, through ``spawn(stage, target)`` if given (the daemon's, which
-        reports a failure of the thread), else as a plain thread."""
-        self._thread = (spawn or _writer_thread)("record", self.run)
+    @property
+    def errors(self) -> int:
+        """Chunks lost to disk errors, and frames a bug kept from being written."""
+        return self.failed
+
+    # ------------------------------------------------------------------ producer side
 
     def submit(self, delivered) -> None:
         """Publisher hook: queue one :class:`~livedenoise.daemon.Delivered` frame for writing."""
@@ -209,52 +214,22 @@ class Recorder:
         calibration = delivered.calibration
         item = (
             delivered.series_id, delivered.image_id, delivered.raw, delivered.denoised,
-            delivered.start_time, None if calibration is None else calibration.to_header(), nbytes,
+            delivered.start_time, None if calibration is None else calibration.to_header(),
         )
-        with self._cv:
-            if self._failed:
-                self.overflow += 1
-                return
-            while self._items and self._full(nbytes):
-                if not self.lossless or self._stopping:
-                    self.overflow += 1
-                    return
-                self._cv.wait()  # back-pressure: blocks the publisher, and so the detector
-            self._items.append(item)
-            self._bytes += nbytes
-            self._cv.notify_all()
+        self._put(item, nbytes)
 
-    def _full(self, nbytes: int) -> bool:
-        return len(self._items) >= self.queue_size or self._bytes + nbytes > self.queue_bytes
-
-    def _get(self, timeout: float | None):
-        """The next queued frame; None on timeout; ``_STOP`` once stopping and drained."""
-        with self._cv:
-            if not self._items and not self._stopping:
-                self._cv.wait(timeout)
-            if not self._items:
-                return self._STOP if self._stopping else None
-            item = self._items.popleft()
-            self._bytes -= item[-1]
-            self._cv.notify_all()
-            return item[:-1]
-
-    def close(self, timeout: float | None = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0) -> bool:
         """Write what is queued, close every open chunk, stop the thread. Idempotent."""
         if self._closed:
-            return
+            return True
         self._closed = True
-        if self._thread is not None:
-            with self._cv:
-                self._stopping = True
-                self._cv.notify_all()
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("recorder did not finish within %s s", timeout)
-                return
-        else:
+        if self._thread is None:
             self._close_all()
+        elif not super().close(timeout):
+            log.error("recorder did not finish within %s s", timeout)
+            return False
         os.close(self._index_fd)
+        return True
 
     def counters(self) -> dict[str, int]:
         return {
@@ -262,46 +237,37 @@ class Recorder:
             "recorded_raw": self.recorded_raw,
             "record_overflow": self.overflow,
             "record_errors": self.errors,
-            "record_queue": len(self._items),
+            "record_queue": self.waiting,
         }
 
     # ------------------------------------------------------------------ recorder thread
 
-    def run(self) -> None:
+    def _handle(self, item: _Item) -> None:
         try:
-            while True:
-                timeout = self._next_deadline()
-                item = self._get(timeout)
-                if item is self._STOP:
-                    break
-                try:
-                    if item is not None:
-                        self._write(*item)
-                    self._close_expired()
-                except Exception:  # a bug must not stop recording (lossless would then block)
-                    self.errors += 1
-                    log.exception("recording a frame failed")
-        except BaseException:
-            self._salvage()
-            raise
-        finally:
-            self._close_all()
+            self._write(*item)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop recording (lossless would then block): counted, logged
+            self._failed("recording frame %s of series %s failed", item[1], item[0], exc_info=exc)
 
-    def _salvage(self) -> None:
-        """The thread is dying of an exception: unblock :meth:`submit` for good, and write what
-        was queued while the writing itself still works (the rest counts as ``overflow``)."""
-        with self._cv:
-            self._failed = self._stopping = True
-            items = list(self._items)
-            self._items.clear()
-            self._bytes = 0
-            self._cv.notify_all()
+    def _tick(self) -> None:
+        try:
+            self._close_expired()
+        except Exception as exc:  # noqa: BLE001 - likewise
+            self._failed("closing the recording's expired chunks failed", exc_info=exc)
+
+    def _wait_s(self) -> float | None:
+        return self._next_deadline()
+
+    def _end(self) -> None:
+        self._close_all()
+
+    def _rescue(self, items: list[_Item]) -> None:
+        """The thread is dying of an exception: write what was queued while the writing itself
+        still works (the rest counts as ``overflow``)."""
         for i, item in enumerate(items):
             try:
-                self._write(*item[:-1])
+                self._write(*item)
             except Exception:
-                with self._cv:  # submit() counts overflow too
-                    self.overflow += len(items) - i
+                super()._rescue(items[i:])
                 log.exception("recorder failed: %d queued frames not recorded", len(items) - i)
                 return
 
@@ -391,7 +357,7 @@ class Recorder:
 
     def _fail(self, key: tuple[int, str], exc: Exception) -> None:
         """A disk error (full, removed): lose this chunk, log, count, keep serving."""
-        self.errors += 1
+        self.failed += 1
         chunk = self._open.pop(key, None)
         log.error("recording %s of series %d failed: %s", key[1], key[0], exc)
         if chunk is not None:

@@ -204,7 +204,7 @@ def test_denoise_with_an_older_card_says_there_is_no_guard(tmp_path, write_tiff)
 def test_an_idle_guard_sleeps(score_rate):
     """Without frames to score (none yet, fewer than three after a series start, or scoring off)
     the guard thread waits for frames or its next estimate: it once spun there, a core and the GIL."""
-    guard = StreamGuard(None, interval=5.0, score_rate=score_rate)
+    guard = StreamGuard(None, GuardConfig(interval=5.0, score_rate=score_rate))
     guard.start()
     try:
         time.sleep(0.1)

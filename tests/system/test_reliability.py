@@ -51,7 +51,7 @@ def delivered(series_id: int, image_id: int, rng) -> Delivered:
 def test_recorder_chunks_round_trip_and_inspect(tmp_path):
     rng = np.random.default_rng(0)
     frames = [delivered(1, i, rng) for i in range(130)] + [delivered(2, i, rng) for i in (0, 1, 2, 5, 6, 9)]
-    rec = Recorder(tmp_path / "rec", raw=True, chunk_frames=50, chunk_seconds=60)
+    rec = Recorder(RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=50, chunk_seconds=60))
     rec.start()
     for d in frames:
         rec.submit(d)
@@ -90,7 +90,7 @@ def test_recorder_chunks_round_trip_and_inspect(tmp_path):
 
 def test_recorder_closes_chunks_on_time_and_counts_overflow(tmp_path):
     rng = np.random.default_rng(1)
-    rec = Recorder(tmp_path / "slow", chunk_frames=1000, chunk_seconds=0.2)
+    rec = Recorder(RecordingConfig(tmp_path / "slow", chunk_frames=1000, chunk_seconds=0.2))
     rec.start()
     rec.submit(delivered(3, 0, rng))
     deadline = time.monotonic() + 5
@@ -99,7 +99,7 @@ def test_recorder_closes_chunks_on_time_and_counts_overflow(tmp_path):
     assert rec.recorded == 1 and len(read_index(tmp_path / "slow")) == 1
     rec.close()
 
-    live = Recorder(tmp_path / "live", queue_size=2)  # thread not started: the queue fills
+    live = Recorder(RecordingConfig(tmp_path / "live"), queue_size=2)  # thread not started: the queue fills
     for i in range(5):
         live.submit(delivered(1, i, rng))
     assert live.overflow == 3
@@ -108,7 +108,7 @@ def test_recorder_closes_chunks_on_time_and_counts_overflow(tmp_path):
 
 def test_lossless_recorder_holds_the_producer_back_instead_of_dropping(tmp_path):
     rng = np.random.default_rng(6)
-    rec = Recorder(tmp_path / "rec", lossless=True, queue_size=2)
+    rec = Recorder(RecordingConfig(tmp_path / "rec"), lossless=True, queue_size=2)
     frames = [delivered(4, i, rng) for i in range(6)]
     producer = threading.Thread(target=lambda: [rec.submit(d) for d in frames], daemon=True)
     producer.start()

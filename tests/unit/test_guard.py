@@ -1,5 +1,6 @@
-"""The guard's two figures (issue 19): compare_content's verdict on content estimates of real
-simulated movies, and the unexplained signal of a denoised frame against its raw frame."""
+"""The guard's figures (issues 19 and 24): compare_content's verdict on content estimates of real
+simulated movies, guard_report's one verdict with the measured fit, and the unexplained signal of a
+denoised frame against its raw frame."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 
 from livedenoise.analysis import (
+    NO_EXPECTS,
     GuardVerdict,
     SampleContent,
     compare_content,
     estimate_content,
+    guard_report,
+    measure_fit,
     read_noise_of,
     unexplained,
     unexplained_sum,
@@ -116,6 +120,43 @@ def test_verdict_to_dict_is_the_stats_fields(sparse):
 
 
 # --------------------------------------------------------------------------- unexplained
+
+
+def test_guard_report_composes_the_content_verdict_and_the_measured_fit_into_one(sparse):
+    """The one composition serve's guard, denoise and the benchmarks call: the card's figures against
+    the stream's estimate, the fit measured on the model's frames, and the verdict they give."""
+    frames, _ = dense_movie(frames=40)  # the raw frames as the model's output: the causal filters beat them
+    card = sparse.to_dict()  # as the model card keeps it
+    report = guard_report(card, frames, frames, pixel_size_nm=PIXEL_NM)
+    expected = SampleContent.from_dict(card)
+    assert report.expected == expected and report.seen == estimate_content(frames, PIXEL_NM)
+    assert report.content == compare_content(expected, report.seen, pixel_size_nm=PIXEL_NM) and report.content.fits is False
+    assert report.fit == measure_fit(frames, frames)
+    assert report.state == report.fit.state == "does not fit"
+    assert report.message == f"{report.fit.message}; {report.content.message}"  # measured, then why
+    stats = report.to_dict()
+    assert stats["guard"] == report.state and stats["guard_message"] == report.message
+    assert stats["guard_reasons"] == list(report.content.reasons) and stats["score_frames"] == report.fit.frames
+
+    fits = dataclasses.replace(report, fit=dataclasses.replace(report.fit, state="fits"))
+    assert fits.message == fits.fit.message and fits.state == "fits"  # a model that fits needs no why
+
+    content_only = guard_report(card, frames, pixel_size_nm=PIXEL_NM)  # nothing to measure
+    assert content_only.fit is None and content_only.content == report.content
+    assert (content_only.state, content_only.message) == ("does not fit", report.content.message)
+
+
+def test_guard_report_without_the_cards_figures_measures_the_fit_alone():
+    frames, _ = dense_movie(frames=12)
+    report = guard_report(None, frames, frames)
+    assert report.content is report.seen is report.expected is None and report.off_reason == NO_EXPECTS
+    assert report.fit is not None and report.state == report.fit.state
+    if report.state != "fits":
+        assert report.message == f"{report.fit.message} ({NO_EXPECTS})"
+    unreadable = guard_report({"density_px": "?"}, frames, frames)
+    assert unreadable.content is None and "unreadable" in unreadable.off_reason
+    off = guard_report(None, frames)
+    assert (off.fit, off.state, off.message) == (None, "unknown", NO_EXPECTS)
 
 
 def erase(cfg: SimConfig, truth: np.ndarray, positions: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -243,9 +243,9 @@ def test_without_the_extra_tiff_and_npy_work_and_vendor_files_say_what_to_instal
 
 def _record(tmp_path, calibrations):
     from livedenoise.daemon import Delivered
-    from livedenoise.recording import Recorder
+    from livedenoise.recording import Recorder, RecordingConfig
 
-    rec = Recorder(tmp_path / "run", raw=True, chunk_frames=100)
+    rec = Recorder(RecordingConfig(tmp_path / "run", raw=True, chunk_frames=100))
     rec.start()
     for i, cal in enumerate(calibrations):
         raw = np.full((8, 6), i, "<u2")

@@ -9,7 +9,7 @@ import pytest
 
 from livedenoise.daemon import Delivered
 from livedenoise.errors import LivedenoiseError
-from livedenoise.recording import Recorder, _recorder, iter_frames
+from livedenoise.recording import Recorder, RecordingConfig, _recorder, iter_frames
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def frames(n: int) -> list[Delivered]:
 def test_recorder_works_where_directories_cannot_be_fsynced(tmp_path, monkeypatch, windows_open):
     monkeypatch.setattr(_recorder, "DIRECTORY_FSYNC", False)  # what os.name == "nt" sets
     sent = frames(7)
-    rec = Recorder(tmp_path / "rec", raw=True, chunk_frames=3, chunk_seconds=60)
+    rec = Recorder(RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=3, chunk_seconds=60))
     rec.start()
     for d in sent:
         rec.submit(d)
@@ -49,4 +49,4 @@ def test_recorder_works_where_directories_cannot_be_fsynced(tmp_path, monkeypatc
 def test_without_the_guard_such_a_directory_cannot_be_recorded_into(tmp_path, monkeypatch, windows_open):
     monkeypatch.setattr(_recorder, "DIRECTORY_FSYNC", True)  # the simulation above is a real obstacle
     with pytest.raises(LivedenoiseError, match="cannot record into"):
-        Recorder(tmp_path / "rec")
+        Recorder(RecordingConfig(tmp_path / "rec"))

@@ -16,7 +16,7 @@ import tifffile
 
 from benchmarks._soak import IdOrder, PayloadMatch, RecordingCheck, crc, lost, sample_process
 from livedenoise.daemon import Delivered, PipelineThread
-from livedenoise.recording import INDEX, Recorder, follow_index
+from livedenoise.recording import INDEX, Recorder, RecordingConfig, follow_index
 
 SERIES, PER_SERIES = (1, 2), 25
 
@@ -27,7 +27,7 @@ def recording(tmp_path):
     as sent, and the CRC of each denoised frame as a PUSH consumer got it."""
     rng = np.random.default_rng(3)
     sent = rng.integers(0, 500, (PER_SERIES, 12, 10)).astype("<u2")
-    rec = Recorder(tmp_path / "rec", raw=True, chunk_frames=10, chunk_seconds=60)
+    rec = Recorder(RecordingConfig(tmp_path / "rec", raw=True, chunk_frames=10, chunk_seconds=60))
     rec.start()
     pushed = {}
     for sid in SERIES:
