@@ -10,10 +10,11 @@ never imports this package (import-linter contract).
 from ._cluster import ClusterSpec, connect, have_distributed, usable_cores, visible_gpus, worker_count, worker_threads
 from ._job import FileResult, JobReport, denoise_files, frames_per_task, output_paths, plan_ranges
 from ._outputs import FORMATS
-from ._tasks import DenoiseSpec, Prepared
+from ._tasks import Checked, DenoiseSpec, Prepared
 
 __all__ = [
     "FORMATS",
+    "Checked",
     "ClusterSpec",
     "DenoiseSpec",
     "FileResult",

@@ -1,8 +1,9 @@
 """The client side of an archive job: plan the tasks, submit them, follow them to the end.
 
 Per input file: one :func:`~._tasks.prepare` task (opens it, creates the output under a temporary
-name), then one :func:`~._tasks.denoise_range` task per range of frames, then the rename to the
-final name, done here once every range is written. A file whose task fails (unreadable, a
+name), then one :func:`~._tasks.denoise_range` task per range of frames, then one
+:func:`~._tasks.check` task once every range is written (CSS and the guard, as ``denoise`` gives
+them for one file), then the rename to the final name, done here. A file whose task fails (unreadable, a
 malformed frame, an output that cannot be written, a task that killed its worker three times) is
 reported in one line, its other tasks cancelled and its temporary output removed; the other files
 go on. A worker that dies loses nothing but time: the scheduler gives its tasks to another worker,
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..errors import LivedenoiseError, short_error
 from ._outputs import FORMATS, publish, remove_output
-from ._tasks import DenoiseSpec, Prepared, denoise_range, prepare
+from ._tasks import Checked, DenoiseSpec, Prepared, check, denoise_range, prepare
 
 TASK_PIXELS = 1 << 22  # pixels per range task: 256 frames of 128², 16 of 512² (>= 0.2 s of work on a core)
 MAX_TASK_FRAMES = 256  # and at most this many frames, so that a few long files still spread over the workers
@@ -73,6 +74,7 @@ class FileResult:
     output: Path
     frames: int = 0
     prepared: Prepared | None = None
+    checked: Checked | None = None  # CSS and the guard's verdict on the finished output
     error: str | None = None
     ranges_left: int = -1  # -1: not prepared yet
     tmp: Path | None = None
@@ -260,21 +262,26 @@ def denoise_files(
                 f.ranges_left = len(ranges)
                 for a, b in ranges:
                     submit(i, "range", denoise_range, spec, str(f.source), str(f.tmp), a, b)
-            else:
+            elif kind == "range":
                 n, seconds = value
                 report.work_s += seconds
                 frames_done += n
                 f.frames += n
                 f.ranges_left -= 1
                 if f.ranges_left == 0:
-                    try:
-                        publish(str(f.tmp), str(f.output))
-                    except OSError as exc:
-                        fail(i, f"cannot write {f.output}: {exc.strerror or exc}")
-                        continue
-                    f.done = True
-                    if on_file:
-                        on_file(f)
+                    assert f.prepared is not None
+                    submit(i, "check", check, spec, str(f.source), str(f.tmp), f.frames, f.prepared.pixel_size_nm, priority=5)
+            else:
+                f.checked = value
+                report.work_s += value.work_s
+                try:
+                    publish(str(f.tmp), str(f.output))
+                except OSError as exc:
+                    fail(i, f"cannot write {f.output}: {exc.strerror or exc}")
+                    continue
+                f.done = True
+                if on_file:
+                    on_file(f)
             if on_progress:
                 on_progress(frames_done, frames_known)
     finally:

@@ -90,6 +90,18 @@ def write_frames(fmt: str, path: str, start: int, frames: np.ndarray) -> None:
         raise LivedenoiseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def read_frames(fmt: str, path: str, start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of an output written by this job (float32)."""
+    try:
+        if fmt == "tif":
+            import tifffile
+
+            return np.asarray(tifffile.memmap(path, mode="r")[start:stop], np.float32)
+        return np.asarray(_zarr().open_array(path, mode="r")[start:stop], np.float32)
+    except OSError as exc:
+        raise LivedenoiseError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def publish(tmp: str, final: str) -> None:
     """Rename the finished ``tmp`` to ``final``, replacing an older output of that name: a file, or
     a zarr store (a folder, which rename cannot replace); any other folder there is left alone

@@ -1,4 +1,5 @@
-"""What runs on a worker: open a movie, prepare its output, denoise a range of its frames.
+"""What runs on a worker: open a movie, prepare its output, denoise a range of its frames, check
+the finished output (CSS and ``serve``'s guard, as ``denoise`` reports them for one file).
 
 Every function here takes paths and small values and returns small values: frames are read and
 written on the worker, from and to shared storage, never sent to or from the client. A worker
@@ -28,6 +29,8 @@ import numpy as np
 from ..errors import LivedenoiseError, short_error
 
 MOVIES_KEPT = 2  # open movies per worker (a TIFF that cannot be memory-mapped is held in memory)
+GUARD_FRAMES = 256  # the guard reads the first this many frames of a file, as serve scores a stream's first seconds
+CSS_CHUNK = 256  # frames of the output read at once for CSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,18 @@ class Prepared:
     model_name: str
     model_pixel_size_nm: float | None
     provider: str
+    work_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What :func:`check` found in one finished output (a few numbers, sent to the client)."""
+
+    css_mean: float | None  # mean CSS of consecutive denoised frames; None: a single frame
+    guard: str  # the guard's state: fits, does not fit, undecided, unknown
+    guard_message: str
+    model_db: float | None  # the ground-truth-free score of the model and of the best causal filter
+    filter_db: float | None
     work_s: float
 
 
@@ -178,3 +193,32 @@ def denoise_range(spec: DenoiseSpec, src: str, tmp: str, start: int, stop: int) 
             first = False
     write_frames(spec.format, tmp, start, out)
     return stop - start, time.perf_counter() - t0
+
+
+def check(spec: DenoiseSpec, src: str, tmp: str, frames: int, pixel_size_nm: float | None) -> Checked:
+    """CSS over the whole finished output ``tmp`` (read back in chunks of CSS_CHUNK frames) and the
+    guard (:func:`~livedenoise.analysis.guard_report`) on its first GUARD_FRAMES frames with the
+    raw ones: an archive gets the figures ``denoise`` prints for one file."""
+    from ..analysis import css_series, guard_report
+    from ._outputs import read_frames
+
+    t0 = time.perf_counter()
+    engine, _ = engine_for(spec)
+    total, pairs, previous = 0.0, 0, None
+    for a in range(0, frames, CSS_CHUNK):
+        chunk = read_frames(spec.format, tmp, a, min(a + CSS_CHUNK, frames))
+        stack = chunk if previous is None else np.concatenate([previous, chunk])
+        if len(stack) > 1:
+            values = css_series(stack)
+            total, pairs = total + float(values.sum()), pairs + len(values)
+        previous = chunk[-1:]
+    n = min(frames, GUARD_FRAMES)
+    data = frames_of(src, spec.signal)
+    raw = _read(data, src, 0, n).astype(np.float32)
+    report = guard_report(engine.card.expects, raw, read_frames(spec.format, tmp, 0, n), pixel_size_nm=pixel_size_nm)
+    fit = report.fit
+    return Checked(
+        css_mean=total / pairs if pairs else None, guard=report.state, guard_message=report.message,
+        model_db=None if fit is None else fit.model_db, filter_db=None if fit is None else fit.filter_db,
+        work_s=time.perf_counter() - t0,
+    )

@@ -163,6 +163,7 @@ def _denoise_archive(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import archive
+    from ..analysis import DOES_NOT_FIT
     from ..engine import GPU_PROVIDERS, resolve_provider
     from ..errors import ModelError
 
@@ -228,6 +229,13 @@ def _denoise_archive(
                     f"wrote {f.output} ({f.frames} frames, float32 in [0, 1]{size}, model {p.model_name} on {p.provider})",
                     markup=False, highlight=False, soft_wrap=True,
                 )
+                c = f.checked
+                if c is not None:
+                    score = "" if c.model_db is None else f"; score {c.model_db:+.2f} dB over raw, best causal filter {c.filter_db:+.2f} dB"
+                    css = "-" if c.css_mean is None else f"{c.css_mean:.4f}"
+                    progress.console.print(f"  CSS {css}{score}; guard: {c.guard}", markup=False, highlight=False, soft_wrap=True)
+                    if c.guard == DOES_NOT_FIT:
+                        errors.print(f"warning: {f.source.name}: {c.guard_message}", markup=False, highlight=False)
 
             report = archive.denoise_files(sources, outputs, spec, client=client, on_file=on_file, on_progress=on_progress)
     done = len(sources) - len(report.failed)

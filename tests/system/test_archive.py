@@ -36,7 +36,7 @@ def run_cli(*args, timeout: float = 90) -> subprocess.CompletedProcess:
 def archive(tmp_path_factory) -> dict[str, list[Path]]:
     """Three simulated movies (calibrated ImageJ TIFFs) and what the one-process ``denoise`` makes of each."""
     root = tmp_path_factory.mktemp("archive")
-    movies, refs = [], []
+    movies, refs, printed = [], [], []
     for i in range(N_MOVIES):
         sim = simulate_movie(SimConfig(frames=FRAMES, seed=10 + i))
         path = root / f"movie{i}.tif"
@@ -47,7 +47,8 @@ def archive(tmp_path_factory) -> dict[str, list[Path]]:
         proc = run_cli("denoise", path, "-o", ref, "--model", MODEL)
         assert proc.returncode == 0, proc.stderr
         refs.append(ref)
-    return {"movies": movies, "refs": refs}
+        printed.append(proc.stdout + proc.stderr)
+    return {"movies": movies, "refs": refs, "printed": printed}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,13 @@ def test_ranges_across_workers_equal_one_process_and_zarr_keeps_calibration(arch
     # 16-frame ranges: each movie is 3 tasks, on both workers; ranges after the first get their history
     outs = output_paths(archive["movies"], tmp_path, "tif")
     report = denoise_files(archive["movies"], outs, spec(), client=client, task_pixels=16 * 128 * 128)
-    assert report.failed == [] and report.tasks == N_MOVIES * (1 + 3)
+    assert report.failed == [] and report.tasks == N_MOVIES * (1 + 3 + 1)  # prepare, 3 ranges, check
     assert_same_files(outs, archive["refs"])
+    for f, printed in zip(report.files, archive["printed"], strict=True):  # the figures denoise prints for one file
+        c = f.checked
+        assert c is not None and f"mean CSS output: {c.css_mean:.4f}" in printed, printed
+        assert f"score: {c.model_db:+.2f} dB over raw" in printed and f"best causal filter {c.filter_db:+.2f} dB" in printed
+        assert c.guard in ("fits", "does not fit", "undecided") and c.guard_message in printed
     used = client.run(lambda: __import__("livedenoise.archive._tasks", fromlist=["x"]).engines_loaded())
     assert sorted(used.values()) == [1, 1]  # one engine per worker process, for all its tasks
 
