@@ -45,7 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import machine
 
-from livedenoise.archive import ClusterSpec, DenoiseSpec, connect, denoise_files, output_paths, usable_cores
+from livedenoise.archive import DenoiseSpec, denoise_files, output_paths
+from livedenoise.cluster import ClusterSpec, connect, usable_cores
 from livedenoise.engine import default_model_path
 
 
