@@ -10,17 +10,15 @@ The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports to
 :mod:`livedenoise.sim` or :mod:`livedenoise.testing` (checked by import-linter).
 """
 
+from ..detectors import DectrisConfig, MerlinConfig, ScanConfig  # declared with their detectors, configured here
 from ._atoms import AtomFinder
 from ._config import (
     DEFAULT_PUBLISH,
     DEFAULT_SOURCE,
     AtomsConfig,
-    DectrisConfig,
     GuardConfig,
-    MerlinConfig,
     QueueConfig,
     RecordingConfig,
-    ScanConfig,
     SecurityConfig,
     ServeConfig,
 )
