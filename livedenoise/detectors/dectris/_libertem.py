@@ -3,12 +3,12 @@
 libertem-dectris (MIT, by the authors of LiberTEM-live) receives a SIMPLON Stream v1 in a Rust
 thread (``DectrisConnection``, passive mode: it latches on to each series' ``dheader-1.0``), writes
 the compressed patterns into shared memory as frame stacks, and decompresses a stack in Rust
-(``CamClient.decode_range_into_buffer``). The receiver process (:mod:`._relay`) runs that as a child
-of ``serve`` and decompresses each stack straight into a slot of a ring of stack buffers in shared memory (a
-file in ``/dev/shm``, mapped by both processes); :class:`LibertemReceiver`, ``serve``'s side, is the
-receiver's decoder: it hands each slot to the :class:`VirtualDetector` (which reduces it in place)
-and gives the slot back. Series, skips and slots travel as small msgpack messages over ZeroMQ
-``ipc://`` sockets (the relay, and the slots given back).
+(``CamClient.decode_range_into_buffer``). The receiver process (:mod:`._relay`) runs that as a
+child of ``serve`` and decompresses each stack straight into a slot of a ring of stack buffers in
+shared memory (a file in ``/dev/shm``, mapped by both processes); :class:`LibertemReceiver`,
+``serve``'s side, is the receiver's decoder: it hands each slot to the :class:`VirtualDetector`
+(which reduces it in place) and gives the slot back. Series, skips and slots travel as small
+msgpack messages over ZeroMQ ``ipc://`` sockets (the relay, and the slots given back).
 
 So the receiver process does what libertem-dectris's own consumer does (receive, decompress) and
 serve's receiver thread reduces the stacks, on another core where there is one: the reduction

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from ._codecs import BSLZ4_HEADER, load_codecs
+from ._codecs import BSLZ4_HEADER, _default_block, load_codecs
 
 TYPED_ARRAY_TAG = {"|u1": 64, "<u2": 69, "<u4": 70}
+
 
 # --------------------------------------------------------------------------- encodings
 
@@ -36,7 +37,7 @@ def encode_bslz4(frame: np.ndarray, block_elems: int = 0) -> bytes:
     bitshuffle = load_codecs()[2]
     arr = np.ascontiguousarray(frame).reshape(-1)
     elem = arr.dtype.itemsize
-    block = block_elems or max(8192 // elem // 8 * 8, 128)
+    block = block_elems or _default_block(elem)
     return BSLZ4_HEADER.pack(arr.nbytes, block * elem) + bitshuffle.compress_lz4(arr, block).tobytes()
 
 
