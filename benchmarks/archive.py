@@ -42,7 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-from livedenoise.archive import ClusterSpec, DenoiseSpec, connect, denoise_files, output_paths, usable_cores
+from livedenoise.archive import DenoiseSpec, denoise_files, output_paths
+from livedenoise.cluster import ClusterSpec, connect, usable_cores
 from livedenoise.engine import default_model_path
 
 from ._proc import machine

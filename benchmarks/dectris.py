@@ -62,7 +62,7 @@ from livedenoise.detectors import (
     load_codecs,
     single_thread_bitshuffle,
 )
-from livedenoise.detectors._dectris import _bshuf_c
+from livedenoise.detectors.dectris._codecs import _bshuf_c
 from livedenoise.engine import EngineConfig, default_model_path
 from livedenoise.protocol import ImageFrame, decode_published
 from livedenoise.sim import dectris_v1_messages, dectris_v2_messages, simulate_4dstem, write_dectris_dump

@@ -44,8 +44,8 @@ SIDE = 256
 
 def _sender(fmt: str, n: int, conn) -> None:
     """Child: two listening data ports; per ("send", k) one acquisition of ``n`` patterns on port k."""
+    from livedenoise.detectors.merlin._sender import acquisition_header, frame_header, frame_pixels, mpx
     from livedenoise.sim import simulate_4dstem
-    from livedenoise.sim._merlin import acquisition_header, frame_header, frame_pixels, mpx
 
     pool_scan = simulate_4dstem((16, 16), detector=SIDE, frames=1, seed=0).patterns
     pool = [frame_pixels(p, fmt=fmt) for p in pool_scan]
@@ -251,7 +251,7 @@ def measure(fmt: str, n: int, passes: int, tmp: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--formats", nargs="+", default=["u8", "u16", "r12"], help="pixel formats (livedenoise.sim._merlin.FORMATS)")
+    ap.add_argument("--formats", nargs="+", default=["u8", "u16", "r12"], help="pixel formats (livedenoise.detectors.merlin.FORMATS)")
     ap.add_argument("--patterns", type=int, default=4 * SCAN[0] * SCAN[1], help="patterns per acquisition (whole 64x64 scans)")
     ap.add_argument("--passes", type=int, default=3)
     args = ap.parse_args()

@@ -414,7 +414,7 @@ def _stage1_parallel(cfg, preset, inputs, norm, idx, seed, steps, device, paths,
     sequential run's made with the same torch threads (torch's CPU kernels sum in another order
     with another thread count: docs/distributed.md)."""
 
-    from livedenoise.archive import ClusterSpec, connect, usable_cores, visible_gpus, worker_count, worker_threads
+    from livedenoise.cluster import ClusterSpec, connect, usable_cores, visible_gpus, worker_count, worker_threads
 
     from .checkpoint import load_checkpoint, save_checkpoint
     from .loop import teacher_seed

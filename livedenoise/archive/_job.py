@@ -203,7 +203,7 @@ def denoise_files(
     runner: Any = _OnDask(client) if client is not None else _Inline()
     workers = 1
     if client is not None:
-        from ._cluster import worker_count
+        from ..cluster import worker_count
 
         workers = worker_count(client)
     token = uuid.uuid4().hex[:8]

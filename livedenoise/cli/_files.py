@@ -163,6 +163,7 @@ def _denoise_archive(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import archive
+    from .. import cluster as dask
     from ..analysis import DOES_NOT_FIT
     from ..engine import GPU_PROVIDERS, resolve_provider
     from ..errors import ModelError
@@ -188,23 +189,23 @@ def _denoise_archive(
     spec = archive.DenoiseSpec(
         model=str(weights.resolve()), provider=provider, max_batch=max_batch, threads=threads, signal=signal, format=fmt
     )
-    gpus = archive.visible_gpus() if provider and resolve_provider(provider)[0] in GPU_PROVIDERS else []
+    gpus = dask.visible_gpus() if provider and resolve_provider(provider)[0] in GPU_PROVIDERS else []
     if scheduler is None and workers is None:  # sized to the machine where that pays off
-        pays = len(sources) > 1 and archive.have_distributed()
-        workers = (len(gpus) if len(gpus) > 1 else 0) if gpus else (archive.usable_cores() if pays else 0)
+        pays = len(sources) > 1 and dask.have_distributed()
+        workers = (len(gpus) if len(gpus) > 1 else 0) if gpus else (dask.usable_cores() if pays else 0)
         workers = workers if workers > 1 else 0
     if scheduler is None and workers == 0:
         where, cluster = "this process", contextlib.nullcontext(None)
     else:
-        spec_ = archive.ClusterSpec(scheduler=scheduler, workers=workers or 0, gpus=tuple(gpus) if len(gpus) >= (workers or 0) else ())
-        cluster = archive.connect(spec_)
+        spec_ = dask.ClusterSpec(scheduler=scheduler, workers=workers or 0, gpus=tuple(gpus) if len(gpus) >= (workers or 0) else ())
+        cluster = dask.connect(spec_)
         where = f"the Dask scheduler at {scheduler}" if scheduler else "worker processes on this machine"
     failed = 0
     with cluster as client:
         if client is not None:
-            n = archive.worker_count(client)
+            n = dask.worker_count(client)
             if not threads and not gpus:
-                spec = dataclasses.replace(spec, threads=archive.worker_threads(client))
+                spec = dataclasses.replace(spec, threads=dask.worker_threads(client))
             where += f": {n} worker{'s' * (n != 1)}" + (f", {spec.threads} onnxruntime thread(s) each" if spec.threads else "")
         typer.echo(f"denoising {len(sources)} movie{'s' * (len(sources) != 1)} into {outdir} on {where}")
         errors = Console(stderr=True, soft_wrap=True)

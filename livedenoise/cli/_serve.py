@@ -7,7 +7,6 @@ a child process, ``livedenoise view``).
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .._options import default_for, help_for
+from .._options import default_for, help_for, parse_shapes
 from .._signals import stop_on_signals
 from ..daemon import (
     AtomsConfig,
@@ -30,7 +29,8 @@ from ..daemon import (
     SecurityConfig,
     ServeConfig,
 )
-from ..detectors import Annulus
+from ..detectors.dectris import dectris_config as detector_dectris_config
+from ..detectors.merlin import merlin_config as detector_merlin_config
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..sim import ReplayConfig
@@ -103,31 +103,14 @@ def atoms_fields(ctx: typer.Context, **values: Any) -> tuple[dict[str, Any], tup
 SOURCE_FORMATS = ("native", "dectris", "merlin")
 
 
-def _numbers(text: str, sep: str, n: int, option: str, example: str) -> tuple[float, ...]:
-    parts = text.split(sep)
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != n or not all(map(math.isfinite, values)):
-        raise LivedenoiseError(f"{option} {text!r}: expected {example}")
-    return values
-
-
-def _annulus(text: str) -> Annulus:
-    """``[NAME=]INNER:OUTER`` as an :class:`~livedenoise.detectors.Annulus`."""
-    name, _, radii = text.rpartition("=")
-    inner, outer = _numbers(radii, ":", 2, "--annulus", "[NAME=]INNER:OUTER radii in pixels, like 10:40 or haadf=24:60")
-    return Annulus(inner, outer, name.strip())
-
-
 def dectris_config(
     source_format: str, scan: str | None, annulus: Sequence[str] | str | None, centre: str | None,
     mask: Sequence[Path] | Path | None, channel: str | None, stream: str = "auto",
 ) -> DectrisConfig | None:
     """``--source-format`` and the DECTRIS options as a :class:`~livedenoise.daemon.DectrisConfig`
-    (None: the livedenoise protocol); one ``error:`` line for anything that does not parse or fit.
-    ``annulus`` and ``mask`` may be given several times (several virtual detectors).
+    (None: the livedenoise protocol; :func:`livedenoise.detectors.dectris.dectris_config` reads the
+    options); one ``error:`` line for anything that does not parse or fit. ``annulus`` and ``mask``
+    may be given several times (several virtual detectors).
 
     >>> dectris_config("dectris", "64x32", ["haadf=24:60", "0:8"], None, None, None).annuli[1]
     Annulus(inner=0.0, outer=8.0, name='')
@@ -135,8 +118,7 @@ def dectris_config(
     fmt = source_format.strip().lower()
     if fmt not in SOURCE_FORMATS:
         raise LivedenoiseError(f"--source-format {source_format!r}: expected one of {', '.join(SOURCE_FORMATS)}")
-    annuli = [annulus] if isinstance(annulus, str) else list(annulus or ())
-    masks = [mask] if isinstance(mask, Path) else list(mask or ())
+    annuli, masks = _repeated(annulus, mask)
     stream = stream.strip().lower()
     given = [name for name, v in (("--scan", scan), ("--annulus", annuli), ("--centre", centre), ("--mask", masks),
                                   ("--channel", channel)) if v]
@@ -146,59 +128,28 @@ def dectris_config(
         if stream != "auto":
             raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
         return None
-    rows_cols = None
-    if scan is not None:
-        try:
-            rows_cols = parse_shapes(scan)
-        except LivedenoiseError:
-            rows_cols = ()
-        if len(rows_cols) != 1 or min(rows_cols[0]) < 1:
-            raise LivedenoiseError(f"--scan {scan!r}: expected ROWSxCOLS, like 64x64")
-        rows_cols = rows_cols[0]
-    xy = None if centre is None else _numbers(centre, ",", 2, "--centre", "X,Y in pixels, like 47.5,48")
-    for path in masks:
-        if not path.is_file():
-            raise LivedenoiseError(f"--mask {path}: no such file")
-    return DectrisConfig(
-        scan=rows_cols, annuli=tuple(_annulus(a) for a in annuli), masks=tuple(masks), centre=xy, channel=channel,
-        stream=stream,
-    )
+    return detector_dectris_config(scan, annuli, centre, masks, channel, stream)
 
 
 def merlin_config(
     source: str, scan: str | None, annulus: Sequence[str] | str | None, centre: str | None,
     mask: Sequence[Path] | Path | None, channel: str | None, stream: str = "auto",
 ) -> MerlinConfig:
-    """``--source-format merlin`` and the scan options as a :class:`~livedenoise.daemon.MerlinConfig`,
-    parsed and checked as for DECTRIS (a Merlin has no channels); the source must be its data
-    port, ``tcp://HOST:PORT``, and the ``merlin`` extra installed: one ``error:`` line at start."""
-    from ..detectors import load_qd_mpx, parse_data_address
+    """``--source-format merlin`` and the scan options as a :class:`~livedenoise.daemon.MerlinConfig`
+    (:func:`livedenoise.detectors.merlin.merlin_config`)."""
+    annuli, masks = _repeated(annulus, mask)
+    return detector_merlin_config(source, scan, annuli, centre, masks, channel, stream)
 
-    if channel is not None:
-        raise LivedenoiseError("--channel: only with --source-format dectris")
-    if stream.strip().lower() != "auto":
-        raise LivedenoiseError("--dectris-stream: only with --source-format dectris")
-    parse_data_address(source)
-    load_qd_mpx()
-    parsed = dectris_config("dectris", scan, annulus, centre, mask, None)
-    assert parsed is not None
-    return MerlinConfig(scan=parsed.scan, annuli=parsed.annuli, masks=parsed.masks, centre=parsed.centre)
+
+def _repeated(annulus: Sequence[str] | str | None, mask: Sequence[Path] | Path | None) -> tuple[list[str], list[Path]]:
+    """``--annulus`` and ``--mask``, given once or several times, as lists."""
+    annuli = [annulus] if isinstance(annulus, str) else list(annulus or ())
+    masks = [mask] if isinstance(mask, Path) else list(mask or ())
+    return annuli, masks
 
 
 def format_shapes(shapes: tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{h}x{w}" for h, w in shapes)
-
-
-def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
-    """``--warmup-size``: ``"128x128,512x512"`` as ``((128, 128), (512, 512))``; ``""``: none."""
-    shapes = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            h, w = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise LivedenoiseError(f"frame size {item!r}: expected HEIGHTxWIDTH, like 128x128") from None
-        shapes.append((h, w))
-    return tuple(shapes)
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:

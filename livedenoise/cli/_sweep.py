@@ -52,7 +52,7 @@ def train_sweep(
     from rich.console import Console
     from rich.table import Table
 
-    from .. import archive
+    from .. import cluster
 
     try:
         import torch  # noqa: F401 - only: is the train extra installed?
@@ -82,16 +82,16 @@ def train_sweep(
     if not frames.is_file():
         raise LivedenoiseError(f"frames file not found: {frames}")
     jobs = [(p, s) for p in preset_list for s in seed_list]
-    gpus = archive.visible_gpus() if device in ("auto", "cuda") else []
+    gpus = cluster.visible_gpus() if device in ("auto", "cuda") else []
     if scheduler is None and workers is None:
-        workers = min(len(jobs), len(gpus)) if gpus else min(len(jobs), archive.usable_cores())
+        workers = min(len(jobs), len(gpus)) if gpus else min(len(jobs), cluster.usable_cores())
     pinned = tuple(gpus[:workers]) if workers and len(gpus) >= workers else ()
-    spec = archive.ClusterSpec(scheduler=scheduler, workers=workers or 1, gpus=pinned)
+    spec = cluster.ClusterSpec(scheduler=scheduler, workers=workers or 1, gpus=pinned)
     console = Console(soft_wrap=True, width=max(120, Console().width))
     rows: list[dict] = []
-    with archive.connect(spec) as client:
-        n_threads = threads or archive.worker_threads(client)
-        console.print(f"{len(jobs)} trainings on {archive.worker_count(client)} worker(s), {n_threads} thread(s) each; "
+    with cluster.connect(spec) as client:
+        n_threads = threads or cluster.worker_threads(client)
+        console.print(f"{len(jobs)} trainings on {cluster.worker_count(client)} worker(s), {n_threads} thread(s) each; "
                       f"logs in {out}", markup=False)
         futures = {
             client.submit(

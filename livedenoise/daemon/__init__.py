@@ -11,17 +11,15 @@ The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports to
 """
 
 from .._stage import LogThrottle, PipelineThread
+from ..detectors import DectrisConfig, MerlinConfig, ScanConfig  # declared with their detectors, configured here
 from ._atoms import AtomFinder
 from ._config import (
     DEFAULT_PUBLISH,
     DEFAULT_SOURCE,
     AtomsConfig,
-    DectrisConfig,
     GuardConfig,
-    MerlinConfig,
     QueueConfig,
     RecordingConfig,
-    ScanConfig,
     SecurityConfig,
     ServeConfig,
 )

@@ -1,7 +1,8 @@
 """What ``serve`` is configured with, grouped by concern.
 
 :class:`ServeConfig` holds the wiring (model, addresses) and one group per concern: the input's
-format (:class:`DectrisConfig` for a DECTRIS detector, :class:`MerlinConfig` for a Merlin, else the
+format (:class:`~livedenoise.detectors.DectrisConfig` for a DECTRIS detector,
+:class:`~livedenoise.detectors.MerlinConfig` for a Merlin, each declared with its detector; else the
 livedenoise protocol), the queue between receiving and inference (:class:`QueueConfig`), the engine
 (:class:`~livedenoise.engine.EngineConfig`), recording (:class:`~livedenoise.recording.RecordingConfig`,
 beside the recorder, a layer below), atoms, the guard and security; ``None`` for an optional stage
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .._options import option
 from ..analysis import HOP_DISTANCE, MAX_LINK, WEAK_Z
-from ..detectors import Annulus, Weights, read_mask
+from ..detectors import DectrisConfig, MerlinConfig
 from ..engine import EngineConfig
 from ..errors import LivedenoiseError
 from ..protocol import DEFAULT_LIMITS, Limits
@@ -25,90 +26,6 @@ from ..recording import RecordingConfig
 
 DEFAULT_SOURCE = "tcp://127.0.0.1:5555"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
-
-
-DECTRIS_STREAMS = ("auto", "v1", "v2")
-
-
-@dataclass(slots=True)
-class ScanConfig:
-    """A pixelated detector's stream: for 4D-STEM, the scan and the virtual detector
-    (:mod:`livedenoise.detectors`): one or several annuli and masks, reduced in one pass; the first
-    (annuli before masks, each in the order given) is denoised, the others published on
-    ``virtual``. The fields every such detector shares."""
-
-    scan: tuple[int, int] | None = option(
-        None, "4D-STEM: the scan's ROWSxCOLS (the detector does not know it); each scan of diffraction patterns "
-        "becomes one virtual image. Without it, each detector frame is a frame."
-    )
-    annuli: tuple[Annulus, ...] = option(
-        (), "Virtual detectors: annuli (INNER <= r < OUTER, detector pixels) around the beam. The first virtual "
-        "detector (annuli before masks) is denoised; the others are published on 'virtual'."
-    )
-    masks: tuple[Path, ...] = option(
-        (), "Virtual detector (with --scan): a mask or weights file (.npy or .tif, the detector's shape); may be "
-        "repeated, after the annuli."
-    )
-    inner: float | None = option(None, "One annulus' inner radius (short for annuli), detector pixels.")
-    outer: float | None = option(None, "One annulus' outer radius (short for annuli), detector pixels.")
-    mask: Path | None = option(None, "Virtual detector: a mask or weights file (.npy or .tif) instead of an annulus.")
-    centre: tuple[float, float] | None = option(
-        None, "Virtual detector: the annuli's centre X,Y in detector pixels (default: found from each series' first patterns)."
-    )
-    centre_frames: int = option(16, "Patterns averaged to find the annuli's centre.")
-
-    def __post_init__(self) -> None:
-        if self.inner is not None or self.outer is not None:  # the one-annulus shorthand, first
-            inner = 0.0 if self.inner is None else self.inner
-            if self.outer is None or not (0 <= inner < self.outer):
-                raise LivedenoiseError(f"--annulus {inner:g}:{self.outer}: expected 0 <= INNER < OUTER, in pixels")
-            self.annuli = (Annulus(inner, self.outer), *self.annuli)
-            self.inner = self.outer = None
-        if self.mask is not None:
-            self.masks = (self.mask, *self.masks)
-            self.mask = None
-        detectors = bool(self.annuli or self.masks)
-        if self.scan is not None:
-            if len(self.scan) != 2 or any(type(n) is not int or n < 1 for n in self.scan):
-                raise LivedenoiseError(f"--scan {self.scan}: expected ROWSxCOLS, like 64x64")
-            if not detectors:
-                raise LivedenoiseError("--scan needs a virtual detector: --annulus INNER:OUTER or --mask FILE")
-        elif detectors or self.centre is not None:
-            raise LivedenoiseError("--annulus, --centre and --mask need --scan ROWSxCOLS (a 4D-STEM stream)")
-        if self.centre is not None and not self.annuli:
-            raise LivedenoiseError("--centre goes with --annulus, not --mask")
-        if self.centre_frames < 1:
-            raise LivedenoiseError("centre_frames must be at least 1")
-
-    def virtual_detectors(self) -> list[Annulus | Weights]:
-        """The virtual detectors in order, mask files read (one clear error for one that is not)."""
-        return [*self.annuli, *(Weights(read_mask(path), name=path.stem) for path in self.masks)]
-
-
-@dataclass(slots=True)
-class DectrisConfig(ScanConfig):
-    """``--source-format dectris``: a DECTRIS SIMPLON stream, Stream v1 or v2 (``stream``: which,
-    and so which receiver reads it) and, for 4D-STEM, the virtual detector."""
-
-    channel: str | None = option(None, "Stream v2: the channel (threshold) to read (default: the first).")
-    stream: str = option(
-        "auto", "auto: the Python decoder reads Stream v1 and v2, told apart by their messages; v1: Stream v1 "
-        "through libertem-dectris's Rust receiver (in a process of its own; the Python decoder where it is not "
-        "installed); v2: Stream v2. docs/dectris.md."
-    )
-
-    def __post_init__(self) -> None:
-        ScanConfig.__post_init__(self)  # not super(): slots=True makes a new class
-        if self.stream not in DECTRIS_STREAMS:
-            raise LivedenoiseError(f"--dectris-stream {self.stream!r}: expected one of {', '.join(DECTRIS_STREAMS)}")
-        if self.channel is not None and self.stream == "v1":
-            raise LivedenoiseError("--channel picks a Stream v2 channel; Stream v1 has one")
-
-
-@dataclass(slots=True)
-class MerlinConfig(ScanConfig):
-    """``--source-format merlin``: a Quantum Detectors Merlin's data port (its MIB frames over TCP,
-    read by libertem-qd-mpx) and, for 4D-STEM, the virtual detector."""
 
 
 @dataclass(slots=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import time
 
+from ..detectors import MerlinConfig, make_virtual
 from ..protocol import DEFAULT_LIMITS, Limits
-from ._config import MerlinConfig
 from ._queue import FrameQueue, QueueClosed
-from ._receive import Received, Receiver, make_virtual
+from ._receive import Received, Receiver
 
 log = logging.getLogger("livedenoise.daemon")
 

@@ -46,12 +46,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import zmq
 
 from .._stage import LogThrottle
-from ..detectors import Skip, VirtualImage
+from ..detectors import DectrisConfig, Skip, VirtualImage
+from ..detectors.dectris import make_decoder as dectris_decoder
 from ..errors import LivedenoiseError, MalformedMessage
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -64,11 +65,7 @@ from ..protocol import (
     SeriesStart,
     decode_detector_message,
 )
-from ._config import DectrisConfig, ScanConfig
 from ._queue import FrameQueue, QueueClosed
-
-if TYPE_CHECKING:
-    from ..detectors import VirtualDetector
 
 log = logging.getLogger("livedenoise.daemon")
 
@@ -126,36 +123,11 @@ def make_decoder(
 ) -> tuple[Decoder | None, int | None]:
     """The decoder ``serve`` reads its source with, and the largest message part to accept: the
     native protocol's (``None, None``), or a DECTRIS stream's (a v2 message carries every channel:
-    up to 4 frames): Stream v1 (``dectris.stream == "v1"``) through libertem-dectris's receiver
-    process where it is installed (connected to ``source``), else the Python decoder. Fails here,
-    not in the receiver thread, where the ``dectris`` extra is missing, a mask file is unreadable or
-    the receiver process does not start."""
+    up to 4 frames), the decoder its detector picks (:func:`livedenoise.detectors.dectris.make_decoder`:
+    Python or libertem-dectris; fails here, not in the receiver thread, where it cannot be made)."""
     if dectris is None:
         return None, None
-    from ..detectors import DectrisDecoder, LibertemReceiver, libertem_available
-
-    virtual = make_virtual(dectris, "DECTRIS stream")
-    max_part = 4 * max_part_bytes(limits) + limits.max_header_bytes
-    if dectris.stream == "v1" and source is not None:
-        if libertem_available():
-            return LibertemReceiver(source, virtual=virtual), max_part
-        log.warning("libertem-dectris is not installed (pip install 'livedenoise[dectris]'): the Python decoder reads Stream v1")
-    return DectrisDecoder(virtual=virtual, channel=dectris.channel, limits=limits), max_part
-
-
-def make_virtual(scan: ScanConfig, stream: str) -> VirtualDetector | None:
-    """The virtual detector of a 4D-STEM stream (None without ``--scan``: each detector frame is a
-    frame): its annuli and masks, the first denoised; logged. A mask file that cannot be read fails here."""
-    from ..detectors import VirtualDetector
-
-    if scan.scan is None:
-        log.info("%s: each detector frame is a frame", stream)
-        return None
-    detectors = scan.virtual_detectors()
-    virtual = VirtualDetector(scan.scan, detectors=detectors, centre=scan.centre, centre_frames=scan.centre_frames)
-    what = ", ".join(d.label for d in detectors)
-    log.info("%s: virtual detectors %s (the first denoised), %dx%d scan positions per image", stream, what, *scan.scan)
-    return virtual
+    return dectris_decoder(dectris, limits, source), 4 * max_part_bytes(limits) + limits.max_header_bytes
 
 
 MAX_EPOCHS_TRACKED = 64  # series whose last epoch restarts() remembers (more than any history kept)

@@ -1,11 +1,15 @@
 """What every decoder of a detector stream hands the receiver besides messages: the input it
-skipped, and the virtual images beyond the one that is denoised."""
+skipped, and the virtual images beyond the one that is denoised; and the check of a frame shape
+a detector claims, which every decoder makes before it allocates."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from ..errors import MalformedMessage
+from ..protocol import Limits
 
 
 class Skip(NamedTuple):
@@ -35,3 +39,12 @@ class VirtualImage(NamedTuple):
     index: int
     name: str
     data: np.ndarray
+
+
+def check_shape(height: Any, width: Any, limits: Limits) -> tuple[int, int]:
+    """A claimed ``height x width``, as ints within ``limits``, or :class:`MalformedMessage`."""
+    if type(height) is not int or type(width) is not int:
+        raise MalformedMessage(f"frame shape must be integers, got {height!r:.20} x {width!r:.20}")
+    if not (0 < height <= limits.max_side and 0 < width <= limits.max_side) or height * width > limits.max_pixels:
+        raise MalformedMessage(f"frame shape {height}x{width} outside the accepted range")
+    return height, width

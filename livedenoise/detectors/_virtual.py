@@ -51,103 +51,23 @@ and it is what the engine turns every frame into anyway.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import LivedenoiseError
 from ..protocol import ImageFrame
 from ._base import Skip, VirtualImage
+from ._masks import Annulus, Weights, annular_mask, find_centre
+from ._scan import _ScanFrames
 
 log = logging.getLogger("livedenoise.detectors")
 
 _DOT_PIECE = 8192  # pixels per dot product: below OpenBLAS's threading threshold for dot (10,000)
 
 
-def annular_mask(shape: tuple[int, int], centre: tuple[float, float], inner: float, outer: float) -> np.ndarray:
-    """Boolean ``(height, width)`` mask of the pixels with ``inner <= r < outer`` around ``centre``
-    (``(x, y)`` = (column, row), pixel centres at integers).
-
-    >>> annular_mask((3, 3), (1.0, 1.0), 0.5, 1.2).astype(int).tolist()
-    [[0, 1, 0], [1, 0, 1], [0, 1, 0]]
-    """
-    h, w = shape
-    y, x = np.ogrid[:h, :w]
-    r = np.hypot(x - centre[0], y - centre[1])
-    return (r >= inner) & (r < outer)
-
-
-def find_centre(frames: np.ndarray) -> tuple[float, float]:
-    """The direct beam's centre ``(x, y)`` in a stack of diffraction patterns ``(N, H, W)``: the
-    centroid of the pixels above half the mean pattern's maximum (the bright-field disc), so the
-    noise and the dark-field counts far out do not pull it. A dark stack: the frame's middle."""
-    mean = np.asarray(frames, np.float64).reshape(-1, *frames.shape[-2:]).mean(axis=0)
-    h, w = mean.shape
-    top = mean.max()
-    if not np.isfinite(top) or top <= 0:
-        return (w - 1) / 2, (h - 1) / 2
-    weight = np.where(mean >= top / 2, mean, 0.0)
-    total = weight.sum()
-    return float((weight.sum(axis=0) * np.arange(w)).sum() / total), float((weight.sum(axis=1) * np.arange(h)).sum() / total)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A mask file as float32 weights: ``.npy`` (no pickle) or ``.tif``/``.tiff``, one 2-D image."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            raise LivedenoiseError(f"--mask {path}: expected a .npy or .tif file")
-    except (OSError, ValueError) as exc:
-        raise LivedenoiseError(f"--mask {path}: cannot read it ({exc})") from None
-    arr = np.squeeze(np.asarray(arr))
-    if arr.ndim != 2 or arr.dtype.kind not in "biuf" or not np.all(np.isfinite(arr)):
-        raise LivedenoiseError(f"--mask {path}: expected one 2-D image of finite numbers, got {arr.shape} {arr.dtype}")
-    if not np.any(arr):
-        raise LivedenoiseError(f"--mask {path}: every weight is 0")
-    return arr.astype(np.float32)
-
-
-@dataclass(frozen=True, slots=True)
-class Annulus:
-    """A virtual annular detector: the pixels with ``inner <= r < outer`` (detector pixels) around
-    the direct beam. ``name``: how its images are labelled (default ``annulus INNER-OUTER``)."""
-
-    inner: float
-    outer: float
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.inner < self.outer):
-            raise LivedenoiseError(f"annulus {self.inner:g}:{self.outer:g}: expected 0 <= INNER < OUTER, in pixels")
-
-    @property
-    def label(self) -> str:
-        return self.name or f"annulus {self.inner:g}-{self.outer:g}"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Weights:
-    """A virtual detector given as its weights, ``(H, W)`` (0/1 or any weights; :func:`read_mask`)."""
-
-    weights: np.ndarray
-    name: str = "mask"
-
-    @property
-    def label(self) -> str:
-        return self.name
-
-
-class VirtualDetector:
+class VirtualDetector(_ScanFrames):
     """Diffraction patterns in, virtual images out (see the module's docstring).
 
     :meth:`add_stack` takes ``(N, H, W)`` patterns with their image ids, :meth:`add` one pattern;
@@ -484,81 +404,6 @@ class VirtualDetector:
             ids = np.array(self._batch_ids, np.int64)
             self._batch_ids.clear()
             self._place(ids, self._sums(self._raw[:k]), out)  # type: ignore[index]
-
-    # ------------------------------------------------------------------ scan frames
-
-    def _place(self, ids: np.ndarray, sums: np.ndarray, out: list) -> None:
-        """Write the sums of patterns ``ids`` (in arrival order) into their scan frames: out of
-        order ids dropped, jumps counted as gaps, frames emitted as they complete."""
-        last = self._last_id
-        running = np.maximum.accumulate(np.concatenate(([ids[0] - 1 if last is None else last], ids)))
-        before = running[:-1]
-        ok = ids > before
-        series = self._series
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            more = f" (and {len(bad) - 1} more out of order)" if len(bad) > 1 else ""
-            out.append(Skip("gaps", f"series {series}: diffraction image {ids[bad[0]]} after {before[bad[0]]}: dropped{more}", len(bad)))
-            ids, sums, before = ids[ok], sums[ok], before[ok]
-            if not len(ids):
-                return
-        jumps = np.flatnonzero(ids > before + 1)
-        if len(jumps):
-            j = jumps[0]
-            more = f"; {len(jumps) - 1} more jumps" if len(jumps) > 1 else ""
-            out.append(Skip("gaps", f"series {series}: diffraction image {ids[j]} after {before[j]} ({ids[j] - before[j] - 1} missing){more}", len(jumps)))
-        self._last_id = int(ids[-1])
-        positions = self.positions
-        scans, pos = np.divmod(ids, positions)
-        cuts = [0, *(np.flatnonzero(np.diff(scans)) + 1).tolist(), len(ids)]
-        for a, b in itertools.pairwise(cuts):
-            k = int(scans[a])
-            if self._join:
-                if pos[a] != 0:
-                    if self._join_dropped != k:
-                        self._join_dropped = k
-                        out.append(Skip("incomplete", f"series {series}: picked up at scan frame {k}, position {pos[a]}: that scan frame is dropped"))
-                    continue
-                self._join = False
-            if self._k != k:
-                if self._k is not None:
-                    self._emit(out)
-                self._k = k
-            self._image[:, pos[a:b]] = sums[a:b].T
-            self._filled += b - a
-            if pos[b - 1] == positions - 1:
-                self._emit(out)
-
-    def _drop_open(self, out: list, why: str) -> None:
-        if self._k is not None:
-            out.append(Skip(
-                "incomplete", f"series {self._series}: scan frame {self._k} dropped at {self._filled} of "
-                f"{self.positions} positions: {why}",
-            ))
-            self._close()
-
-    def _emit(self, out: list) -> None:
-        image, filled = self._image, self._filled
-        if filled < self.positions:
-            if 2 * filled < self.positions:
-                out.append(Skip(
-                    "incomplete", f"series {self._series}: scan frame {self._k} had {filled} of {self.positions} positions: dropped"
-                ))
-                self._close()
-                return
-            image = np.where(np.isnan(image), np.nanmean(image, axis=1, keepdims=True), image)
-        data = image.astype("<f4").reshape(len(image), *self.scan)
-        series, k = self._series, self._k
-        assert series is not None and k is not None
-        out.append(ImageFrame(series_id=series, image_id=k, data=data[0]))
-        for m in range(1, len(data)):
-            out.append(VirtualImage(series, k, m, self.names[m], data[m]))
-        self._close()
-
-    def _close(self) -> None:
-        self._k = None
-        self._image.fill(np.nan)
-        self._filled = 0
 
 
 class _ShapeMismatch(ValueError):

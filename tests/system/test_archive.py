@@ -18,7 +18,8 @@ import pytest
 
 pytest.importorskip("distributed", reason='the distributed extra: pip install -e ".[distributed]"')
 
-from livedenoise.archive import ClusterSpec, DenoiseSpec, connect, denoise_files, output_paths
+from livedenoise.archive import DenoiseSpec, denoise_files, output_paths
+from livedenoise.cluster import ClusterSpec, connect
 from livedenoise.engine import default_model_path
 from livedenoise.io import write_imagej
 from livedenoise.sim import SimConfig, simulate_movie

@@ -329,7 +329,7 @@ def test_a_series_without_its_header_is_counted_and_picked_up(scan4d, stream):
 def test_v1_without_libertem_dectris_is_one_line_and_the_python_decoder(monkeypatch, caplog):
     from livedenoise.daemon import DectrisConfig
     from livedenoise.daemon._receive import make_decoder
-    from livedenoise.detectors import _libertem
+    from livedenoise.detectors.dectris import _libertem
 
     monkeypatch.setattr(_libertem.importlib.util, "find_spec", lambda name: None)  # as if not installed
     with caplog.at_level("WARNING", logger="livedenoise.daemon"):

@@ -1,4 +1,4 @@
-"""The Merlin sender (livedenoise.sim._merlin): the MPX framing, the acquisition and frame headers,
+"""The Merlin sender (livedenoise.detectors.merlin._sender): the MPX framing, the acquisition and frame headers,
 the pixel formats and layouts, the broken streams, and the TCP data port. The formats are pinned
 twice: by hand on small examples, and against libertem-qd-mpx's own parsers and decoders (the
 third-party receiver ``serve --source-format merlin`` uses) over a real socket on 127.0.0.1."""
@@ -11,8 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from livedenoise.sim import MERLIN_FAULTS, MerlinSender, merlin_fault, merlin_stream
-from livedenoise.sim._merlin import (
+from livedenoise.detectors.merlin._sender import (
     FORMATS,
     LAYOUTS,
     acquisition_header,
@@ -22,6 +21,7 @@ from livedenoise.sim._merlin import (
     mpx,
     parse_mpx,
 )
+from livedenoise.sim import MERLIN_FAULTS, MerlinSender, merlin_fault, merlin_stream
 
 
 def split_messages(data: bytes) -> list[bytes]:

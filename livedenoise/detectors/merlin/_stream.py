@@ -2,7 +2,7 @@
 
 The Merlin serves its frames on a TCP port (6342): per acquisition an acquisition header, then
 each frame's header and pixels, in one of several pixel formats and chip layouts
-(:mod:`livedenoise.sim._merlin` writes them). LiberTEM's ``libertem-qd-mpx`` (MIT; the ``merlin``
+(:mod:`._sender` writes them). LiberTEM's ``libertem-qd-mpx`` (MIT; the ``merlin``
 extra) receives that stream in a Rust thread of its own into shared memory, in stacks of frames,
 and decodes a stack's frames (raw 1/6/12-bit formats, quad layouts, big-endian integers) into a
 numpy array of our choosing. :class:`MerlinStream` wraps it for the daemon's receiver thread:
@@ -48,11 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivedenoiseError, MalformedMessage
-from ..protocol import DEFAULT_LIMITS, DetectorMessage, ImageFrame, Limits, SeriesEnd, SeriesStart
-from ._base import Skip
-from ._dectris import _check_shape
-from ._virtual import VirtualDetector
+from ...errors import LivedenoiseError, MalformedMessage
+from ...protocol import DEFAULT_LIMITS, DetectorMessage, ImageFrame, Limits, SeriesEnd, SeriesStart
+from .._base import Skip, check_shape
+from .._virtual import VirtualDetector
 
 log = logging.getLogger("livedenoise.detectors")
 
@@ -353,7 +352,7 @@ class MerlinStream:
         name = stack.get_dtype_string()
         if name not in _DTYPES:
             raise MalformedMessage(f"frames of {name}, not a pixel type of the pipeline")
-        shape = _check_shape(height, width, self.limits)
+        shape = check_shape(height, width, self.limits)
         dtype = np.dtype(_DTYPES[name])
         client, series, first = self._client, self._series, self._image_id
 

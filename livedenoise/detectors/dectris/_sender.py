@@ -1,13 +1,6 @@
-"""A simulated 4D-STEM scan of atoms, and what a DECTRIS detector would send of it.
-
-:func:`simulate_4dstem`: one diffraction pattern per scan position, Poisson counts: a bright-field
-disc around the direct beam, and dark-field counts spread over an annulus whose total per position
-follows the HAADF image of :func:`~livedenoise.sim.simulate_movie` (expected counts = dose x beam
-fraction + pedestal, as that simulator's). Summed over the annulus (a virtual HAADF detector),
-the patterns give back a noisy HAADF movie of the same atoms, at the counts the shipped models
-were trained on.
-
-Senders, written from DECTRIS' documentation of the SIMPLON stream interface:
+"""What a DECTRIS detector sends, written from DECTRIS' documentation of the SIMPLON stream
+interface: the detector of the tests and benchmarks (its patterns, e.g. a simulated scan:
+:func:`livedenoise.sim.simulate_4dstem`). Beside the decoder, which reads what this writes.
 
 * Stream v1: :func:`dectris_v1_messages` (``dheader-1.0`` + config, with a pixel mask the
   ``header_detail: all`` parts too, per image ``dimage-1.0``, ``dimage_d-1.0``, the blob,
@@ -26,72 +19,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from ..detectors import BSLZ4_HEADER, load_codecs
-from ._movie import SimConfig, simulate_movie
+from ._codecs import BSLZ4_HEADER, _default_block, load_codecs
 
 TYPED_ARRAY_TAG = {"|u1": 64, "<u2": 69, "<u4": 70}
-
-
-@dataclass(frozen=True, slots=True)
-class Scan4D:
-    """A simulated 4D-STEM acquisition: ``patterns`` ``(frames * rows * cols, H, W)`` in scan order."""
-
-    patterns: np.ndarray
-    scan: tuple[int, int]
-    adf_counts: np.ndarray  # (frames, rows, cols): the dark-field counts placed in the annulus
-    truth: np.ndarray  # (frames, rows, cols): the HAADF image's beam fraction
-    centre: tuple[float, float]  # (x, y) of the direct beam, pixels
-    inner: float  # the annulus the dark-field counts fall in
-    outer: float
-    bf_radius: float
-
-
-def simulate_4dstem(
-    scan: tuple[int, int] = (32, 32),
-    detector: int = 32,
-    frames: int = 1,
-    *,
-    bf_counts: float = 3.0,
-    centre_offset: tuple[float, float] = (1.3, -0.7),
-    dtype: str = "<u2",
-    seed: int = 0,
-) -> Scan4D:
-    """``frames`` scans of ``rows x cols`` positions, ``detector`` x ``detector`` px patterns.
-
-    ``bf_counts``: mean counts per pixel of the bright-field disc (radius ``detector / 8``); the
-    dark-field annulus spans ``detector / 4`` to ``0.45 detector`` around the beam, which sits
-    ``centre_offset`` px off the detector's middle; beyond it, a faint diffuse background.
-    """
-    rows, cols = scan
-    cfg = SimConfig(size=max(rows, cols, 16), frames=frames, seed=seed)
-    truth = simulate_movie(cfg).truth[:, :rows, :cols]
-    expected = cfg.dose * truth.astype(np.float64) + cfg.pedestal
-    rng = np.random.default_rng(seed + 1)
-    n = frames * rows * cols
-    h = w = detector
-    cx, cy = (w - 1) / 2 + centre_offset[0], (h - 1) / 2 + centre_offset[1]
-    y, x = np.mgrid[:h, :w]
-    r = np.hypot(x - cx, y - cy).ravel()
-    bf_radius, inner, outer = detector / 8, detector / 4, 0.45 * detector
-    bf = np.flatnonzero(r < bf_radius)
-    ring = np.flatnonzero((r >= inner) & (r < outer))
-    far = np.flatnonzero(r >= outer + 1)
-    flat = np.zeros((n, h * w), np.uint32)
-    flat[:, bf] = rng.poisson(bf_counts, (n, bf.size))
-    adf = rng.poisson(expected.reshape(-1))
-    owners = np.repeat(np.arange(n), adf)
-    np.add.at(flat, (owners, ring[rng.integers(0, ring.size, owners.size)]), 1)
-    flat[:, far] += rng.poisson(0.02, (n, far.size)).astype(np.uint32)
-    patterns = flat.astype(dtype).reshape(n, h, w)
-    return Scan4D(
-        patterns, (rows, cols), adf.reshape(frames, rows, cols), truth, (cx, cy), inner, outer, bf_radius
-    )
 
 
 # --------------------------------------------------------------------------- encodings
@@ -102,7 +37,7 @@ def encode_bslz4(frame: np.ndarray, block_elems: int = 0) -> bytes:
     bitshuffle = load_codecs()[2]
     arr = np.ascontiguousarray(frame).reshape(-1)
     elem = arr.dtype.itemsize
-    block = block_elems or max(8192 // elem // 8 * 8, 128)
+    block = block_elems or _default_block(elem)
     return BSLZ4_HEADER.pack(arr.nbytes, block * elem) + bitshuffle.compress_lz4(arr, block).tobytes()
 
 

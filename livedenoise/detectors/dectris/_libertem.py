@@ -3,12 +3,12 @@
 libertem-dectris (MIT, by the authors of LiberTEM-live) receives a SIMPLON Stream v1 in a Rust
 thread (``DectrisConnection``, passive mode: it latches on to each series' ``dheader-1.0``), writes
 the compressed patterns into shared memory as frame stacks, and decompresses a stack in Rust
-(``CamClient.decode_range_into_buffer``). :func:`main` runs that in a child process of ``serve``
-and decompresses each stack straight into a slot of a ring of stack buffers in shared memory (a
-file in ``/dev/shm``, mapped by both processes); :class:`LibertemReceiver`, ``serve``'s side, is the
-receiver's decoder: it hands each slot to the :class:`VirtualDetector` (which reduces it in place)
-and gives the slot back. Series, skips and slots travel as small msgpack messages over ZeroMQ
-``ipc://`` sockets (the relay, and the slots given back).
+(``CamClient.decode_range_into_buffer``). The receiver process (:mod:`._relay`) runs that as a
+child of ``serve`` and decompresses each stack straight into a slot of a ring of stack buffers in
+shared memory (a file in ``/dev/shm``, mapped by both processes); :class:`LibertemReceiver`,
+``serve``'s side, is the receiver's decoder: it hands each slot to the :class:`VirtualDetector`
+(which reduces it in place) and gives the slot back. Series, skips and slots travel as small
+msgpack messages over ZeroMQ ``ipc://`` sockets (the relay, and the slots given back).
 
 So the receiver process does what libertem-dectris's own consumer does (receive, decompress) and
 serve's receiver thread reduces the stacks, on another core where there is one: the reduction
@@ -50,7 +50,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -66,10 +65,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from ..errors import LivedenoiseError, MalformedMessage
-from ..protocol import Buffer, DetectorMessage, ImageFrame, SeriesEnd, SeriesStart
-from ._base import Skip, VirtualImage
-from ._virtual import VirtualDetector
+from ...errors import LivedenoiseError, MalformedMessage
+from ...protocol import Buffer, DetectorMessage, ImageFrame, SeriesEnd, SeriesStart
+from .._base import Skip, VirtualImage
+from .._virtual import VirtualDetector
 
 log = logging.getLogger("livedenoise.detectors")
 
@@ -127,7 +126,7 @@ class LibertemReceiver:
             "source": source, "relay": self.endpoint, "acks": f"ipc://{self._dir / 'acks'}", "shm": str(self._dir / "shm"),
             "rings": str(self._ring_dir),
         }
-        code = "import sys; from livedenoise.detectors._libertem import main; main(sys.argv[1:])"
+        code = "import sys; from livedenoise.detectors.dectris._relay import main; main(sys.argv[1:])"
         self._argv = [sys.executable, "-c", code, json.dumps(spec)]
         self._log_level = logging.getLogger().getEffectiveLevel() if log_level is None else log_level
         self.frames = 0  # detector frames decoded, over every process
@@ -153,7 +152,7 @@ class LibertemReceiver:
     # ------------------------------------------------------------------ the process
 
     def _spawn(self) -> subprocess.Popen:
-        package_root = str(Path(__file__).resolve().parents[2])  # this livedenoise, however it was found
+        package_root = str(Path(__file__).resolve().parents[3])  # this livedenoise, however it was found
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONPATH": path, "LIVEDENOISE_LOG_LEVEL": str(self._log_level)}
         with contextlib.suppress(FileNotFoundError):
@@ -330,224 +329,3 @@ def _stop(proc: subprocess.Popen) -> None:
     with contextlib.suppress(OSError, ValueError):
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-# --------------------------------------------------------------------------- the receiver process
-
-_FRAME_ID = re.compile(r"got (\d+), expected (\d+)")
-_NEW_SERIES = re.compile(r'"series"\s*:\s*(\d+)')
-
-
-class _Relay:
-    """The receiver process's side: libertem-dectris in, decompressed stacks and relay messages out."""
-
-    def __init__(self, spec: dict[str, Any]):
-        import libertem_dectris
-
-        self.spec = spec
-        self.frames = 0
-        self.ctx = zmq.Context()
-        self.out = self.ctx.socket(zmq.PUSH)
-        self.out.setsockopt(zmq.LINGER, 2000)
-        self.out.setsockopt(zmq.SNDHWM, 1000)  # then blocks: back-pressure to the stream (serve --lossless)
-        self.out.bind(spec["relay"])
-        self.acks = self.ctx.socket(zmq.PULL)
-        self.acks.setsockopt(zmq.LINGER, 0)
-        self.acks.bind(spec["acks"])
-        self.conn = libertem_dectris.DectrisConnection(
-            uri=spec["source"], frame_stack_size=STACK, handle_path=spec["shm"], max_latency_per_stack=STACK_LATENCY,
-            num_slots=SLOTS, bytes_per_frame=SLOT_BYTES // STACK, huge=False,
-        )
-        self.client = libertem_dectris.CamClient(self.conn.get_socket_path())
-        self.conn.start_passive()
-        self.last_series: int | None = None
-        self.failures = 0  # failed series (RECYCLE_AFTER)
-        self.ring: np.ndarray | None = None  # (slots, frames, H, W): this process's ring of stack buffers
-        self.ring_name = ""
-        self.rings = 0
-        self.free: collections.deque[int] = collections.deque()
-
-    # ------------------------------------------------------------------ sending
-
-    def send(self, message: str, /, **fields: Any) -> None:
-        self.out.send(_pack(message, self.frames, **fields))
-
-    def skip(self, kind: str, reason: str, count: int = 1) -> None:
-        self.send("skip", kind=kind, reason=reason, count=count)  # serve counts and logs it
-
-    # ------------------------------------------------------------------ the ring of stack buffers
-
-    def ring_for(self, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-        """The ring for patterns of this shape and type: a new file (the old one once all its
-        slots are back), announced to serve before its first stack."""
-        ring = self.ring
-        if ring is not None and ring.shape[2:] == shape and ring.dtype == dtype:
-            return ring
-        while ring is not None and len(self.free) < ring.shape[0]:
-            self.take_back(block=True)
-        old = Path(self.spec["rings"]) / self.ring_name if ring is not None else None
-        frame_bytes = shape[0] * shape[1] * dtype.itemsize
-        frames = max(1, min(STACK, RING_BYTES // RING_MIN_SLOTS // frame_bytes))
-        slots = max(RING_MIN_SLOTS, RING_BYTES // (frames * frame_bytes))
-        self.rings += 1
-        self.ring_name = f"ring-{os.getpid()}-{self.rings}"
-        self.ring = np.memmap(Path(self.spec["rings"]) / self.ring_name, dtype, mode="w+", shape=(slots, frames, *shape))
-        self.free = collections.deque(range(slots))
-        self.send("ring", name=self.ring_name, slots=slots, frames=frames, shape=list(shape), dtype=dtype.str)
-        if old is not None:
-            with contextlib.suppress(OSError):
-                old.unlink()
-        return self.ring
-
-    def take_back(self, *, block: bool) -> None:
-        """Slots serve gave back (waiting for one where ``block``)."""
-        while True:
-            try:
-                name, slot = msgpack.unpackb(self.acks.recv(0 if block else zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if name == self.ring_name:
-                self.free.append(slot)
-            block = False
-
-    # ------------------------------------------------------------------ series
-
-    def run(self) -> None:
-        print("ready", flush=True)
-        self.send("hello")  # serve settles what a dead predecessor held
-        while True:
-            try:
-                armed = self.conn.wait_for_arm(timeout=1.0)
-            except Exception as exc:  # noqa: BLE001 - libertem-dectris raises its own connection errors
-                self.failed_header(str(exc))
-                continue
-            if armed is not None:
-                self.series(*armed)
-
-    def failed_header(self, error: str) -> None:
-        if "header_detail" in error or any(h in error for h in ("dflatfield", "dpixelmask", "dcountrate")):
-            why = "libertem-dectris reads header_detail 'basic' only: set the detector's header_detail to basic, " \
-                  "or serve --dectris-stream auto (the Python decoder; it applies the pixel mask of 'all')"
-        else:
-            why = error
-        self.skip("malformed", f"a series header was not read: {why}")
-        self.rearm()
-
-    def rearm(self) -> None:
-        """After a failed series libertem-dectris's receiver waits for a new start. Each failure
-        keeps the shared-memory slot of the stack it was writing (libertem-dectris 0.3.2 frees it
-        nowhere): after :data:`RECYCLE_AFTER` the process exits and serve starts a fresh one."""
-        self.failures += 1
-        if self.failures >= RECYCLE_AFTER:
-            sys.exit(RECYCLE_EXIT)
-        self.conn.start_passive()
-
-    def series(self, config: Any, series: int) -> None:
-        n_images = int(config.get_num_frames())
-        if self.last_series is not None and 0 < series - self.last_series - 1 <= MAX_SERIES_JUMP:
-            lost = series - self.last_series - 1
-            self.skip("malformed", f"series {self.last_series + 1}-{series - 1}: no header seen, their images were not read "
-                      "(libertem-dectris reads a series from its header only)", lost)
-        self.last_series = series
-        self.send("start", series=series, header={"stream": "dectris v1", "receiver": "libertem-dectris", "number_of_images": n_images})
-        got = 0
-        try:
-            while (handle := self.conn.get_next_stack(max_size=STACK)) is not None:
-                got += self.stack(handle, series, got)
-        except Exception as exc:  # noqa: BLE001 - the series failed in Rust: count it, go on with the next
-            self.failed_series(series, str(exc), got, n_images)
-            self.rearm()
-        self.send("end", series=series)
-
-    def failed_series(self, series: int, error: str, got: int, n_images: int) -> None:
-        if "background thread is dead" in error:
-            log.error("libertem-dectris's receiver thread ended (%s): the receiver process restarts", error)
-            sys.exit(3)
-        if "frame id mismatch" in error:
-            m = _FRAME_ID.search(error)
-            jump = f"image {m[1]} after {int(m[2]) - 1}" if m else "a jump in its frame ids"
-            self.skip("gaps", f"series {series}: {jump}; libertem-dectris gives the rest of the series up")
-        elif "dseries_end" in error:
-            log.info("series %d ended after %d of %d images", series, got, n_images)
-            return  # ended early on purpose: only the open scan frame, counted by the virtual detector
-        elif "dheader" in error:
-            m = _NEW_SERIES.search(error)
-            new = f"series {m[1]}" if m else "a new series"
-            self.skip("malformed", f"series {series}: {new} started before this one ended; libertem-dectris "
-                      "loses the new one (its header went with the failed series)")
-            if m:
-                self.last_series = int(m[1])  # counted here: not again as a series without its header
-        else:
-            self.skip("malformed", f"series {series} failed after {got} images: {error[:300]}")
-        if n_images > got:
-            self.send("left", series=series, first=got, count=n_images - got)
-
-    # ------------------------------------------------------------------ stacks
-
-    def stack(self, handle: Any, series: int, first: int) -> int:
-        """Decompress one stack into ring slots (as many as it takes) and tell serve each."""
-        n = len(handle)
-        width, height = handle.get_shape()
-        try:
-            ring = self.ring_for((int(height), int(width)), np.dtype(handle.get_dtype_string()))
-            for a in range(0, n, ring.shape[1]):
-                b = min(n, a + ring.shape[1])
-                self.take_back(block=not self.free)
-                slot = self.free.popleft()
-                buf = ring[slot, : b - a]
-                bad: list[int] = []
-                try:
-                    self.client.decode_range_into_buffer(handle, buf, a, b)
-                except BaseException as exc:  # DecompressError, or a Rust panic (pyo3's PanicException)
-                    if isinstance(exc, KeyboardInterrupt | SystemExit):
-                        raise
-                    bad = self.one_by_one(handle, buf, a, series, first)
-                self.frames += b - a
-                self.send("stack", series=series, first=first + a, n_frames=b - a, ring=self.ring_name, slot=slot, bad=bad)
-        finally:
-            self.client.done(handle)
-        return n
-
-    def one_by_one(self, handle: Any, buf: np.ndarray, a: int, series: int, first: int) -> list[int]:
-        bad, error = [], ""
-        for i in range(len(buf)):
-            try:
-                self.client.decode_range_into_buffer(handle, buf[i : i + 1], a + i, a + i + 1)
-            except BaseException as exc:  # as in stack()
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                bad.append(i)
-                error = error or " ".join(str(exc).split())[:200]
-        if bad:
-            more = f" (and {len(bad) - 1} more in this stack)" if len(bad) > 1 else ""
-            self.skip("malformed", f"series {series}: image {first + a + bad[0]} does not decompress{more}: {error}", len(bad))
-        return bad
-
-
-def _exit_when_orphaned(rings: Path) -> None:
-    """The process ends when serve does: its stdin (a pipe from serve) closes. Its ring files go
-    with it (serve removes their folder, unless it was killed)."""
-
-    def watch() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdin.read()
-        for ring in rings.glob(f"ring-{os.getpid()}-*"):
-            with contextlib.suppress(OSError):
-                ring.unlink()
-        os._exit(0)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    level = int(os.environ.get("LIVEDENOISE_LOG_LEVEL", logging.INFO))
-    logging.basicConfig(level=level, format="%(asctime)s dectris-receiver %(levelname)s %(message)s", stream=sys.stderr)
-    spec = json.loads(argv[0])
-    _exit_when_orphaned(Path(spec["rings"]))
-    try:
-        relay = _Relay(spec)
-    except Exception as exc:  # noqa: BLE001 - told to serve in one line
-        print(f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", flush=True)
-        sys.exit(2)
-    relay.run()
