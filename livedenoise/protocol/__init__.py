@@ -3,12 +3,20 @@
 msgpack and numpy only, no sockets (``docs/protocol.md`` is its prose twin).
 """
 
-from ._status import status_line, status_parts
-from ._wire import (
-    DEFAULT_LIMITS,
+from ._annotations import (
     MAX_ATOMS,
     MAX_ATOMS_ANNOTATED,
     MAX_HOPS,
+    AtomsMessage,
+    HopsMessage,
+    decode_atoms,
+    decode_hops,
+    encode_atoms,
+    encode_hops,
+)
+from ._status import status_line, status_parts
+from ._wire import (
+    DEFAULT_LIMITS,
     SUPPORTED_DTYPES,
     TOPIC_ATOMS,
     TOPIC_DENOISED,
@@ -17,23 +25,17 @@ from ._wire import (
     TOPIC_STATS,
     TOPIC_VIRTUAL,
     TOPICS,
-    AtomsMessage,
     Buffer,
     Calibration,
     DetectorMessage,
-    HopsMessage,
     ImageFrame,
     Limits,
     Published,
     SeriesEnd,
     SeriesStart,
-    decode_atoms,
     decode_detector_message,
-    decode_hops,
     decode_published,
-    encode_atoms,
     encode_end,
-    encode_hops,
     encode_image,
     encode_published,
     encode_start,
