@@ -154,7 +154,7 @@ class Trainer:
         self.state = TrainState()
         self._build()
         self.probe = probe_batch(self.noisy, preset, seed).to(self.device)
-        # Saved with every checkpoint: the stage-1 runs already finished (``trainer.run._stage1``).
+        # Saved with every checkpoint: the stage-1 runs already finished (``trainer.stage1.run_stage1``).
         self.extra: dict[str, Any] = {}
 
     # -- construction -------------------------------------------------------------------
