@@ -60,11 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     engine = Engine(args.model or default_model_path(), provider="cpu")
     t0 = time.perf_counter()
-    res = engine.infer(list(noisy))
+    den = engine.run_stack(noisy)
     per_frame_ms = 1e3 * (time.perf_counter() - t0) / len(noisy)
-    if res.errors:
-        raise SystemExit(f"model failed: {res.errors[0]}")
-    den = np.stack(res.outputs)
     model = evaluate(den, truth, pos, css_normalise="none", ssim=False, groups=movie.groups)
 
     raw = evaluate(noisy, truth, pos, ssim=False)

@@ -161,11 +161,7 @@ def run_model(path: Path, noisy: np.ndarray) -> tuple[np.ndarray, object]:
     from livedenoise.engine import Engine
 
     eng = Engine(path, provider="cpu")
-    eng.reset_series(0)
-    res = eng.infer(list(noisy), series=[0] * len(noisy))
-    if res.errors:
-        raise RuntimeError(f"{path}: frame {res.errors[0][0]}: {res.errors[0][2]}")
-    return np.stack(res.outputs), eng.card
+    return eng.run_stack(noisy, restart=True), eng.card
 
 
 def score(args: argparse.Namespace) -> None:

@@ -99,10 +99,7 @@ def run_model(path: Path, noisy: np.ndarray) -> tuple[np.ndarray, object]:
     from livedenoise.engine import Engine
 
     engine = Engine(path, provider="cpu")
-    res = engine.infer(list(noisy))
-    if res.errors:
-        raise SystemExit(f"model {path} failed: {res.errors[0]}")
-    return np.stack(res.outputs), engine.card
+    return engine.run_stack(noisy), engine.card
 
 
 # ---------------------------------------------------------------------------- regional scores

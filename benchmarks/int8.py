@@ -136,8 +136,7 @@ def main() -> None:
         movie = simulate_movie(SimConfig(size=128, frames=args.eval_frames, seed=2))
         outs = {}
         for name, e in engines.items():
-            res = e.infer(list(movie.noisy_as("<u2")))
-            outs[name] = np.stack(res.outputs)
+            outs[name] = e.run_stack(movie.noisy_as("<u2"))
         try:
             from livedenoise.scoring import evaluate
         except ImportError:

@@ -132,10 +132,7 @@ def score(args, work: Path) -> tuple[list[dict], dict]:
             continue
         eng = Engine(path, provider="cpu", threads=1)
         tr = eng.card.training
-        res = eng.infer(list(movie.noisy))
-        if res.errors:
-            raise SystemExit(f"seed {seed}: model failed: {res.errors[0]}")
-        den = np.stack(res.outputs)
+        den = eng.run_stack(movie.noisy)
         rep = evaluate(den, movie.truth, movie.positions, css_normalise="none", ssim=False, groups=movie.groups)
         events = list(tr.get("events") or [])
         parsed = [m.groups() for m in (EVENT.search(e) for e in events) if m]

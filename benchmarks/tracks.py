@@ -70,12 +70,9 @@ def model_path(name: str) -> Path:
 
 
 def denoise(engine, noisy: np.ndarray, series: int) -> np.ndarray:
+    out = engine.run_stack(noisy, series=series, restart=True)
     engine.reset_series(series)
-    res = engine.infer(list(noisy), series=[series] * len(noisy))
-    engine.reset_series(series)
-    if res.errors:
-        raise RuntimeError(f"model failed: {res.errors[0]}")
-    return np.stack(res.outputs)
+    return out
 
 
 # ---------------------------------------------------------------------------- 1. cost

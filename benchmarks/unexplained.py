@@ -81,8 +81,7 @@ def movies(size: int, frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def denoise(engine: Engine, frames: np.ndarray) -> np.ndarray:
-    result = engine.infer(list(frames), [0] * len(frames))
-    return np.stack(result.outputs)
+    return engine.run_stack(frames)
 
 
 WINDOW = 16  # frames summed for the window figure (serve's guard: its --guard-window)

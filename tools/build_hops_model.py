@@ -57,8 +57,7 @@ def score_movie(model: Path, noisy: np.ndarray, positions: np.ndarray) -> dict:
     from livedenoise.scoring import detection_scores, score_tracks
 
     eng = Engine(model, provider="cpu", max_batch=8)
-    res = eng.infer(list(noisy), series=[1] * len(noisy))
-    den = np.stack(res.outputs)
+    den = eng.run_stack(noisy, series=1)
     ds = detection_scores(den, positions)
     found = [find_atoms(d, threshold=ds["threshold"]).positions for d in den]
     return {"f1": ds["f1"], **score_tracks(found, positions).hops}

@@ -124,7 +124,7 @@ def write_scores() -> None:
         dose = 100.0 if "dose100" in str(card.training.get("frames_file", "")) else 300.0
         movie = simulate_movie(SimConfig(frames=48, dose=dose, seed=201)).noisy.astype(np.float32)
         eng = Engine(path, provider="cpu")
-        den = np.stack(eng.infer(list(movie), series=[0] * len(movie)).outputs)
+        den = eng.run_stack(movie)
         held = np.arange(16, 46)
         raw = frame_terms(movie, movie, held)
         model = summarise(frame_terms(movie, den, held), raw)
