@@ -9,10 +9,10 @@ evidence AUC, identity switches) is :mod:`livedenoise.scoring`, which the daemon
 imports.
 """
 
-from ._atoms import Atoms, find_atoms, local_maxima
+from ._atoms import Atoms, find_atoms
 from ._content import SampleContent, estimate_content
 from ._css import C1, C2, css, css_chain, css_series, scale_to_unit
-from ._evidence import ATOM_SIGMA, WEAK_Z, Evidence, TrackEvidence, accumulate_evidence, atom_evidence, estimate_sigma
+from ._evidence import ATOM_SIGMA, WEAK_Z, Evidence, TrackEvidence, accumulate_evidence, atom_evidence
 from ._filter import MAX_WINDOW, CausalFilter, filter_grid, gaussian_blur, gaussian_kernel
 from ._fit import DOES_NOT_FIT, FILTER_BANK, FITS, UNDECIDED, FitRules, FitSummary, MeasuredFit, measure_fit
 from ._guard import NO_EXPECTS, GuardReport, GuardVerdict, atom_width, compare_content, expected_content, guard_report
@@ -60,7 +60,6 @@ __all__ = [
     "css_series",
     "drift_per_frame",
     "estimate_content",
-    "estimate_sigma",
     "expected_content",
     "filter_grid",
     "find_atoms",
@@ -69,7 +68,6 @@ __all__ = [
     "gaussian_kernel",
     "guard_report",
     "link_frames",
-    "local_maxima",
     "measure_fit",
     "noise_model",
     "paired_gain",

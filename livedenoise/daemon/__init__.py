@@ -12,7 +12,6 @@ The daemon needs numpy, pyzmq, msgpack and onnxruntime only: it never imports to
 
 from .._stage import LogThrottle, PipelineThread
 from ..detectors import DectrisConfig, MerlinConfig, ScanConfig  # declared with their detectors, configured here
-from ._atoms import AtomFinder
 from ._config import (
     DEFAULT_PUBLISH,
     DEFAULT_SOURCE,
@@ -24,31 +23,23 @@ from ._config import (
     ServeConfig,
 )
 from ._daemon import Daemon
-from ._guard import StreamGuard
-from ._merlin import MerlinSource
 from ._publish import Delivered, Publisher
-from ._queue import FrameQueue, QueueClosed
-from ._receive import Received, Receiver, Source, max_part_bytes, restarts
+from ._receive import Receiver, Source, max_part_bytes, restarts
 from ._stats import Stats
 
 __all__ = [
     "DEFAULT_PUBLISH",
     "DEFAULT_SOURCE",
-    "AtomFinder",
     "AtomsConfig",
     "Daemon",
     "DectrisConfig",
     "Delivered",
-    "FrameQueue",
     "GuardConfig",
     "LogThrottle",
     "MerlinConfig",
-    "MerlinSource",
     "PipelineThread",
     "Publisher",
-    "QueueClosed",
     "QueueConfig",
-    "Received",
     "Receiver",
     "RecordingConfig",
     "ScanConfig",
@@ -56,7 +47,6 @@ __all__ = [
     "ServeConfig",
     "Source",
     "Stats",
-    "StreamGuard",
     "max_part_bytes",
     "restarts",
 ]

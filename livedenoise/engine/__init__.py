@@ -7,7 +7,6 @@ Numpy and onnxruntime only (onnxruntime is imported when an engine is built); no
 from ._config import EngineConfig
 from ._engine import Engine, InferResult, default_model_path, resolve_model
 from ._modelcard import (
-    FORMAT_VERSION,
     INPUT_NAME,
     METADATA_KEY,
     OUTPUT_NAME,
@@ -20,13 +19,12 @@ from ._modelcard import (
     pixel_size_differs,
     to_display,
 )
-from ._providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, provider_list, resolve_provider, trt_profiles
-from ._transforms import max_display_diff, rewrite_transposed_convs, to_fp16, validation_batch
+from ._providers import CPU, CUDA, GPU_PROVIDERS, TENSORRT, provider_list, resolve_provider
+from ._transforms import rewrite_transposed_convs
 
 __all__ = [
     "CPU",
     "CUDA",
-    "FORMAT_VERSION",
     "GPU_PROVIDERS",
     "INPUT_NAME",
     "METADATA_KEY",
@@ -41,7 +39,6 @@ __all__ = [
     "causal_windows",
     "default_model_path",
     "gaussian_lowpass",
-    "max_display_diff",
     "normalise",
     "pixel_size_differs",
     "provider_list",
@@ -49,7 +46,4 @@ __all__ = [
     "resolve_provider",
     "rewrite_transposed_convs",
     "to_display",
-    "to_fp16",
-    "trt_profiles",
-    "validation_batch",
 ]

@@ -4,15 +4,13 @@ built from a :class:`RecordingConfig`, fed by a publisher hook), and reading a r
 :func:`follow_index`, :func:`chunk_frames`), and writing it as one standard file
 (:func:`export_recording`)."""
 
-from ._export import EXPORT_SUFFIXES, Exported, export_recording
+from ._export import Exported, export_recording
 from ._read import ChunkEntry, SeriesSummary, chunk_frames, follow_index, iter_frames, read_index, summarize
-from ._recorder import INDEX, KINDS, MARKER, Recorder, RecordingConfig
+from ._recorder import INDEX, KINDS, Recorder, RecordingConfig
 
 __all__ = [
-    "EXPORT_SUFFIXES",
     "INDEX",
     "KINDS",
-    "MARKER",
     "ChunkEntry",
     "Exported",
     "Recorder",

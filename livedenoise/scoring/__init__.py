@@ -10,18 +10,7 @@ ground truth, the guard) never imports this package; import-linter checks it.
 from ._affine import FitErrors, affine_fit, fit_errors, psnr
 from ._detection import MATCH_RADIUS, detection_scores, match_points
 from ._evaluate import EvalReport, evaluate, load_positions
-from ._trackscore import (
-    TrackScores,
-    TrueHop,
-    evidence_scores,
-    hop_scores,
-    identity_switches,
-    label_detections,
-    precision_at_recall,
-    roc_auc,
-    score_tracks,
-    true_hops,
-)
+from ._trackscore import TrackScores, TrueHop, hop_scores, precision_at_recall, score_tracks, true_hops
 
 __all__ = [
     "MATCH_RADIUS",
@@ -32,16 +21,12 @@ __all__ = [
     "affine_fit",
     "detection_scores",
     "evaluate",
-    "evidence_scores",
     "fit_errors",
     "hop_scores",
-    "identity_switches",
-    "label_detections",
     "load_positions",
     "match_points",
     "precision_at_recall",
     "psnr",
-    "roc_auc",
     "score_tracks",
     "true_hops",
 ]

@@ -38,7 +38,8 @@ from livedenoise.protocol import (
     encode_start,
     pack,
 )
-from livedenoise.scoring import hop_scores, identity_switches, match_points, true_hops
+from livedenoise.scoring import hop_scores, match_points, true_hops
+from livedenoise.scoring._trackscore import identity_switches
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 REPO = Path(__file__).resolve().parents[2]

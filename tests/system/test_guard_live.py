@@ -24,7 +24,8 @@ from livedenoise.analysis import (
     read_noise_of,
     unexplained,
 )
-from livedenoise.daemon import GuardConfig, QueueConfig, StreamGuard
+from livedenoise.daemon import GuardConfig, QueueConfig
+from livedenoise.daemon._guard import StreamGuard
 from livedenoise.engine import ModelCard
 from livedenoise.protocol import encode_image
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie

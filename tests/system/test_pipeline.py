@@ -19,7 +19,8 @@ import pytest
 import zmq
 
 from livedenoise.analysis import css
-from livedenoise.daemon import FrameQueue, QueueClosed, QueueConfig
+from livedenoise.daemon import QueueConfig
+from livedenoise.daemon._queue import FrameQueue, QueueClosed
 from livedenoise.engine import (
     INPUT_NAME,
     Engine,

@@ -12,7 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from livedenoise.daemon import QueueConfig, Received, restarts
+from livedenoise.daemon import QueueConfig, restarts
+from livedenoise.daemon._receive import Received
 from livedenoise.engine import INPUT_NAME, EngineConfig, ModelCard, Normalisation, causal_windows, normalise, to_display
 from livedenoise.protocol import ImageFrame, encode_end, encode_image, encode_start
 

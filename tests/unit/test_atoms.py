@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from livedenoise.analysis import find_atoms, local_maxima
-from livedenoise.analysis._atoms import frame_median
+from livedenoise.analysis import find_atoms
+from livedenoise.analysis._atoms import frame_median, local_maxima
 from livedenoise.scoring import match_points
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 

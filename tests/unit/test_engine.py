@@ -20,12 +20,11 @@ from livedenoise.engine import (
     Engine,
     EngineConfig,
     ModelCard,
-    max_display_diff,
     provider_list,
     rewrite_transposed_convs,
-    trt_profiles,
-    validation_batch,
 )
+from livedenoise.engine._providers import trt_profiles
+from livedenoise.engine._transforms import max_display_diff, validation_batch
 from livedenoise.errors import LivedenoiseError
 from livedenoise.testing import DEFAULT_NORM, reference_denoise
 

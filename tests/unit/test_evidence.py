@@ -6,16 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livedenoise.analysis import (
-    ATOM_SIGMA,
-    TrackEvidence,
-    accumulate_evidence,
-    atom_evidence,
-    estimate_sigma,
-    find_atoms,
-    link_frames,
-)
-from livedenoise.scoring import roc_auc
+from livedenoise.analysis import ATOM_SIGMA, TrackEvidence, accumulate_evidence, atom_evidence, find_atoms, link_frames
+from livedenoise.analysis._evidence import estimate_sigma
+from livedenoise.scoring._trackscore import roc_auc
 from livedenoise.sim import SimConfig, render_atoms, simulate_movie
 
 

@@ -9,14 +9,8 @@ import pytest
 
 from livedenoise.analysis import HopEvent, Tracker, find_atoms, link_frames
 from livedenoise.analysis._tracks import candidate_pairs, greedy_links
-from livedenoise.scoring import (
-    evidence_scores,
-    hop_scores,
-    identity_switches,
-    precision_at_recall,
-    roc_auc,
-    true_hops,
-)
+from livedenoise.scoring import hop_scores, precision_at_recall, true_hops
+from livedenoise.scoring._trackscore import evidence_scores, identity_switches, roc_auc
 from livedenoise.sim import SimConfig, simulate_movie
 
 
