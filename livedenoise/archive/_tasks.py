@@ -30,7 +30,7 @@ from ..errors import LivedenoiseError, short_error
 
 MOVIES_KEPT = 2  # open movies per worker (a TIFF that cannot be memory-mapped is held in memory)
 GUARD_FRAMES = 256  # the guard reads the first this many frames of a file, as serve scores a stream's first seconds
-CSS_CHUNK = 256  # frames of the output read at once for CSS
+CSS_CHUNK = GUARD_FRAMES  # frames of the output read at once for CSS: the first chunk is the guard's
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,18 +204,18 @@ def check(spec: DenoiseSpec, src: str, tmp: str, frames: int, pixel_size_nm: flo
 
     t0 = time.perf_counter()
     engine, _ = engine_for(spec)
-    total, pairs, previous = 0.0, 0, None
+    total, pairs, head, previous = 0.0, 0, None, None
     for a in range(0, frames, CSS_CHUNK):
         chunk = read_frames(spec.format, tmp, a, min(a + CSS_CHUNK, frames))
         stack = chunk if previous is None else np.concatenate([previous, chunk])
         if len(stack) > 1:
             values = css_series(stack)
             total, pairs = total + float(values.sum()), pairs + len(values)
+        head = chunk if head is None else head
         previous = chunk[-1:]
-    n = min(frames, GUARD_FRAMES)
-    data = frames_of(src, spec.signal)
-    raw = _read(data, src, 0, n).astype(np.float32)
-    report = guard_report(engine.card.expects, raw, read_frames(spec.format, tmp, 0, n), pixel_size_nm=pixel_size_nm)
+    assert head is not None
+    raw = _read(frames_of(src, spec.signal), src, 0, len(head)).astype(np.float32)
+    report = guard_report(engine.card.expects, raw, head, pixel_size_nm=pixel_size_nm)
     fit = report.fit
     return Checked(
         css_mean=total / pairs if pairs else None, guard=report.state, guard_message=report.message,
