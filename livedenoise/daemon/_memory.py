@@ -42,8 +42,8 @@ class HeapTrimmer:
     """Every ``interval`` seconds (:meth:`maybe_trim`, from serve's main thread), ``malloc_trim(0)``.
 
     ctypes drops the GIL for the call, so the pipeline threads run on; glibc takes each arena's lock
-    in turn, so a thread that allocates waits at most one arena's walk (well under a millisecond at
-    serve's ~200 MiB, :meth:`counters` ``trim_ms_max``).
+    in turn, so a thread that allocates waits at most one arena's walk (0.4-4 ms at serve's ~200 MiB
+    in the native soak of docs/reliability.md; :meth:`counters` ``heap_trim_ms_max``).
     """
 
     def __init__(self, interval: float) -> None:
@@ -51,7 +51,6 @@ class HeapTrimmer:
         self._trim = _malloc_trim() if interval > 0 else None
         self._next = time.monotonic() + interval
         self._lock = threading.Lock()
-        self.trims = 0
         self.released = 0
         self.trim_ms_max = 0.0
 
@@ -74,7 +73,6 @@ class HeapTrimmer:
         ms = (time.perf_counter() - t0) * 1e3
         released = max(0, before - rss_bytes())
         with self._lock:
-            self.trims += 1
             self.released += released
             self.trim_ms_max = max(self.trim_ms_max, ms)
         self._next = time.monotonic() + self.interval
